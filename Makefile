@@ -1,0 +1,64 @@
+# medsearch: `make help` lists the targets.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+# The CPU build of torch; for a CUDA build: make install TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
+TORCH_SPEC ?= torch==2.13.0
+
+# Demo: the production model by default; OFFLINE=1 uses a random tiny SigLIP built locally instead.
+MODEL    ?= google/medsiglip-448
+HOST     ?= 127.0.0.1
+PORT     ?= 8000
+SAMPLE   := data/sample-archive.zip
+RANDOM_MODEL := data/random-siglip
+ifeq ($(OFFLINE),1)
+DEMO_MODEL := $(RANDOM_MODEL)
+DEMO_DB    := data/demo-db-random-model
+else
+DEMO_MODEL := $(MODEL)
+DEMO_DB    := data/demo-db
+endif
+
+.PHONY: help install test lint demo sample clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@echo "  make demo OFFLINE=1   the demo with a random test model, where the model hub cannot be reached"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install medsearch with its test and lint tools
+
+test: $(STAMP) ## Run the whole test suite (CI runs exactly this)
+	$(PY) -m pytest
+
+lint: $(STAMP) ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+$(SAMPLE): | $(STAMP)
+	$(VENV)/bin/medsearch-index sample-archive $(SAMPLE)
+
+$(RANDOM_MODEL)/config.json: | $(STAMP)
+	$(VENV)/bin/medsearch-index random-model $(RANDOM_MODEL)
+
+sample: $(SAMPLE) ## Build the sample archive from real DICOM files shipped in pydicom and pydicom-data
+
+demo: $(STAMP) $(SAMPLE) $(if $(filter 1,$(OFFLINE)),$(RANDOM_MODEL)/config.json) ## Index the sample archive and serve it on 127.0.0.1:8000
+	@$(VENV)/bin/medsearch-index run $(SAMPLE) --db $(DEMO_DB) --model $(DEMO_MODEL) \
+	  || { status=$$?; if [ "$(OFFLINE)" != 1 ] && [ $$status -eq 2 ]; then \
+	    echo ""; echo "The model $(DEMO_MODEL) could not be loaded (see the error above)."; \
+	    echo "Offline option: make demo OFFLINE=1   (a RANDOM tiny SigLIP: everything works, results are meaningless)"; \
+	    echo "Or point MODEL at a local copy:  make demo MODEL=/path/to/medsiglip-448"; fi; exit $$status; }
+	$(VENV)/bin/medsearch-api serve --db $(DEMO_DB) --host $(HOST) --port $(PORT)
+
+clean: ## Remove the virtual environment and generated demo data
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,266 @@
+"""The image/text encoder: any transformers SigLIP or CLIP checkpoint, from the hub or a local folder.
+
+Callers depend on the small `Encoder` protocol; `HFEncoder.load` builds the real one. Both towers
+return L2-normalised float32 NumPy arrays, so inner product = cosine similarity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from core.errors import ModelLoadError
+from core.preprocess import PREPROCESSING_VERSION, to_pil
+
+logger = logging.getLogger(__name__)
+
+# A checkpoint folder that carries this file declares its weights random (made for tests or demos);
+# everything it produces is labelled meaningless. core.random_model writes it.
+RANDOM_WEIGHTS_MARKER = "medsearch_random_weights.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """Identifies what produced a vector. Vectors with different `key`s must never share an index."""
+
+    name: str
+    revision: str | None
+    weights_sha256: str | None
+    dim: int
+    preprocessing_version: str
+    random_weights: bool
+
+    @property
+    def key(self) -> str:
+        identity = {
+            "weights": self.weights_sha256 or f"{self.name}@{self.revision}",
+            "dim": self.dim,
+            "preprocessing": self.preprocessing_version,
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "key": self.key}
+
+
+class Encoder(Protocol):
+    """What the indexer and the API need from a model."""
+
+    @property
+    def fingerprint(self) -> ModelFingerprint: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(H, W, 3) uint8 RGB arrays -> (n, dim) float32, rows L2-normalised."""
+        ...
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Strings -> (n, dim) float32, rows L2-normalised."""
+        ...
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def choose_device(requested: str) -> str:
+    """'auto' picks CUDA, then Apple MPS, then CPU. An explicit device that is absent is an error."""
+    import torch
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for but torch sees no CUDA GPU "
+                             f"(torch {torch.__version__}; README says how to install a CUDA build)")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("--device mps was asked for but this torch has no MPS support")
+    return requested
+
+
+def hash_weights(folder: Path) -> str | None:
+    """sha256 over the weight files of a local checkpoint folder (names and contents, sorted)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            while chunk := handle.read(8 * 1024 * 1024):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hub_commit(name: str, revision: str | None, local_files_only: bool) -> str | None:
+    """The commit a hub checkpoint resolved to, read from its cache path (.../snapshots/<commit>/)."""
+    try:
+        from transformers.utils import cached_file
+
+        path = cached_file(name, "config.json", revision=revision, local_files_only=True)
+    except Exception:
+        return revision
+    match = re.search(r"snapshots/([0-9a-f]{40})/", str(path)) if path else None
+    return match.group(1) if match else revision
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub (HF_ENDPOINT, default huggingface.co) accepts a TCP connection."""
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _explain_load_failure(name: str, exc: Exception) -> str:
+    text = str(exc)
+    if Path(name).exists():
+        return f"could not load the model from the folder {name}: {text}"
+    hints = []
+    lowered = text.lower()
+    if any(word in lowered for word in ("connect", "offline", "resolve", "network", "max retries", "timed out")):
+        hints.append("the Hugging Face hub could not be reached (no network?): pass a local checkpoint "
+                     "folder with --model / MEDSEARCH_MODEL, or pre-download it on a connected machine")
+    if any(word in lowered for word in ("gated", "401", "403", "access", "token")):
+        hints.append(f"{name} is gated: accept its terms on the hub and log in (`hf auth login`) or set "
+                     "HF_TOKEN")
+    hint = "; ".join(hints) or "check the model id or folder"
+    return f"could not load model {name!r}: {hint}. ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
+
+
+class HFEncoder:
+    """A transformers SigLIP/CLIP model and its processor, loaded once, used for both towers."""
+
+    def __init__(self, model: Any, processor: Any, fingerprint: ModelFingerprint, device: str,
+                 text_max_length: int) -> None:
+        self._model = model
+        self._processor = processor
+        self._fingerprint = fingerprint
+        self._device = device
+        self.text_max_length = text_max_length
+
+    @classmethod
+    def load(cls, name_or_path: str, *, revision: str | None = None, device: str = "auto",
+             local_files_only: bool = False) -> HFEncoder:
+        """Load through AutoModel/AutoProcessor. Raises ModelLoadError with an actionable message."""
+        try:
+            import torch
+            from transformers import AutoModel, AutoProcessor
+        except ImportError as exc:  # pragma: no cover - an install problem
+            raise ModelLoadError(f"torch/transformers are not installed: {exc}") from exc
+
+        resolved_device = choose_device(device)
+        logger.info("loading model %s (device %s)", name_or_path, resolved_device)
+        def from_pretrained(cache_only: bool) -> tuple[Any, Any]:
+            return (
+                AutoModel.from_pretrained(name_or_path, revision=revision, local_files_only=cache_only),
+                AutoProcessor.from_pretrained(name_or_path, revision=revision, local_files_only=cache_only),
+            )
+
+        try:
+            try:  # a folder, or a hub checkpoint already in the local cache: no network needed
+                model, processor = from_pretrained(cache_only=True)
+            except OSError:
+                if local_files_only or Path(name_or_path).exists():
+                    raise
+                if not hub_reachable():
+                    raise OSError("network unreachable: could not connect to the hub") from None
+                model, processor = from_pretrained(cache_only=False)
+        except Exception as exc:
+            raise ModelLoadError(_explain_load_failure(name_or_path, exc)) from exc
+        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+            raise ModelLoadError(f"{name_or_path} is a {type(model).__name__}, not a dual image/text encoder "
+                                 "(SigLIP or CLIP family)")
+        model = model.eval().to(resolved_device)
+        torch.set_grad_enabled(False)
+
+        config = model.config
+        dim = getattr(config, "projection_dim", None) or config.vision_config.hidden_size
+        text_max_length = int(config.text_config.max_position_embeddings)
+
+        folder = Path(name_or_path)
+        if folder.is_dir():
+            weights = hash_weights(folder)
+            commit = revision
+            random_weights = (folder / RANDOM_WEIGHTS_MARKER).exists()
+        else:
+            weights = None
+            commit = _hub_commit(name_or_path, revision, local_files_only)
+            random_weights = False
+        fingerprint = ModelFingerprint(
+            name=name_or_path, revision=commit, weights_sha256=weights, dim=int(dim),
+            preprocessing_version=PREPROCESSING_VERSION, random_weights=random_weights,
+        )
+        if random_weights:
+            logger.warning("model %s has RANDOM weights: search results are meaningless", name_or_path)
+        return cls(model, processor, fingerprint, resolved_device, text_max_length)
+
+    @property
+    def fingerprint(self) -> ModelFingerprint:
+        return self._fingerprint
+
+    @property
+    def dim(self) -> int:
+        return self._fingerprint.dim
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def logit_scale(self) -> float | None:
+        value = getattr(self._model, "logit_scale", None)
+        return float(value.exp().item()) if value is not None else None
+
+    @property
+    def logit_bias(self) -> float | None:
+        value = getattr(self._model, "logit_bias", None)
+        return float(value.item()) if value is not None else None
+
+    def _features(self, output: Any) -> np.ndarray:
+        tensor = output if hasattr(output, "detach") else output.pooler_output
+        array = tensor.detach().float().cpu().numpy()
+        if array.ndim != 2 or array.shape[1] != self.dim:
+            raise ModelLoadError(f"model returned embeddings of shape {array.shape}, expected (n, {self.dim})")
+        return l2_normalise(array)
+
+    def encode_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        inputs = self._processor(images=[to_pil(image) for image in images], return_tensors="pt")
+        pixel_values = inputs["pixel_values"].to(self._device)
+        return self._features(self._model.get_image_features(pixel_values=pixel_values))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # SigLIP was trained on text padded to a fixed length (64 tokens for MedSigLIP): pad to it.
+        inputs = self._processor(text=list(texts), padding="max_length", truncation=True,
+                                 max_length=self.text_max_length, return_tensors="pt")
+        kwargs = {"input_ids": inputs["input_ids"].to(self._device)}
+        if "attention_mask" in inputs:
+            kwargs["attention_mask"] = inputs["attention_mask"].to(self._device)
+        return self._features(self._model.get_text_features(**kwargs))

@@ -1,0 +1,46 @@
+"""From decoded pixels to the model processor's input.
+
+Loading (core.images) turns every file into 8-bit RGB the way a viewer shows it; the model's own
+processor then resizes and normalises. Any change to the rendering rules bumps PREPROCESSING_VERSION,
+which is part of the model fingerprint, so vectors rendered differently are never mixed in one index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+# 1: modality LUT, header VOI window (LINEAR / LINEAR_EXACT / SIGMOID) or percentile fallback,
+#    MONOCHROME1 inverted, middle frame of multi-frame objects, grey replicated to RGB.
+PREPROCESSING_VERSION = "1"
+
+
+def to_pil(pixels: np.ndarray) -> Image.Image:
+    """Wrap an (H, W, 3) uint8 array as a PIL RGB image, checking what loading promised."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"expected (H, W, 3) uint8 pixels, got {pixels.shape} {pixels.dtype}")
+    return Image.fromarray(pixels, mode="RGB")
+
+
+def grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    """Replicate an (H, W) uint8 image into three channels."""
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def unit_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Map floats in [0, 1] to uint8 with rounding, clipping anything outside."""
+    return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+
+
+def percentile_window(values: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Stretch the given lower/upper percentiles of `values` to [0, 1] (the documented fallback window)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.zeros(values.shape, dtype=np.float32)
+    lo, hi = np.percentile(finite, percentiles)
+    if hi <= lo:  # a flat image: keep it flat, mid-grey if non-zero
+        return np.where(values > lo, 1.0, 0.0).astype(np.float32) if lo == 0 else np.full(
+            values.shape, 0.5, dtype=np.float32
+        )
+    out = (values.astype(np.float64) - lo) / (hi - lo)
+    return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,211 @@
+"""`medsearch-index`: index archives, list runs, and make the sample archive / a random test model."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from core.errors import MedsearchError
+from core.settings import Settings
+from indexer.errors import IndexerError
+from indexer.runner import Progress, RunResult
+from storage.errors import StorageError
+
+logger = logging.getLogger("indexer")
+
+EXIT_OK, EXIT_NOTHING_INDEXED, EXIT_UNUSABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pydicom logs decoder tracebacks for files we report ourselves, once, with their path.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    for noisy in ("transformers", "huggingface_hub", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+class TqdmProgress(Progress):
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, unit="file", desc="indexing", dynamic_ncols=True)
+        self._failed = -1
+
+    def advance(self, n: int = 1) -> None:
+        self._bar.update(n)
+
+    def note(self, **counts: int) -> None:
+        if counts.get("failed", 0) != self._failed:
+            self._failed = counts.get("failed", 0)
+            self._bar.set_postfix(counts, refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+
+
+def print_summary(result: RunResult, db: Path, max_issues: int = 20) -> None:
+    click.echo(
+        f"\nrun {result.run_id}: indexed {result.indexed}, unchanged {result.unchanged}, "
+        f"skipped {result.skipped}, failed {result.failed} in {result.seconds:.1f} s "
+        f"({result.images_per_second:.1f} images/s)"
+    )
+    stages = ", ".join(f"{name} {secs:.1f} s" for name, secs in sorted(result.stage_seconds.items()))
+    click.echo(f"stage times: {stages}")
+    shown = [issue for issue in result.issues if issue.kind == "failed"][:max_issues]
+    for issue in shown:
+        click.echo(f"  failed  {issue.reason}")
+    hidden = len(result.issues) - len(shown)
+    if hidden > 0:
+        click.echo(f"  ... {hidden} more skipped/failed files: medsearch-index runs --db {db} --run {result.run_id}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """Index medical image archives for semantic search.
+
+    Every option can also be set in the environment as MEDSEARCH_<NAME> (for example
+    MEDSEARCH_MODEL=/models/medsiglip-448) or in a .env file.
+    """
+
+
+@main.command()
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder (created if missing). "
+              "[env MEDSEARCH_DB_DIR; default ./medsearch-db]")
+@click.option("--model", help="Hugging Face hub id or local folder of a SigLIP/CLIP checkpoint. "
+              "[default google/medsiglip-448]")
+@click.option("--revision", "model_revision", help="Hub revision (branch, tag or commit) of --model.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), help="Images per forward pass. [default 16]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Where the model runs. "
+              "[default auto: CUDA if present, else CPU]")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Manifest CSV (default: manifest.csv at the archive's root, if present).")
+@click.option("--max-image-pixels", type=click.IntRange(1), help="Refuse larger images before decoding.")
+@click.option("--local-files-only", is_flag=True, default=None, help="Never contact the model hub.")
+@click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal].")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def run(archive: Path, db_dir: Path | None, model: str | None, model_revision: str | None,
+        batch_size: int | None, device: str | None, manifest: Path | None, max_image_pixels: int | None,
+        local_files_only: bool | None, progress: bool | None, log_level: str | None) -> None:
+    """Index every DICOM, PNG and JPEG image in ARCHIVE (a folder, .zip or .tar[.gz]).
+
+    DICOM files are recognised by content, with or without the .dcm suffix. A manifest.csv at the
+    archive's root gives PNG/JPEG images their patient_id, labels, report and extra columns.
+    Files that cannot be indexed are listed with the reason and the run goes on; rerunning over
+    the same archive indexes only new or changed files.
+
+    Exit status: 0 when the run completed, 1 when nothing in ARCHIVE could be indexed, 2 when the
+    archive, the model or the database cannot be used, 130 when interrupted.
+    """
+    settings = load_settings(db_dir=db_dir, model=model, model_revision=model_revision, batch_size=batch_size,
+                             device=device, max_image_pixels=max_image_pixels,
+                             local_files_only=local_files_only, log_level=log_level)
+    configure_logging(settings.log_level)
+    sys.exit(_run(archive, settings, manifest, progress))
+
+
+def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress: bool | None) -> int:
+    from core.encoder import HFEncoder
+    from indexer.load import LoadOptions
+    from indexer.runner import run_indexing
+    from indexer.scan import open_archive
+    from storage.store import Store
+
+    show_progress = sys.stderr.isatty() if progress is None else progress
+    try:
+        archive = open_archive(archive_path)
+        encoder = HFEncoder.load(settings.model, revision=settings.model_revision, device=settings.device,
+                                 local_files_only=settings.local_files_only)
+        if encoder.fingerprint.random_weights:
+            click.echo(f"WARNING: {settings.model} has RANDOM weights (a test model): search results will be "
+                       "meaningless.", err=True)
+        with Store.open(settings.db_dir, create=True) as store:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with logging_redirect_tqdm():
+                result = run_indexing(
+                    archive, store, encoder, batch_size=settings.batch_size,
+                    options=LoadOptions(max_pixels=settings.max_image_pixels,
+                                        percentiles=settings.fallback_window_percentiles),
+                    manifest_bytes=manifest.read_bytes() if manifest else None,
+                    progress=TqdmProgress if show_progress else None,
+                )
+            total = store.ntotal
+    except KeyboardInterrupt:
+        click.echo("interrupted: everything written so far is kept; rerun to continue.", err=True)
+        return EXIT_INTERRUPTED
+    except (MedsearchError, IndexerError, StorageError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_UNUSABLE
+    print_summary(result, settings.db_dir)
+    click.echo(f"index {settings.db_dir}: {total} vectors")
+    if result.nothing_indexable:
+        click.echo(f"error: nothing in {archive_path} could be indexed", err=True)
+        return EXIT_NOTHING_INDEXED
+    return EXIT_OK
+
+
+@main.command()
+@click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder.")
+@click.option("--run", "run_id", type=int, help="Show the skipped and failed files of this run.")
+def runs(db_dir: Path | None, run_id: int | None) -> None:
+    """List indexing runs with their summaries, or one run's skipped and failed files."""
+    from storage.store import Store
+
+    settings = load_settings(db_dir=db_dir)
+    try:
+        store = Store.open(settings.db_dir)
+    except StorageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_UNUSABLE)
+    with store:
+        if run_id is not None:
+            for issue in store.repository.run_issues(run_id):
+                click.echo(f"{issue.kind:8} {issue.reason}")
+            return
+        for r in store.repository.list_runs():
+            seconds = f"{r.seconds:.1f} s" if r.seconds is not None else "-"
+            click.echo(f"{r.id:5} {r.started_at:%Y-%m-%d %H:%M:%S} {r.status:11} indexed {r.indexed:7} "
+                       f"skipped {r.skipped:7} failed {r.failed:5} {seconds:>9}  {r.archive}")
+
+
+@main.command("sample-archive")
+@click.argument("out", type=click.Path(path_type=Path))
+def sample_archive(out: Path) -> None:
+    """Build the sample archive (real DICOM files from pydicom and pydicom-data, a few PNG/JPEG and a
+    manifest.csv) at OUT: a folder, or a .zip / .tar.gz file by its suffix."""
+    from indexer.sample import build_sample_archive
+
+    configure_logging("WARNING")
+    path, counts = build_sample_archive(out)
+    click.echo(f"sample archive {path}: {counts['pydicom']} pydicom files, {counts['pydicom-data']} "
+               f"pydicom-data files, {counts['rendered']} PNG/JPEG with manifest.csv")
+
+
+@main.command("random-model")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--shape", type=click.Choice(["tiny", "medsiglip"]), default="tiny", show_default=True,
+              help="tiny: 32-d, 32 px, for tests; medsiglip: MedSigLIP-448's architecture, for benchmarks.")
+def random_model(out: Path, shape: str) -> None:
+    """Write a SigLIP with RANDOM weights to OUT, for offline demos and tests only.
+
+    It loads like any checkpoint folder (--model OUT), but its results are meaningless, and
+    medsearch says so in every answer built on it.
+    """
+    from core.random_model import build_random_siglip
+
+    configure_logging("WARNING")
+    build_random_siglip(out, shape="medsiglip" if shape == "medsiglip" else "tiny")
+    click.echo(f"random {shape} SigLIP written to {out} (results built on it are meaningless)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""The search API: FastAPI app, routes, schemas and the `medsearch-api` command."""

@@ -1,0 +1,94 @@
+"""`create_app(settings)`: the FastAPI application. Its lifespan loads the encoder and opens the store
+once, unless the entry point already built them and passes them in."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from core.encoder import Encoder, HFEncoder
+from core.settings import Settings
+from search_api.routes import router
+from search_api.schemas import RANDOM_MODEL_WARNING
+from search_api.service import SearchService
+from storage.store import Store
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Semantic search over an indexed medical image archive: by text or by an example image
+(DICOM, PNG or JPEG). Scores are cosine similarities between SigLIP embeddings."""
+
+
+class StartupError(Exception):
+    """The API cannot start: unusable database, model that cannot load, or a model that differs from
+    the one the index was built with."""
+
+
+def build_service(settings: Settings, encoder: Encoder | None = None, store: Store | None = None) -> SearchService:
+    """Open the store and load the encoder (unless given), and check that they belong together."""
+    from core.errors import ModelLoadError
+    from storage.errors import StorageError
+
+    try:
+        store = store or Store.open(settings.db_dir)
+    except StorageError as exc:
+        raise StartupError(str(exc)) from exc
+    manifest = store.manifest
+    model_name = settings.model
+    if "model" not in settings.model_fields_set and manifest is not None:
+        model_name = manifest.model_name  # default: the model the index was built with
+    device: str = settings.device
+    if encoder is None:
+        try:
+            loaded = HFEncoder.load(model_name, revision=settings.model_revision, device=settings.device,
+                                    local_files_only=settings.local_files_only)
+        except ModelLoadError as exc:
+            raise StartupError(str(exc)) from exc
+        device, encoder = loaded.device, loaded
+    if manifest is not None and manifest.fingerprint_key != encoder.fingerprint.key:
+        raise StartupError(
+            f"the index in {settings.db_dir} was built with {manifest.model_name} (fingerprint "
+            f"{manifest.fingerprint_key}); the loaded model {encoder.fingerprint.name} has fingerprint "
+            f"{encoder.fingerprint.key}. Serve it with the model it was built with (--model)."
+        )
+    return SearchService(encoder, store, max_pixels=settings.max_image_pixels,
+                         percentiles=settings.fallback_window_percentiles, device=device)
+
+
+def create_app(settings: Settings | None = None, service: SearchService | None = None) -> FastAPI:
+    """The application. Pass `service` to reuse an encoder and store built by the caller."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = app.state.service is None
+        if own:
+            app.state.service = await run_in_threadpool(build_service, settings)
+        if app.state.service.encoder.fingerprint.random_weights:
+            app.description = f"**{RANDOM_MODEL_WARNING}**\n\n{DESCRIPTION}"
+            logger.warning(RANDOM_MODEL_WARNING)
+        try:
+            yield
+        finally:
+            if own:
+                app.state.service.store.close()
+
+    app = FastAPI(title="medsearch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = service
+    app.include_router(router)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own shape, minus the echo of the submitted input (it may carry patient data).
+        detail = [{"loc": list(err.get("loc", [])), "msg": err.get("msg", ""), "type": err.get("type", "")}
+                  for err in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": detail})
+
+    return app

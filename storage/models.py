@@ -1,0 +1,121 @@
+"""SQLAlchemy 2 ORM models. API schemas live in search_api/schemas.py, never here."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Key/value facts about the database itself (schema_version)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class ImageRow(Base):
+    """One indexed image. `id` is also its id in the FAISS index."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        Index("ix_images_source", "archive", "path", unique=True),
+        Index("ix_images_sha256", "sha256"),
+        Index("ix_images_patient", "patient_id"),
+        Index("ix_images_study", "study_uid"),
+        Index("ix_images_modality", "modality"),
+        {"sqlite_autoincrement": True},  # ids are never reused: they are FAISS ids
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    archive: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int | None] = mapped_column(Integer)
+    mtime: Mapped[float | None] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(16))
+    study_uid: Mapped[str | None] = mapped_column(String(64))
+    series_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_uid: Mapped[str | None] = mapped_column(String(64))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    patient_id: Mapped[str | None] = mapped_column(String(128))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    patient_age: Mapped[float | None] = mapped_column(Float)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    study_date: Mapped[date | None] = mapped_column(Date)
+    study_description: Mapped[str | None] = mapped_column(Text)
+    series_description: Mapped[str | None] = mapped_column(Text)
+    manufacturer: Mapped[str | None] = mapped_column(Text)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    frames: Mapped[int | None] = mapped_column(Integer)
+    frame_index: Mapped[int | None] = mapped_column(Integer)
+    labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    report_text: Mapped[str | None] = mapped_column(Text)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    indexed_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class EmbeddingRow(Base):
+    """The vector of one image: the source of truth from which any FAISS index is rebuilt."""
+
+    __tablename__ = "embeddings"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    fingerprint_key: Mapped[str] = mapped_column(String(64))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class IndexManifestRow(Base):
+    """Which model built this index (a single row)."""
+
+    __tablename__ = "index_manifest"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint_key: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(Text)
+    model_revision: Mapped[str | None] = mapped_column(Text)
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
+    dim: Mapped[int] = mapped_column(Integer)
+    metric: Mapped[str] = mapped_column(String(16))
+    preprocessing_version: Mapped[str] = mapped_column(String(16))
+    random_weights: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class RunRow(Base):
+    """One indexing run and its summary."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    archive: Mapped[str] = mapped_column(Text)
+    fingerprint_key: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    indexed: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class RunErrorRow(Base):
+    """A file a run could not index (kind 'failed') or chose not to (kind 'skipped'), and why."""
+
+    __tablename__ = "run_errors"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    archive: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,171 @@
+"""The store: one folder with the metadata database and the FAISS index, kept consistent.
+
+Write order: rows and embeddings commit in one SQLite transaction (the source of truth), then the
+vectors go into the in-memory FAISS index, which `checkpoint()` saves atomically. After a crash the
+saved index may lag behind (or, after deletions, run ahead of) the embeddings table; `open()`
+reconciles the two, so FAISS, rows and embeddings always agree once a store is open.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine
+
+from storage.db import init_schema, make_engine, session_factory, sqlite_url
+from storage.errors import DimensionMismatchError, StorageError
+from storage.repository import ImageRecord, Manifest, Repository
+from storage.vector_index import VectorIndex
+
+logger = logging.getLogger(__name__)
+
+DATABASE_NAME = "medsearch.sqlite"
+INDEX_NAME = "index.faiss"
+
+
+class Store:
+    """Repository + vector index over one folder. Build it at the entry point and pass it in."""
+
+    def __init__(self, folder: Path, engine: Engine, repository: Repository) -> None:
+        self.folder = folder
+        self.engine = engine
+        self.repository = repository
+        self._index: VectorIndex | None = None
+        self._lock = threading.RLock()
+        self._dirty = False
+
+    # -- opening --------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, folder: str | Path, *, create: bool = False, database_url: str | None = None) -> Store:
+        """Open the store in `folder` (created when `create`). Raises StorageError if unusable."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            if not create:
+                raise StorageError(f"no medsearch database in {folder}: the folder does not exist "
+                                   "(run `medsearch-index run ARCHIVE --db FOLDER` first)")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create the database folder {folder}: {exc.strerror}") from exc
+        database = folder / DATABASE_NAME
+        if not create and database_url is None and not database.exists():
+            raise StorageError(f"no medsearch database in {folder} (expected {DATABASE_NAME}; run "
+                               "`medsearch-index run ARCHIVE --db FOLDER` first)")
+        engine = make_engine(database_url or sqlite_url(database))
+        init_schema(engine)
+        store = cls(folder, engine, Repository(session_factory(engine)))
+        store._load_index()
+        return store
+
+    @property
+    def index_path(self) -> Path:
+        return self.folder / INDEX_NAME
+
+    @property
+    def manifest(self) -> Manifest | None:
+        return self.repository.get_manifest()
+
+    def _load_index(self) -> None:
+        manifest = self.repository.get_manifest()
+        if manifest is None:
+            return
+        index: VectorIndex | None = None
+        if self.index_path.exists():
+            try:
+                index = VectorIndex.load(self.index_path)
+                if index.dim != manifest.dim:
+                    logger.warning("FAISS index %s is %d-d, manifest says %d-d: rebuilding from embeddings",
+                                   self.index_path, index.dim, manifest.dim)
+                    index = None
+            except StorageError as exc:
+                logger.warning("%s; rebuilding it from the embeddings table", exc)
+        self._index = index or VectorIndex.create(manifest.dim)
+        self.reconcile()
+
+    def reconcile(self) -> tuple[int, int]:
+        """Make FAISS hold exactly the embeddings table's ids. Returns (added, removed)."""
+        manifest = self.repository.get_manifest()
+        if manifest is None or self._index is None:
+            return 0, 0
+        with self._lock:
+            stored = self.repository.embedding_ids()
+            in_index = self._index.ids()
+            missing = np.setdiff1d(stored, in_index, assume_unique=True)
+            extra = np.setdiff1d(in_index, stored, assume_unique=True)
+            if len(extra):
+                self._index.remove(extra)
+            for start in range(0, len(missing), 10_000):
+                ids, vectors = self.repository.get_embeddings(missing[start:start + 10_000].tolist(), manifest.dim)
+                self._index.add(ids, vectors)
+            if len(missing) or len(extra):
+                logger.warning("FAISS index caught up with the database: %d vectors added, %d removed",
+                               len(missing), len(extra))
+                self._dirty = True
+                self.checkpoint()
+            return len(missing), len(extra)
+
+    # -- writing --------------------------------------------------------------------------------------
+    def bind_model(self, fingerprint: dict[str, Any]) -> Manifest:
+        """Declare the model whose vectors this store holds; refuses a different one (FingerprintMismatchError)."""
+        manifest = self.repository.ensure_manifest(fingerprint)
+        with self._lock:
+            if self._index is None:
+                self._index = VectorIndex.create(manifest.dim)
+        return manifest
+
+    def add(self, records: Sequence[ImageRecord], vectors: np.ndarray, *, run_id: int | None = None,
+            replace_ids: Sequence[int] = ()) -> list[int]:
+        """Store images with their vectors (durably), then add them to the in-memory index."""
+        manifest = self.repository.get_manifest()
+        if manifest is None or self._index is None:
+            raise StorageError("no model bound to this store: call bind_model() first")
+        if vectors.ndim != 2 or vectors.shape[1] != manifest.dim:
+            raise DimensionMismatchError(f"vectors of shape {vectors.shape} for a {manifest.dim}-d index")
+        ids = self.repository.add_images(records, vectors, manifest.fingerprint_key, run_id, replace_ids)
+        with self._lock:
+            if replace_ids:
+                self._index.remove(np.asarray(replace_ids, dtype=np.int64))
+            self._index.add(np.asarray(ids, dtype=np.int64), vectors)
+            self._dirty = True
+        return ids
+
+    def checkpoint(self) -> None:
+        """Save the FAISS index atomically if it changed."""
+        with self._lock:
+            if self._index is not None and self._dirty:
+                self._index.save(self.index_path)
+                self._dirty = False
+
+    # -- reading --------------------------------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        return self._index.ntotal if self._index is not None else 0
+
+    @property
+    def dim(self) -> int | None:
+        manifest = self.repository.get_manifest()
+        return manifest.dim if manifest else None
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        """For each query row, up to k (image id, cosine) pairs, best first."""
+        if self._index is None:
+            return [[] for _ in range(len(queries))]
+        with self._lock:
+            scores, ids = self._index.search(queries, k)
+        return [[(int(i), float(s)) for i, s in zip(id_row, score_row, strict=True) if i >= 0]
+                for id_row, score_row in zip(ids, scores, strict=True)]
+
+    def close(self) -> None:
+        self.checkpoint()
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,49 @@
+"""`medsearch-index` as a user runs it: a real subprocess over a real zip archive."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from storage.store import Store
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "indexer.cli", *args], capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def test_run_zip_summary_and_exit_codes(archive_dir: Path, tiny_model_dir: Path, tmp_path: Path):
+    zipped = shutil.make_archive(str(tmp_path / "archive"), "zip", archive_dir)
+    db = tmp_path / "db"
+    done = run_cli("run", zipped, "--db", str(db), "--model", str(tiny_model_dir), "--batch-size", "8",
+                   "--device", "cpu", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "RANDOM weights" in done.stderr
+    assert "indexed" in done.stdout and "failed" in done.stdout and "images/s" in done.stdout
+    assert "MR_truncated.dcm" in done.stdout  # a failure is listed with its path
+    with Store.open(db) as store:
+        assert store.ntotal > 20
+    runs = run_cli("runs", "--db", str(db))
+    assert runs.returncode == 0 and "completed" in runs.stdout
+
+    # nothing indexable -> 1; missing archive, model or db -> 2
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("hello")
+    nothing = run_cli("run", str(tmp_path / "texts"), "--db", str(tmp_path / "db2"), "--model",
+                      str(tiny_model_dir), "--no-progress")
+    assert nothing.returncode == 1 and "nothing" in nothing.stderr
+    missing = run_cli("run", str(tmp_path / "nope"), "--db", str(db), "--model", str(tiny_model_dir))
+    assert missing.returncode == 2 and "nope" in missing.stderr
+    bad_model = run_cli("run", zipped, "--db", str(db), "--model", str(tmp_path / "no-model"),
+                        "--local-files-only")
+    assert bad_model.returncode == 2 and "no-model" in bad_model.stderr
+
+
+def test_help_explains(tmp_path: Path):
+    done = run_cli("run", "--help")
+    assert done.returncode == 0
+    for word in ("ARCHIVE", "--db", "--model", "--batch-size", "--device", "manifest.csv", "Exit status"):
+        assert word in done.stdout

@@ -1,0 +1,85 @@
+"""The indexing pipeline on real DICOM files with the tiny SigLIP, into a real SQLite + FAISS store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from core.encoder import HFEncoder
+from core.images import load_image_file
+from indexer.runner import run_indexing
+from indexer.scan import open_archive
+from storage.store import Store
+from tests.conftest import BAD_DICOM, GOOD_DICOM, available
+
+
+def index(archive: Path, db: Path, encoder: HFEncoder, batch_size: int = 4):
+    with Store.open(db, create=True) as store:
+        result = run_indexing(open_archive(archive), store, encoder, batch_size=batch_size)
+        return result, store.ntotal, store.repository
+
+
+def test_indexes_good_files_and_records_bad_ones(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
+    result, ntotal, repo = index(archive_dir, tmp_path / "db", encoder)
+    good = available(GOOD_DICOM)
+    # good DICOM + the suffix-less copy + two PNG/JPEG
+    assert result.indexed == len(good) + 1 + 2 == ntotal
+    by_path = {issue.path: issue for issue in result.issues}
+    for name, kind in BAD_DICOM.items():
+        assert by_path[f"dicom/{name}"].kind == kind
+        assert name in by_path[f"dicom/{name}"].reason
+    assert by_path["notes.txt"].kind == "skipped" and "not a DICOM" in by_path["notes.txt"].reason
+    assert by_path["photos/broken.png"].kind == "failed"
+    assert by_path["empty.dcm"].kind == "failed" and "empty" in by_path["empty.dcm"].reason
+    assert result.failed == sum(1 for i in result.issues if i.kind == "failed")
+    stored = repo.run_issues(result.run_id)
+    assert {i.path for i in stored} == set(by_path)
+    runs = repo.list_runs()
+    assert runs[-1].status == "completed" and runs[-1].indexed == result.indexed
+
+
+def test_metadata_equals_dicom_header_and_manifest(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
+    _, _, repo = index(archive_dir, tmp_path / "db", encoder)
+    rows = {row["path"]: row for row in repo.get_images(list(range(1, 100))).values()}
+    for name in available(GOOD_DICOM)[:8]:
+        ds = pydicom.dcmread(archive_dir / "dicom" / name, force=True)
+        row = rows[f"dicom/{name}"]
+        assert row["sop_uid"] == ds.SOPInstanceUID
+        assert row["study_uid"] == ds.get("StudyInstanceUID")
+        assert row["modality"] == ds.get("Modality")
+        assert row["patient_id"] == (str(ds.get("PatientID")).strip() or None if ds.get("PatientID") else None)
+    noise = rows["photos/noise.png"]
+    assert noise["patient_id"] == "P-NOISE" and noise["labels"] == ["noise", "synthetic"]
+    assert noise["report_text"] == "Random noise test image." and noise["extra"] == {"site": "lab A"}
+    assert rows["dicom/MR_small_no_suffix"]["kind"] == "dicom"
+
+
+def test_stored_vectors_equal_the_encoder_on_the_same_file(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
+    _, _, repo = index(archive_dir, tmp_path / "db", encoder, batch_size=5)
+    rows = {row["path"]: image_id for image_id, row in repo.get_images(list(range(1, 100))).items()}
+    image_id = rows["dicom/CT_small.dcm"]
+    _, stored = repo.get_embeddings([image_id], encoder.dim)
+    direct = encoder.encode_images([load_image_file(archive_dir / "dicom" / "CT_small.dcm").pixels])
+    assert np.allclose(stored, direct, atol=1e-5)
+
+
+def test_rerun_adds_nothing_and_changed_file_is_replaced(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
+    copy = tmp_path / "archive"
+    shutil.copytree(archive_dir, copy)
+    first, n1, _ = index(copy, tmp_path / "db", encoder)
+    second, n2, _ = index(copy, tmp_path / "db", encoder)
+    assert second.indexed == 0 and second.unchanged == first.indexed and n2 == n1
+    shutil.copy2(copy / "dicom" / "CT_small.dcm", copy / "photos" / "new.dcm")  # new file
+    shutil.copy2(copy / "photos" / "gradient.jpg", copy / "photos" / "noise.png")  # changed content
+    third, n3, repo = index(copy, tmp_path / "db", encoder)
+    assert third.indexed == 2 and n3 == n1 + 1 and repo.count_images() == n3
+
+
+def test_zip_and_folder_give_the_same_vectors(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
+    zipped = Path(shutil.make_archive(str(tmp_path / "archive"), "zip", archive_dir))
+    result, ntotal, _ = index(zipped, tmp_path / "db", encoder)
+    folder_result, _, _ = index(archive_dir, tmp_path / "db2", encoder)
+    assert result.indexed == folder_result.indexed == ntotal

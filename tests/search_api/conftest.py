@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from core.encoder import HFEncoder
+from core.settings import Settings
+from indexer.runner import run_indexing
+from indexer.scan import open_archive
+from search_api.app import build_service, create_app
+from storage.store import Store
+
+
+@pytest.fixture(scope="session")
+def indexed_db(archive_dir: Path, encoder: HFEncoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("api") / "db"
+    with Store.open(db, create=True) as store:
+        run_indexing(open_archive(archive_dir), store, encoder, batch_size=8)
+    return db
+
+
+@pytest.fixture(scope="session")
+def api_settings(indexed_db: Path, tiny_model_dir: Path) -> Settings:
+    return Settings(db_dir=indexed_db, model=str(tiny_model_dir), device="cpu", max_upload_bytes=2 * 1024 * 1024)
+
+
+@pytest.fixture(scope="session")
+def client(api_settings: Settings, encoder: HFEncoder) -> Iterator[TestClient]:
+    service = build_service(api_settings, encoder=encoder)
+    with TestClient(create_app(api_settings, service=service)) as test_client:
+        yield test_client
+    service.store.close()
