@@ -24,10 +24,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from core.errors import ImageError, ImageTooLargeError, NoPixelDataError
 from core.metadata import ImageMetadata
@@ -145,11 +145,33 @@ def _sop_class_name(ds: Dataset) -> str:
 
 
 def check_has_pixels(ds: Dataset, source: str) -> None:
+    """Objects that are not images are skipped (NoPixelDataError); an image object whose pixels are
+    missing (a truncated or header-only file) is a failure (ImageError)."""
     media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
     if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         raise NoPixelDataError(source, "DICOMDIR (a directory of other files), no image of its own")
     if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
-        raise NoPixelDataError(source, f"no pixel data ({_sop_class_name(ds)})")
+        sop_class = _sop_class_name(ds)
+        if "Image Storage" in sop_class or "Rows" in ds:
+            raise ImageError(source, f"{sop_class} object without pixel data: truncated or header-only file")
+        raise NoPixelDataError(source, f"no pixel data ({sop_class})")
+
+
+def infer_transfer_syntax(ds: Dataset) -> str | None:
+    """Files without a TransferSyntaxUID in their file meta: take it from the encoding pydicom read the
+    dataset with (native pixel data only). Returns the UID assumed, or None if nothing was missing."""
+    file_meta = getattr(ds, "file_meta", None)
+    if file_meta is not None and "TransferSyntaxUID" in file_meta:
+        return None
+    encoding = getattr(ds, "original_encoding", (None, None))
+    uid = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
+           (False, False): ExplicitVRBigEndian}.get(tuple(encoding))  # type: ignore[arg-type]
+    if uid is None:
+        return None
+    if file_meta is None:
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid
+    return str(uid)
 
 
 def check_size(ds: Dataset, source: str, max_pixels: int) -> None:
@@ -263,7 +285,14 @@ def load_dicom(data: bytes, source: str, *, max_pixels: int, percentiles: tuple[
     check_has_pixels(ds, source)
     check_size(ds, source, max_pixels)
     meta = extract_metadata(ds)
-    pixels, frame_index = render(ds, source, percentiles)
+    assumed = infer_transfer_syntax(ds)
+    try:
+        pixels, frame_index = render(ds, source, percentiles)
+    except ImageError as exc:
+        if assumed:
+            raise ImageError(source, f"{exc.reason} (the file meta has no TransferSyntaxUID; tried "
+                             f"{UID(assumed).name})") from exc
+        raise
     meta.frame_index = frame_index
     meta.rows, meta.columns = int(pixels.shape[0]), int(pixels.shape[1])
     return pixels, meta

@@ -30,6 +30,7 @@ BAD_DICOM = {
     "MR_truncated.dcm": "failed",  # pixel data shorter than the header says
     "rtplan.dcm": "skipped",  # an RT plan: no image
     "reportsi.dcm": "skipped",  # a structured report: no image
+    "priv_SQ.dcm": "failed",  # an MR image object whose pixel data is missing
 }
 
 

@@ -200,3 +200,22 @@ def test_dicom_recognised_by_content():
     assert looks_like_dicom(data[:256])
     assert not looks_like_dicom(b"hello world, this is text" * 20)
     assert load_image_bytes(data, "no_suffix").kind == "dicom"
+
+
+def test_image_object_without_pixels_is_a_failure_not_a_skip():
+    with pytest.raises(ImageError, match="MR Image Storage object without pixel data") as caught:
+        load_image_file(dicom_file("priv_SQ.dcm"))
+    assert not isinstance(caught.value, NoPixelDataError)
+
+
+def test_missing_transfer_syntax_is_inferred_from_the_encoding():
+    from indexer.sample import pydicom_data_files
+
+    folder = pydicom_data_files()
+    if folder is None or not (folder / "OT-PAL-8-face.dcm").exists():
+        pytest.skip("pydicom-data is not installed")
+    ds = pydicom.dcmread(folder / "OT-PAL-8-face.dcm", force=True)
+    assert "TransferSyntaxUID" not in ds.file_meta
+    pixels = load_image_file(folder / "OT-PAL-8-face.dcm").pixels
+    assert pixels.shape == (480, 640, 3)
+    assert not np.array_equal(pixels[:, :, 0], pixels[:, :, 2])  # the palette gave colour
