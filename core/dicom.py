@@ -165,7 +165,7 @@ def infer_transfer_syntax(ds: Dataset) -> str | None:
         return None
     encoding = getattr(ds, "original_encoding", (None, None))
     uid = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
-           (False, False): ExplicitVRBigEndian}.get(tuple(encoding))  # type: ignore[arg-type]
+           (False, False): ExplicitVRBigEndian}.get(tuple(encoding))
     if uid is None:
         return None
     if file_meta is None:
