@@ -1,16 +1,25 @@
 """DICOM reading: header metadata and a rendering that matches what a viewer shows.
 
-Rendering rules (PREPROCESSING_VERSION 1):
+Rendering rules (PREPROCESSING_VERSION in core.preprocess), per PS3.3 C.11 and C.7.6.3:
 
-1. Multi-frame objects: the middle frame is encoded (its index is recorded).
-2. Colour (RGB, YBR_* converted to RGB by pydicom, PALETTE COLOR through its LUT) is scaled to 8 bits
-   by BitsStored.
-3. Greyscale: the modality LUT (RescaleSlope/RescaleIntercept, or a Modality LUT Sequence) gives
-   modality units (Hounsfield for CT); then the VOI transform from the header: the first
-   WindowCenter/WindowWidth pair with its VOILUTFunction (LINEAR, LINEAR_EXACT or SIGMOID, PS3.3
-   C.11.2.1.2), or the first VOI LUT Sequence item. When the header has no usable window the fallback
-   window stretches the 0.5th..99.5th percentiles of the modality values (configurable).
+1. Frames: the `frames` policy picks which frames become images: "middle" (default), "first", "all",
+   or "every:N" (frames 0, N, 2N...). Only those frames are decoded. Enhanced objects take rescale and
+   window per frame from their Per-frame / Shared Functional Groups.
+2. Colour: RGB, YBR_FULL, YBR_FULL_422 (converted to RGB by pydicom, planar configuration handled),
+   PALETTE COLOR through its lookup table; scaled to 8 bits by BitsStored (or the LUT's depth).
+3. Greyscale: the modality LUT (RescaleSlope/RescaleIntercept or a Modality LUT Sequence) gives
+   modality units (Hounsfield for CT). Then the VOI transform, chosen by the `window` option:
+   - "auto" (default): the header's first WindowCenter/WindowWidth pair with its VOILUTFunction
+     (LINEAR, LINEAR_EXACT or SIGMOID), else the first VOI LUT Sequence item, else for CT a preset
+     chosen from the body region (head: brain, chest: lung, abdomen/pelvis: abdomen, spine and limbs:
+     bone; "mediastinum", "lung", "bone" or "brain" in a description win), else a percentile window;
+   - "header": the header's window, else the percentile window;
+   - a preset name (lung -600/1500, mediastinum 50/350, bone 400/1800, brain 40/80, abdomen 60/400):
+     that preset for CT, "auto" for other modalities;
+   - "CENTER/WIDTH" (for example "40/400"): that window for every greyscale image;
+   - "percentile": stretch the given percentiles (default 0.5th..99.5th) of the modality values.
 4. MONOCHROME1 (white = low values) is inverted so that every image shows bone bright on dark.
+5. Output: (H, W, 3) uint8 RGB, grey replicated into three channels.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import io
 import logging
 import math
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any, Literal
 
@@ -26,9 +37,11 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from core.anatomy import ct_preset, region_from_text
 from core.errors import ImageError, ImageTooLargeError, NoPixelDataError
 from core.metadata import ImageMetadata
 from core.preprocess import grey_to_rgb, percentile_window, unit_to_uint8
@@ -37,11 +50,81 @@ logger = logging.getLogger(__name__)
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+# objects whose pixel data is not a picture of the patient: skipped with a reason
+NON_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "a segmentation mask (SEG), not an image",
+    "1.2.840.10008.5.1.4.1.1.66.5": "a surface segmentation, not an image",
+    "1.2.840.10008.5.1.4.1.1.481.2": "an RT dose grid, not an image",
+    "1.2.840.10008.5.1.4.1.1.30": "a parametric map, not an image",
+}
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0), "mediastinum": (50.0, 350.0), "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0), "abdomen": (60.0, 400.0),
+}
+# transfer syntax UID prefix -> the optional package that decodes it, for messages
+DECODER_HINTS = {
+    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg (GPL-3, optional) or python-gdcm for 12-bit JPEG Extended",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg (GPL-3, optional) or python-gdcm",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg (GPL-3, optional) or python-gdcm",
+    "1.2.840.10008.1.2.4.8": "pyjpegls",
+    "1.2.840.10008.1.2.4.9": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.20": "pylibjpeg-openjpeg (HTJ2K)",
+    "1.2.840.10008.1.2.5": "pylibjpeg-rle",
+}
+# attributes a frame's view needs to run the LUT functions
+_FRAME_BASE = ("PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+               "SamplesPerPixel", "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence",
+               "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence")
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How DICOM pixels become an 8-bit image. See the module docstring for each choice."""
+
+    window: str = "auto"
+    presets: Mapping[str, tuple[float, float]] = field(default_factory=lambda: dict(WINDOW_PRESETS))
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    frames: str = "middle"
+    max_pixels: int = 100_000_000
+
+    def __post_init__(self) -> None:
+        check_window_option(self.window, self.presets)
+        select_frames(1, self.frames)  # validates the policy
+
+
+def check_window_option(window: str, presets: Mapping[str, tuple[float, float]]) -> None:
+    if window in ("auto", "header", "percentile") or window in presets:
+        return
+    try:
+        _, width = (float(part) for part in window.split("/"))
+    except ValueError:
+        raise ValueError(f"window {window!r}: expected auto, header, percentile, one of "
+                         f"{', '.join(sorted(presets))}, or CENTER/WIDTH such as 40/400") from None
+    if width <= 0:
+        raise ValueError(f"window {window!r}: the width must be positive")
+
+
+def select_frames(count: int, policy: str) -> list[int]:
+    """Frame indices a policy selects from `count` frames."""
+    if policy == "middle":
+        return [count // 2]
+    if policy == "first":
+        return [0]
+    if policy == "all":
+        return list(range(count))
+    if policy.startswith("every:"):
+        try:
+            step = int(policy.removeprefix("every:"))
+        except ValueError:
+            step = 0
+        if step >= 1:
+            return list(range(0, count, step))
+    raise ValueError(f"frames policy {policy!r}: expected middle, first, all or every:N (N >= 1)")
 
 
 def looks_like_dicom(head: bytes) -> bool:
-    """True for a Part 10 file ("DICM" after the 128-byte preamble) or a bare little-endian dataset
-    that starts with a file-meta (0002) or identifying (0008) group tag."""
+    """True for a Part 10 file ("DICM" after the 128-byte preamble) or a bare dataset that starts
+    with a file-meta (0002) or identifying (0008) group tag, little- or big-endian."""
     if len(head) >= 132 and head[128:132] == b"DICM":
         return True
     if len(head) >= 8:
@@ -66,24 +149,31 @@ def read_dataset(data: bytes, source: str) -> Dataset:
     except InvalidDicomError as exc:
         raise ImageError(source, f"not a valid DICOM file: {exc}") from exc
     except Exception as exc:  # pydicom raises many kinds on corrupt input
-        raise ImageError(source, f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+        raise ImageError(source, f"unreadable DICOM ({type(exc).__name__}: {_one_line(exc)})") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
+    try:
+        value = ds.get(keyword)
+    except Exception:  # an unparseable value (invalid VR) reads as absent
+        return None
     if value is None:
         return None
-    if isinstance(value, pydicom.multival.MultiValue):
+    if isinstance(value, MultiValue):
         value = "\\".join(str(v) for v in value)
     text = str(value).strip()
     return text or None
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
     try:
+        value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -111,13 +201,22 @@ def parse_age(age: str | None) -> float | None:
 
 
 def extract_metadata(ds: Dataset) -> ImageMetadata:
-    """Header attributes medsearch stores. Patient names are never read."""
-    study_date = _date(ds, "StudyDate")
+    """Header attributes medsearch stores. Patient names and birth dates are never stored (the birth
+    date is read only to compute the age at the study)."""
+    study_date = _date(ds, "StudyDate") or _date(ds, "SeriesDate") or _date(ds, "AcquisitionDate")
     age = parse_age(_text(ds, "PatientAge"))
     birth = _date(ds, "PatientBirthDate")
     if age is None and birth is not None and study_date is not None and study_date >= birth:
         age = round((study_date - birth).days / 365.25, 3)
     sex = _text(ds, "PatientSex")
+    body_part = _text(ds, "BodyPartExamined")
+    extra: dict[str, Any] = {}
+    if body_part is None:
+        body_part = region_from_text(_text(ds, "StudyDescription"), _text(ds, "SeriesDescription"),
+                                     _text(ds, "ProtocolName"))
+        if body_part:
+            extra["body_part_from"] = "description"
+    burned = _text(ds, "BurnedInAnnotation")
     return ImageMetadata(
         patient_id=_text(ds, "PatientID"),
         patient_sex=sex.upper() if sex else None,
@@ -127,7 +226,8 @@ def extract_metadata(ds: Dataset) -> ImageMetadata:
         sop_uid=_text(ds, "SOPInstanceUID"),
         accession_number=_text(ds, "AccessionNumber"),
         modality=_text(ds, "Modality"),
-        body_part=_text(ds, "BodyPartExamined"),
+        body_part=body_part.upper() if body_part else None,
+        view_position=_text(ds, "ViewPosition"),
         study_date=study_date,
         study_description=_text(ds, "StudyDescription"),
         series_description=_text(ds, "SeriesDescription"),
@@ -136,11 +236,13 @@ def extract_metadata(ds: Dataset) -> ImageMetadata:
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
         frames=_int(ds, "NumberOfFrames") or (1 if "Rows" in ds else None),
+        burned_in_annotation=None if burned is None else burned.upper() == "YES",
+        extra=extra,
     )
 
 
 def _sop_class_name(ds: Dataset) -> str:
-    uid = ds.get("SOPClassUID") or getattr(ds.get("file_meta", Dataset()), "MediaStorageSOPClassUID", None)
+    uid = _text(ds, "SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
     return UID(str(uid)).name if uid else "unknown SOP class"
 
 
@@ -150,11 +252,29 @@ def check_has_pixels(ds: Dataset, source: str) -> None:
     media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
     if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         raise NoPixelDataError(source, "DICOMDIR (a directory of other files), no image of its own")
+    sop_class = _text(ds, "SOPClassUID") or media_class
+    if sop_class in NON_IMAGE_SOP_CLASSES:
+        raise NoPixelDataError(source, NON_IMAGE_SOP_CLASSES[sop_class])
     if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
         sop_class = _sop_class_name(ds)
         if "Image Storage" in sop_class or "Rows" in ds:
             raise ImageError(source, f"{sop_class} object without pixel data: truncated or header-only file")
         raise NoPixelDataError(source, f"no pixel data ({sop_class})")
+
+
+def check_size(ds: Dataset, source: str, max_pixels: int) -> int:
+    """Refuse oversized images before decoding. Returns the number of frames."""
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    if not rows or not cols:
+        raise ImageError(source, "pixel data without valid Rows/Columns")
+    frames = _int(ds, "NumberOfFrames") or 1
+    total = rows * cols * frames
+    if total > max_pixels:
+        raise ImageTooLargeError(
+            source, f"{cols}x{rows}x{frames} = {total} pixels exceeds the limit of {max_pixels} "
+            "(setting MEDSEARCH_MAX_IMAGE_PIXELS)"
+        )
+    return frames
 
 
 def infer_transfer_syntax(ds: Dataset) -> str | None:
@@ -174,31 +294,70 @@ def infer_transfer_syntax(ds: Dataset) -> str | None:
     return str(uid)
 
 
-def check_size(ds: Dataset, source: str, max_pixels: int) -> None:
-    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
-    if not rows or not cols:
-        raise ImageError(source, "pixel data without valid Rows/Columns")
-    frames = _int(ds, "NumberOfFrames") or 1
-    total = rows * cols * frames
-    if total > max_pixels:
-        raise ImageTooLargeError(
-            source, f"{cols}x{rows}x{frames} = {total} pixels exceeds the limit of {max_pixels} "
-            "(setting MEDSEARCH_MAX_IMAGE_PIXELS)"
-        )
+def _decoder_hint(ts: str | None) -> str:
+    if not ts:
+        return ""
+    for prefix, package in DECODER_HINTS.items():
+        if ts.startswith(prefix):
+            return f"; decodable with {package}"
+    return ""
 
 
-def _window_values(ds: Dataset) -> tuple[float, float] | None:
-    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if center is None or width is None:
-        return None
+def decode_frame(ds: Dataset, index: int, frames: int, source: str) -> np.ndarray:
+    """One frame's stored values (colour already converted to RGB). Only that frame is decoded."""
     try:
-        c = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
-        w = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if frames > 1:
+                ds.pixel_array_options(index=index)
+            return np.asarray(ds.pixel_array)
+    except Exception as exc:
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        ts_text = f"{UID(str(ts)).name} ({ts})" if ts else "no transfer syntax"
+        message = _one_line(exc)
+        if "missing dependencies" in message or "plugins are missing" in message:
+            message = "no installed decoder supports it"
+        raise ImageError(source, f"pixel data could not be decoded, transfer syntax {ts_text}: "
+                                 f"{message}{_decoder_hint(str(ts) if ts else None)}") from exc
+
+
+def frame_view(ds: Dataset, index: int) -> Dataset:
+    """The attributes that render frame `index`: the object's own, overridden by its Shared and then
+    its Per-frame Functional Groups (enhanced CT/MR/XA store rescale and window there)."""
+    view = Dataset()
+    for keyword in _FRAME_BASE:
+        if keyword in ds:
+            setattr(view, keyword, ds[keyword].value)
+    groups = []
+    if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence):
+        groups.append(ds.SharedFunctionalGroupsSequence[0])
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and index < len(per_frame):
+        groups.append(per_frame[index])
+    for group in groups:
+        for sequence in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
+            items = group.get(sequence)
+            if items:
+                for element in items[0]:
+                    if element.keyword in _FRAME_BASE:
+                        setattr(view, element.keyword, element.value)
+    return view
+
+
+def _first_number(value: Any) -> float | None:
+    try:
+        number = float(value[0] if isinstance(value, MultiValue | list | tuple) else value)
     except (TypeError, ValueError, IndexError):
         return None
-    if not (math.isfinite(c) and math.isfinite(w)) or w <= 0:
+    return number if math.isfinite(number) else None
+
+
+def header_window(view: Dataset) -> tuple[float, float] | None:
+    """The first WindowCenter/WindowWidth pair of the header, if usable."""
+    center, width = _first_number(view.get("WindowCenter")), _first_number(view.get("WindowWidth"))
+    if center is None or width is None or width <= 0:
         return None
-    return c, w
+    return center, width
 
 
 def apply_window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
@@ -215,91 +374,104 @@ def apply_window(values: np.ndarray, center: float, width: float, function: str 
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _grey_to_unit(frame: np.ndarray, ds: Dataset, percentiles: tuple[float, float]) -> np.ndarray:
-    values = apply_modality_lut(frame, ds) if frame.dtype.kind in "iu" else frame.astype(np.float64)
-    window = _window_values(ds)
-    if window is not None:
-        unit = apply_window(values, *window, function=_text(ds, "VOILUTFunction") or "LINEAR")
-    elif "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
-        item = ds.VOILUTSequence[0]
-        lut_bits = int(item.LUTDescriptor[2]) or 16
-        mapped = apply_voi(np.asarray(values).astype(np.int64), ds, index=0)
-        unit = np.clip(np.asarray(mapped, dtype=np.float64) / (2**lut_bits - 1), 0.0, 1.0).astype(np.float32)
-    else:
-        unit = percentile_window(np.asarray(values, dtype=np.float64), percentiles)
-    if _text(ds, "PhotometricInterpretation") == "MONOCHROME1":
+def _voi_lut_sequence(values: np.ndarray, view: Dataset) -> np.ndarray:
+    item = view.VOILUTSequence[0]
+    bits = int(item.LUTDescriptor[2]) or 16
+    mapped = apply_voi(np.rint(values).astype(np.int64), view, index=0)
+    return np.clip(np.asarray(mapped, dtype=np.float64) / (2**bits - 1), 0.0, 1.0).astype(np.float32)
+
+
+def grey_to_unit(frame: np.ndarray, view: Dataset, meta: ImageMetadata, options: RenderOptions) -> tuple[
+    np.ndarray, str
+]:
+    """Modality LUT, VOI transform and MONOCHROME1 inversion. Returns [0, 1] values and a description
+    of the window used."""
+    values = apply_modality_lut(frame, view) if frame.dtype.kind in "iu" else frame.astype(np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    function = _text(view, "VOILUTFunction") or "LINEAR"
+    window = options.window
+    unit: np.ndarray | None = None
+    described = ""
+    preset: str | None = None
+    if "/" in window:
+        center, width = (float(part) for part in window.split("/"))
+        unit, described = apply_window(values, center, width), f"run {center:g}/{width:g}"
+    elif window in options.presets and meta.modality == "CT":
+        preset = window  # forced for CT; other modalities fall through to "auto"
+    elif window != "percentile":  # auto, header, or a preset name on a non-CT image
+        pair = header_window(view)
+        if pair is not None:
+            unit = apply_window(values, *pair, function=function)
+            described = f"header {pair[0]:g}/{pair[1]:g} {function.upper()}"
+        elif "VOILUTSequence" in view and len(view.VOILUTSequence):
+            unit, described = _voi_lut_sequence(values, view), "header VOI LUT"
+        elif window != "header" and meta.modality == "CT":
+            region = region_from_text(meta.body_part) or meta.body_part  # "LSPINE" -> SPINE
+            preset = ct_preset(region, meta.study_description, meta.series_description)
+    if unit is None and preset is not None:
+        center, width = options.presets[preset]
+        unit, described = apply_window(values, center, width), f"preset {preset} {center:g}/{width:g}"
+    if unit is None:
+        low, high = options.percentiles
+        unit, described = percentile_window(values, options.percentiles), f"percentile {low:g}-{high:g}"
+    if _text(view, "PhotometricInterpretation") == "MONOCHROME1":
         unit = 1.0 - unit
-    return unit
+        described += " inverted (MONOCHROME1)"
+    return unit, described
 
 
 def _colour_to_uint8(rgb: np.ndarray, bits: int) -> np.ndarray:
     if rgb.dtype == np.uint8:
         return np.ascontiguousarray(rgb)
+    if rgb.dtype.kind == "f":
+        return unit_to_uint8(percentile_window(rgb.astype(np.float64), (0.0, 100.0)))
     scale = float(2**bits - 1) if bits > 0 else float(np.max(rgb) or 1)
     return unit_to_uint8(rgb.astype(np.float64) / scale)
 
 
-def render(ds: Dataset, source: str, percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple[np.ndarray, int]:
-    """Decode the pixels of `ds` into (H, W, 3) uint8 RGB. Returns the pixels and the frame index used."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            array = ds.pixel_array
-    except Exception as exc:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        ts_text = f"{UID(str(ts)).name} ({ts})" if ts else "unknown transfer syntax"
-        detail = " ".join(str(exc).split())  # pydicom's messages span lines; ours are one line
-        raise ImageError(source, f"pixel data could not be decoded, transfer syntax {ts_text}: {detail}") from exc
-
-    frames = _int(ds, "NumberOfFrames") or 1
+def render_frame(ds: Dataset, frame: np.ndarray, index: int, meta: ImageMetadata, options: RenderOptions,
+                 source: str) -> tuple[np.ndarray, str]:
+    """One decoded frame to (H, W, 3) uint8 RGB, and a description of how it was windowed."""
     samples = _int(ds, "SamplesPerPixel") or 1
-    frame_index = 0
-    if frames > 1 and array.ndim == (3 if samples == 1 else 4):
-        frame_index = frames // 2
-        array = array[frame_index]
     photometric = _text(ds, "PhotometricInterpretation") or ("MONOCHROME2" if samples == 1 else "RGB")
     bits = _int(ds, "BitsStored") or 8
-
     if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(array, ds)
-        lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2]) if (
-            "RedPaletteColorLookupTableDescriptor" in ds
-        ) else 16
-        pixels = _colour_to_uint8(rgb, lut_bits)
-    elif samples == 3 or array.ndim == 3:
-        if array.ndim != 3 or array.shape[-1] != 3:
-            raise ImageError(source, f"unexpected colour pixel array shape {array.shape}")
-        pixels = _colour_to_uint8(array, bits)
-    else:
-        if array.ndim != 2:
-            raise ImageError(source, f"unexpected greyscale pixel array shape {array.shape}")
-        pixels = grey_to_rgb(unit_to_uint8(_grey_to_unit(array, ds, percentiles)))
-    return pixels, frame_index
+        try:
+            rgb = apply_color_lut(frame, ds)
+        except Exception as exc:
+            raise ImageError(source, f"palette colour lookup failed: {_one_line(exc)}") from exc
+        descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+        lut_bits = int(descriptor[2]) if descriptor else 16
+        if rgb.dtype != np.uint8 and lut_bits == 16 and int(np.max(rgb, initial=0)) < 256:
+            lut_bits = 8  # some writers declare 16 bits but store 8-bit entries
+        return _colour_to_uint8(rgb, lut_bits), "palette"
+    if samples == 3 or frame.ndim == 3:
+        if frame.ndim != 3 or frame.shape[-1] != 3:
+            raise ImageError(source, f"unexpected colour pixel array shape {frame.shape}")
+        return _colour_to_uint8(frame, bits), "colour"
+    if frame.ndim != 2:
+        raise ImageError(source, f"unexpected greyscale pixel array shape {frame.shape}")
+    unit, described = grey_to_unit(frame, frame_view(ds, index), meta, options)
+    return grey_to_rgb(unit_to_uint8(unit)), described
 
 
-def load_dicom(data: bytes, source: str, *, max_pixels: int, percentiles: tuple[float, float]) -> tuple[
-    np.ndarray, ImageMetadata
-]:
-    """Read, check and render one DICOM file."""
+def load_dicom_frames(data: bytes, source: str, options: RenderOptions) -> list[tuple[np.ndarray, ImageMetadata]]:
+    """Read, check and render the frames of one DICOM file that `options.frames` selects."""
     ds = read_dataset(data, source)
     check_has_pixels(ds, source)
-    check_size(ds, source, max_pixels)
+    frames = check_size(ds, source, options.max_pixels)
     meta = extract_metadata(ds)
     assumed = infer_transfer_syntax(ds)
-    try:
-        pixels, frame_index = render(ds, source, percentiles)
-    except ImageError as exc:
-        if assumed:
-            raise ImageError(source, f"{exc.reason} (the file meta has no TransferSyntaxUID; tried "
-                             f"{UID(assumed).name})") from exc
-        raise
-    meta.frame_index = frame_index
-    meta.rows, meta.columns = int(pixels.shape[0]), int(pixels.shape[1])
-    return pixels, meta
-
-
-def header_summary(ds: Dataset) -> dict[str, Any]:
-    """Non-identifying header facts, safe for logs."""
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    return {"modality": _text(ds, "Modality"), "transfer_syntax": str(ts) if ts else None,
-            "photometric": _text(ds, "PhotometricInterpretation")}
+    rendered = []
+    for index in select_frames(frames, options.frames):
+        try:
+            pixels, described = render_frame(ds, decode_frame(ds, index, frames, source), index, meta, options,
+                                             source)
+        except ImageError as exc:
+            if assumed:
+                raise ImageError(source, f"{exc.reason} (the file meta has no TransferSyntaxUID; tried "
+                                         f"{UID(assumed).name})") from exc
+            raise
+        rendered.append((pixels, replace(meta, frame_index=index, rows=int(pixels.shape[0]),
+                                         columns=int(pixels.shape[1]), window=described, extra=dict(meta.extra))))
+    return rendered

@@ -22,7 +22,8 @@ class ImageMetadata:
     sop_uid: str | None = None
     accession_number: str | None = None
     modality: str | None = None
-    body_part: str | None = None
+    body_part: str | None = None  # BodyPartExamined, else the region named in the descriptions
+    view_position: str | None = None
     study_date: date | None = None
     study_description: str | None = None
     series_description: str | None = None
@@ -32,6 +33,8 @@ class ImageMetadata:
     columns: int | None = None
     frames: int | None = None
     frame_index: int | None = None  # which frame of a multi-frame object was encoded
+    window: str | None = None  # how the pixels were windowed, for example "header 40/400 LINEAR"
+    burned_in_annotation: bool | None = None  # DICOM BurnedInAnnotation: text burned into the pixels
     labels: list[str] = field(default_factory=list)
     report_text: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-# 1: modality LUT, header VOI window (LINEAR / LINEAR_EXACT / SIGMOID) or percentile fallback,
-#    MONOCHROME1 inverted, middle frame of multi-frame objects, grey replicated to RGB.
-PREPROCESSING_VERSION = "1"
+# 2: modality LUT (per frame for enhanced objects), header VOI window (LINEAR / LINEAR_EXACT /
+#    SIGMOID) or VOI LUT, else CT presets by body region, else a percentile window; MONOCHROME1
+#    inverted; grey replicated to RGB (core/dicom.py has the full rules).
+PREPROCESSING_VERSION = "2"
 
 
 def to_pil(pixels: np.ndarray) -> Image.Image:

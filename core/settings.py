@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.dicom import WINDOW_PRESETS, RenderOptions, check_window_option, select_frames
 
 DEFAULT_MODEL = "google/medsiglip-448"
 
@@ -35,6 +37,17 @@ class Settings(BaseSettings):
     fallback_window_percentiles: tuple[float, float] = Field(
         default=(0.5, 99.5), description="Percentile window used when a DICOM header carries no VOI window."
     )
+    window: str = Field(default="auto", description="DICOM greyscale window: auto, header, percentile, a "
+                        "preset name (lung, mediastinum, bone, brain, abdomen) or CENTER/WIDTH.")
+    window_presets: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(WINDOW_PRESETS), description="CT window presets, name -> (centre, width)."
+    )
+    frames: str = Field(default="middle", description="Multi-frame policy: middle, first, all or every:N.")
+
+    # De-identification at index time.
+    deidentify: bool = Field(default=False, description="Store keyed pseudonyms instead of patient IDs and "
+                             "accession numbers.")
+    deid_secret: SecretStr | None = Field(default=None, description="Key of the pseudonyms (>= 16 characters).")
 
     # Search API.
     host: str = "127.0.0.1"
@@ -43,6 +56,27 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
     log_level: str = "INFO"
+
+    @field_validator("frames")
+    @classmethod
+    def _frames_policy(cls, value: str) -> str:
+        select_frames(1, value)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        check_window_option(self.window, self.window_presets)
+        if self.deidentify:
+            secret = self.deid_secret.get_secret_value() if self.deid_secret else ""
+            if len(secret) < 16 or secret.lower() in {"changeme", "change-me-please", "secret" * 3}:
+                raise ValueError("deidentify needs MEDSEARCH_DEID_SECRET: a private key of at least 16 "
+                                 "characters (keep it: the same key keeps one patient's pseudonym stable)")
+        return self
+
+    def render_options(self) -> RenderOptions:
+        return RenderOptions(window=self.window, presets=self.window_presets,
+                             percentiles=self.fallback_window_percentiles, frames=self.frames,
+                             max_pixels=self.max_image_pixels)
 
     @property
     def database_path(self) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from core.errors import MedsearchError
 from core.settings import Settings
@@ -51,6 +52,16 @@ def load_settings(**overrides: Any) -> Settings:
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
 
 
+def settings_error(exc: ValidationError) -> str:
+    """One line per bad setting, naming it as an option / environment variable."""
+    lines = []
+    for err in exc.errors():
+        name = ".".join(str(part) for part in err["loc"])
+        where = f"--{name.replace('_', '-')} / MEDSEARCH_{name.upper()}: " if name else ""
+        lines.append(f"{where}{err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(lines)
+
+
 def print_summary(result: RunResult, db: Path, max_issues: int = 20) -> None:
     click.echo(
         f"\nrun {result.run_id}: indexed {result.indexed}, unchanged {result.unchanged}, "
@@ -89,12 +100,19 @@ def main() -> None:
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Manifest CSV (default: manifest.csv at the archive's root, if present).")
 @click.option("--max-image-pixels", type=click.IntRange(1), help="Refuse larger images before decoding.")
+@click.option("--window", help="DICOM greyscale window: auto (header, else CT preset by body region, else "
+              "percentile), header, percentile, lung, mediastinum, bone, brain, abdomen, or CENTER/WIDTH.")
+@click.option("--frames", help="Multi-frame DICOM: middle (default), first, all, or every:N - each selected "
+              "frame becomes its own image with its frame number.")
+@click.option("--deidentify", is_flag=True, default=None, help="Store keyed pseudonyms instead of patient IDs "
+              "and accession numbers (key from MEDSEARCH_DEID_SECRET); names and birth dates are never stored.")
 @click.option("--local-files-only", is_flag=True, default=None, help="Never contact the model hub.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal].")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def run(archive: Path, db_dir: Path | None, model: str | None, model_revision: str | None,
         batch_size: int | None, device: str | None, manifest: Path | None, max_image_pixels: int | None,
-        local_files_only: bool | None, progress: bool | None, log_level: str | None) -> None:
+        window: str | None, frames: str | None, deidentify: bool | None, local_files_only: bool | None,
+        progress: bool | None, log_level: str | None) -> None:
     """Index every DICOM, PNG and JPEG image in ARCHIVE (a folder, .zip or .tar[.gz]).
 
     DICOM files are recognised by content, with or without the .dcm suffix. A manifest.csv at the
@@ -105,9 +123,12 @@ def run(archive: Path, db_dir: Path | None, model: str | None, model_revision: s
     Exit status: 0 when the run completed, 1 when nothing in ARCHIVE could be indexed, 2 when the
     archive, the model or the database cannot be used, 130 when interrupted.
     """
-    settings = load_settings(db_dir=db_dir, model=model, model_revision=model_revision, batch_size=batch_size,
-                             device=device, max_image_pixels=max_image_pixels,
-                             local_files_only=local_files_only, log_level=log_level)
+    try:
+        settings = load_settings(db_dir=db_dir, model=model, model_revision=model_revision, batch_size=batch_size,
+                                 device=device, max_image_pixels=max_image_pixels, window=window, frames=frames,
+                                 deidentify=deidentify, local_files_only=local_files_only, log_level=log_level)
+    except ValidationError as exc:
+        raise click.UsageError(settings_error(exc)) from None
     configure_logging(settings.log_level)
     sys.exit(_run(archive, settings, manifest, progress))
 
@@ -133,8 +154,9 @@ def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress
             with logging_redirect_tqdm():
                 result = run_indexing(
                     archive, store, encoder, batch_size=settings.batch_size,
-                    options=LoadOptions(max_pixels=settings.max_image_pixels,
-                                        percentiles=settings.fallback_window_percentiles),
+                    options=LoadOptions(render=settings.render_options(), deid_secret=(
+                        settings.deid_secret.get_secret_value() if settings.deidentify and settings.deid_secret
+                        else None)),
                     manifest_bytes=manifest.read_bytes() if manifest else None,
                     progress=TqdmProgress if show_progress else None,
                 )
@@ -188,6 +210,30 @@ def sample_archive(out: Path) -> None:
     path, counts = build_sample_archive(out)
     click.echo(f"sample archive {path}: {counts['pydicom']} pydicom files, {counts['pydicom-data']} "
                f"pydicom-data files, {counts['rendered']} PNG/JPEG with manifest.csv")
+
+
+@main.command("contact-sheet")
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--window", help="As for `run`: auto, header, percentile, a preset name or CENTER/WIDTH.")
+@click.option("--frames", help="As for `run`: middle, first, all or every:N.")
+@click.option("--limit", type=click.IntRange(1), default=400, show_default=True, help="At most this many tiles.")
+def contact_sheet(archive: Path, out: Path, window: str | None, frames: str | None, limit: int) -> None:
+    """Render the images of ARCHIVE as the indexer would, tiled with their names and windows into the
+    PNG file OUT, for a person to check that nothing is inverted, washed out or black."""
+    from indexer.contact_sheet import write_contact_sheet
+    from indexer.scan import open_archive
+
+    configure_logging("WARNING")
+    try:
+        settings = load_settings(window=window, frames=frames)
+        result = write_contact_sheet(open_archive(archive), out, settings.render_options(), limit=limit)
+    except ValidationError as exc:
+        raise click.UsageError(settings_error(exc)) from None
+    except IndexerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_UNUSABLE)
+    click.echo(f"contact sheet {result.path}: {result.rendered} images, {result.not_rendered} files not rendered")
 
 
 @main.command("random-model")

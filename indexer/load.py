@@ -1,14 +1,16 @@
-"""Stage 2: turn one archive entry into an image ready to encode, or a recorded reason why not."""
+"""Stage 2: turn one archive entry into images ready to encode (one per selected frame), or a reason."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from core.deid import deidentify
+from core.dicom import RenderOptions
 from core.errors import ImageError
-from core.images import LoadedImage, load_image_bytes
+from core.images import LoadedImage, load_image_frames
 from core.metadata import ImageMetadata
 from indexer.manifest import ManifestRow
 from indexer.scan import Entry
@@ -16,14 +18,14 @@ from indexer.scan import Entry
 
 @dataclass(frozen=True)
 class LoadOptions:
-    max_pixels: int = 100_000_000
-    percentiles: tuple[float, float] = (0.5, 99.5)
+    render: RenderOptions = field(default_factory=RenderOptions)
     max_file_bytes: int = 2 * 1024**3
+    deid_secret: str | None = None  # set: store keyed pseudonyms instead of patient IDs
 
 
 @dataclass
 class Prepared:
-    """A decoded image with everything the writer stores about it."""
+    """A decoded image (one frame of a file) with everything the writer stores about it."""
 
     entry: Entry
     sha256: str
@@ -47,10 +49,16 @@ def merge_manifest(meta: ImageMetadata, row: ManifestRow | None) -> ImageMetadat
                    report_text=meta.report_text or row.report_text, extra={**meta.extra, **row.extra})
 
 
-def prepare(entry: Entry, data: bytes, source: str, row: ManifestRow | None, options: LoadOptions) -> Prepared:
-    """Decode `data`. Raises core's ImageError subclasses (NotAnImageError, NoPixelDataError...)."""
+def prepare(entry: Entry, data: bytes, source: str, row: ManifestRow | None, options: LoadOptions,
+            sha256: str | None = None) -> list[Prepared]:
+    """Decode `data` into one Prepared per selected frame. Raises core's ImageError family."""
     if len(data) > options.max_file_bytes:
         raise ImageError(source, f"file of {len(data)} bytes exceeds the limit of {options.max_file_bytes}")
-    image = load_image_bytes(data, source, max_pixels=options.max_pixels, percentiles=options.percentiles)
-    image.metadata = merge_manifest(image.metadata, row)
-    return Prepared(entry=entry, sha256=sha256_of(data), image=image)
+    digest = sha256 or sha256_of(data)
+    prepared = []
+    for image in load_image_frames(data, source, options.render):
+        image.metadata = merge_manifest(image.metadata, row)
+        if options.deid_secret:
+            image.metadata = deidentify(image.metadata, options.deid_secret)
+        prepared.append(Prepared(entry=entry, sha256=digest, image=image))
+    return prepared

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from core.deid import pseudonym
 from core.encoder import Encoder
 from core.errors import ImageError, NoPixelDataError, NotAnImageError
 from indexer.encode import encode_batch
@@ -88,6 +89,10 @@ def run_indexing(
     started = time.perf_counter()
     manifest = _read_manifest(archive, manifest_bytes)
     store.bind_model(encoder.fingerprint.to_dict())
+    deid = f"on, key {pseudonym('key-check', options.deid_secret, 'key')}" if options.deid_secret else "off"
+    store.repository.ensure_meta(
+        "deidentify", deid, "every run into one index must use the same de-identification setting and key: "
+        "rerun with the setting this index was built with, or use another --db folder")
     known = store.repository.sources_in_archive(archive.key)
     entries = archive.entries()
     run_id = store.repository.start_run(archive.key, encoder.fingerprint.key)
@@ -95,7 +100,7 @@ def run_indexing(
     writer = Writer(store, archive.key, run_id, checkpoint_seconds)
     bar = progress(len(entries)) if progress else Progress()
     stages = result.stage_seconds
-    batch: list[Prepared] = []
+    batch: list[Prepared] = []  # whole files only: all frames of a file commit together
     replace: list[int] = []
     pending_issues: list[FileIssue] = []
     seen_manifest_paths: set[str] = set()
@@ -104,7 +109,7 @@ def run_indexing(
         if not batch:
             return
         t0 = time.perf_counter()
-        vectors = encode_batch(encoder, batch)
+        vectors = encode_batch(encoder, batch, batch_size)
         t1 = time.perf_counter()
         writer.write(batch, vectors, replace_ids=replace)
         stages["encode"] += t1 - t0
@@ -143,11 +148,9 @@ def run_indexing(
                     result.unchanged += 1
                 else:
                     try:
-                        item = prepare(entry, data, source, manifest.get(entry.path), options)
-                        item.sha256 = sha
-                        batch.append(item)
+                        batch.extend(prepare(entry, data, source, manifest.get(entry.path), options, sha))
                         if previous is not None:
-                            replace.append(previous[0])
+                            replace.extend(previous[0])
                         seen_manifest_paths.add(entry.path)
                     except (NotAnImageError, NoPixelDataError) as exc:
                         issue(entry.path, "skipped", str(exc))

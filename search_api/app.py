@@ -57,8 +57,7 @@ def build_service(settings: Settings, encoder: Encoder | None = None, store: Sto
             f"{manifest.fingerprint_key}); the loaded model {encoder.fingerprint.name} has fingerprint "
             f"{encoder.fingerprint.key}. Serve it with the model it was built with (--model)."
         )
-    return SearchService(encoder, store, max_pixels=settings.max_image_pixels,
-                         percentiles=settings.fallback_window_percentiles, device=device)
+    return SearchService(encoder, store, render=settings.render_options(), device=device)
 
 
 def create_app(settings: Settings | None = None, service: SearchService | None = None) -> FastAPI:

@@ -45,6 +45,7 @@ class ImageMetadataOut(BaseModel):
     accession_number: str | None = None
     modality: str | None = None
     body_part: str | None = None
+    view_position: str | None = None
     study_date: date | None = None
     study_description: str | None = None
     series_description: str | None = None
@@ -54,6 +55,8 @@ class ImageMetadataOut(BaseModel):
     columns: int | None = None
     frames: int | None = None
     frame_index: int | None = None
+    window: str | None = Field(default=None, description="How the pixels were windowed for the model.")
+    burned_in_annotation: bool | None = None
     labels: list[str] = Field(default_factory=list)
     report_text: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)

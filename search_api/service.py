@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from core.dicom import RenderOptions
 from core.encoder import Encoder
 from core.images import LoadedImage, load_image_bytes
 from storage.store import Store
@@ -26,17 +27,15 @@ class Hit:
 
 
 class SearchService:
-    def __init__(self, encoder: Encoder, store: Store, *, max_pixels: int,
-                 percentiles: tuple[float, float], device: str = "cpu") -> None:
+    def __init__(self, encoder: Encoder, store: Store, *, render: RenderOptions, device: str = "cpu") -> None:
         self.encoder = encoder
         self.store = store
-        self.max_pixels = max_pixels
-        self.percentiles = percentiles
+        self.render = render
         self.device = device
 
     def load_query_image(self, data: bytes, source: str) -> LoadedImage:
         """Decode an uploaded image exactly as the indexer does. Raises core's ImageError family."""
-        return load_image_bytes(data, source, max_pixels=self.max_pixels, percentiles=self.percentiles)
+        return load_image_bytes(data, source, self.render)
 
     def search_text(self, query: str, k: int) -> list[Hit]:
         return self._search(self.encoder.encode_texts([query]), k)

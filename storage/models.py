@@ -28,7 +28,7 @@ class ImageRow(Base):
 
     __tablename__ = "images"
     __table_args__ = (
-        Index("ix_images_source", "archive", "path", unique=True),
+        Index("ix_images_source", "archive", "path", "frame_index", unique=True),
         Index("ix_images_sha256", "sha256"),
         Index("ix_images_patient", "patient_id"),
         Index("ix_images_study", "study_uid"),
@@ -52,6 +52,7 @@ class ImageRow(Base):
     patient_age: Mapped[float | None] = mapped_column(Float)
     modality: Mapped[str | None] = mapped_column(String(16))
     body_part: Mapped[str | None] = mapped_column(String(64))
+    view_position: Mapped[str | None] = mapped_column(String(16))
     study_date: Mapped[date | None] = mapped_column(Date)
     study_description: Mapped[str | None] = mapped_column(Text)
     series_description: Mapped[str | None] = mapped_column(Text)
@@ -60,7 +61,9 @@ class ImageRow(Base):
     rows: Mapped[int | None] = mapped_column(Integer)
     columns: Mapped[int | None] = mapped_column(Integer)
     frames: Mapped[int | None] = mapped_column(Integer)
-    frame_index: Mapped[int | None] = mapped_column(Integer)
+    frame_index: Mapped[int] = mapped_column(Integer, default=0)
+    window: Mapped[str | None] = mapped_column(Text)
+    burned_in_annotation: Mapped[bool | None] = mapped_column(Boolean)
     labels: Mapped[list[str]] = mapped_column(JSON, default=list)
     report_text: Mapped[str | None] = mapped_column(Text)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

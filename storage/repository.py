@@ -11,8 +11,8 @@ import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.errors import DimensionMismatchError, FingerprintMismatchError
-from storage.models import EmbeddingRow, ImageRow, IndexManifestRow, RunErrorRow, RunRow
+from storage.errors import DimensionMismatchError, FingerprintMismatchError, StorageError
+from storage.models import EmbeddingRow, ImageRow, IndexManifestRow, Meta, RunErrorRow, RunRow
 
 
 def utcnow() -> datetime:
@@ -38,6 +38,7 @@ class ImageRecord:
     accession_number: str | None = None
     modality: str | None = None
     body_part: str | None = None
+    view_position: str | None = None
     study_date: date | None = None
     study_description: str | None = None
     series_description: str | None = None
@@ -46,7 +47,9 @@ class ImageRecord:
     rows: int | None = None
     columns: int | None = None
     frames: int | None = None
-    frame_index: int | None = None
+    frame_index: int = 0
+    window: str | None = None
+    burned_in_annotation: bool | None = None
     labels: list[str] = field(default_factory=list)
     report_text: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -142,13 +145,30 @@ class Repository:
         return manifest
 
     # -- images and embeddings ------------------------------------------------------------------------
-    def sources_in_archive(self, archive: str) -> dict[str, tuple[int, str]]:
-        """path -> (image id, sha256) of everything already indexed from `archive`."""
+    def sources_in_archive(self, archive: str) -> dict[str, tuple[list[int], str]]:
+        """path -> (image ids, one per indexed frame; sha256) of everything already indexed from `archive`."""
+        found: dict[str, tuple[list[int], str]] = {}
         with self._sessions() as session:
             rows = session.execute(
                 select(ImageRow.path, ImageRow.id, ImageRow.sha256).where(ImageRow.archive == archive)
             )
-            return {path: (image_id, sha) for path, image_id, sha in rows}
+            for path, image_id, sha in rows:
+                found.setdefault(path, ([], sha))[0].append(image_id)
+        return found
+
+    def get_meta(self, key: str) -> str | None:
+        with self._sessions() as session:
+            row = session.get(Meta, key)
+            return row.value if row else None
+
+    def ensure_meta(self, key: str, value: str, explain: str) -> None:
+        """Record `value` under `key` the first time; afterwards refuse a different one (StorageError)."""
+        with self._sessions() as session, session.begin():
+            row = session.get(Meta, key)
+            if row is None:
+                session.add(Meta(key=key, value=value))
+            elif row.value != value:
+                raise StorageError(f"{explain} (recorded {key}={row.value}, asked {key}={value})")
 
     def add_images(self, records: Sequence[ImageRecord], vectors: np.ndarray, fingerprint_key: str,
                    run_id: int | None = None, replace_ids: Sequence[int] = ()) -> list[int]:

@@ -22,8 +22,8 @@ GOOD_DICOM = [
     "CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm",
     "MR_small_jpeg_ls_lossless.dcm", "MR_small_implicit.dcm", "MR_small_expb.dcm", "SC_rgb_rle.dcm",
     "SC_ybr_full_422_uncompressed.dcm", "SC_rgb_small_odd_jpeg.dcm", "image_dfl.dcm", "JPEG2000.dcm",
-    "rtdose.dcm", "SC_rgb_jpeg_dcmtk.dcm", "examples_palette.dcm", "examples_ybr_color.dcm",
-    "liver_1frame.dcm", "ExplVR_BigEnd.dcm", "SC_rgb_rle_2frame.dcm", "JPEGLSNearLossless_16.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm", "examples_palette.dcm", "examples_ybr_color.dcm", "ExplVR_BigEnd.dcm",
+    "SC_rgb_rle_2frame.dcm", "JPEGLSNearLossless_16.dcm", "693_J2KI.dcm", "examples_rgb_color.dcm",
 ]
 # name -> what the indexer must say about it
 BAD_DICOM = {
@@ -31,6 +31,8 @@ BAD_DICOM = {
     "rtplan.dcm": "skipped",  # an RT plan: no image
     "reportsi.dcm": "skipped",  # a structured report: no image
     "priv_SQ.dcm": "failed",  # an MR image object whose pixel data is missing
+    "rtdose.dcm": "skipped",  # an RT dose grid
+    "liver_1frame.dcm": "skipped",  # a segmentation mask
 }
 
 

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from core.dicom import apply_window, extract_metadata, looks_like_dicom, parse_age
+from core.dicom import RenderOptions, apply_window, extract_metadata, looks_like_dicom, parse_age
 from core.errors import ImageError, ImageTooLargeError, NoPixelDataError
 from core.images import load_image_bytes, load_image_file
 from tests.conftest import dicom_file
@@ -152,9 +152,9 @@ def test_real_metadata_equals_header():
 
 
 def test_multiframe_encodes_middle_frame():
-    path = dicom_file("rtdose.dcm")
+    path = dicom_file("examples_ybr_color.dcm")
     loaded = load_image_file(path)
-    assert loaded.metadata.frames == 15 and loaded.metadata.frame_index == 7
+    assert loaded.metadata.frames == 30 and loaded.metadata.frame_index == 15
 
 
 @pytest.mark.parametrize("name", ["SC_rgb_rle.dcm", "SC_ybr_full_422_uncompressed.dcm", "examples_palette.dcm"])
@@ -192,7 +192,7 @@ def test_truncated_file_names_the_file():
 def test_size_limit_refuses_before_decoding():
     data = make_dicom(np.zeros((64, 64)))
     with pytest.raises(ImageTooLargeError, match="limit of 1000"):
-        load_image_bytes(data, "big.dcm", max_pixels=1000)
+        load_image_bytes(data, "big.dcm", RenderOptions(max_pixels=1000))
 
 
 def test_dicom_recognised_by_content():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.dicom import RenderOptions
 from core.errors import ImageError, ImageTooLargeError, NotAnImageError
 from core.images import load_image_bytes
 
@@ -87,4 +88,4 @@ def test_empty_and_corrupt():
 
 def test_pixel_limit():
     with pytest.raises(ImageTooLargeError, match="big.png"):
-        load_image_bytes(encode(Image.new("L", (100, 100))), "big.png", max_pixels=5000)
+        load_image_bytes(encode(Image.new("L", (100, 100))), "big.png", RenderOptions(max_pixels=5000))

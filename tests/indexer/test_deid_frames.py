@@ -1,0 +1,78 @@
+"""De-identification at index time and multi-frame policies, through the real indexer and store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from core.deid import pseudonym
+from core.dicom import RenderOptions
+from core.encoder import HFEncoder
+from indexer.load import LoadOptions
+from indexer.runner import run_indexing
+from indexer.scan import open_archive
+from storage.errors import StorageError
+from storage.store import Store
+from tests.conftest import dicom_file
+
+SECRET = "a-test-key-of-sufficient-length"
+
+
+def small_archive(root: Path) -> Path:
+    root.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm", "examples_ybr_color.dcm"):
+        shutil.copy2(dicom_file(name), root / name)
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    ds.AccessionNumber = "ACC-12345"
+    ds.SOPInstanceUID = ds.SOPInstanceUID + ".2"
+    ds.save_as(root / "CT_small_second.dcm")  # the same patient again
+    (root / "manifest.csv").write_text("path,patient_name,site\nCT_small.dcm,Doe^Jane,lab\n")
+    return root
+
+
+def test_deidentified_index_holds_no_raw_identifiers(encoder: HFEncoder, tmp_path: Path):
+    archive = small_archive(tmp_path / "archive")
+    raw_ct = str(pydicom.dcmread(archive / "CT_small.dcm").PatientID)
+    db = tmp_path / "db"
+    with Store.open(db, create=True) as store:
+        result = run_indexing(open_archive(archive), store, encoder, options=LoadOptions(deid_secret=SECRET))
+        rows = list(store.repository.get_images(list(range(1, 20))).values())
+    assert result.indexed == 4
+    by_path = {row["path"]: row for row in rows}
+    expected = pseudonym(raw_ct, SECRET, "patient")
+    assert by_path["CT_small.dcm"]["patient_id"] == expected == by_path["CT_small_second.dcm"]["patient_id"]
+    assert by_path["CT_small_second.dcm"]["accession_number"] == pseudonym("ACC-12345", SECRET, "accession")
+    assert by_path["CT_small.dcm"]["extra"] == {"site": "lab"}  # the name column is dropped
+    content = b"".join(p.read_bytes() for p in db.iterdir())
+    for raw in (raw_ct.encode(), b"ACC-12345", b"Doe^Jane"):
+        assert raw not in content
+
+    # one index, one setting: a plain run (or another key) into it is refused
+    with Store.open(db) as store, pytest.raises(StorageError, match="de-identification"):
+        run_indexing(open_archive(archive), store, encoder)
+    with Store.open(db) as store, pytest.raises(StorageError, match="de-identification"):
+        run_indexing(open_archive(archive), store, encoder, options=LoadOptions(deid_secret="another-key-0123456"))
+
+
+def test_without_deid_ids_are_kept(encoder: HFEncoder, tmp_path: Path):
+    archive = small_archive(tmp_path / "archive")
+    with Store.open(tmp_path / "db", create=True) as store:
+        run_indexing(open_archive(archive), store, encoder)
+        rows = {r["path"]: r for r in store.repository.get_images(list(range(1, 20))).values()}
+    assert rows["CT_small.dcm"]["patient_id"] == str(pydicom.dcmread(archive / "CT_small.dcm").PatientID)
+
+
+def test_every_nth_frame_is_its_own_image_and_reruns_add_nothing(encoder: HFEncoder, tmp_path: Path):
+    archive = small_archive(tmp_path / "archive")
+    options = LoadOptions(render=RenderOptions(frames="every:10"))
+    with Store.open(tmp_path / "db", create=True) as store:
+        first = run_indexing(open_archive(archive), store, encoder, batch_size=2, options=options)
+        rows = store.repository.get_images(list(range(1, 50))).values()
+        frames = sorted(r["frame_index"] for r in rows if r["path"] == "examples_ybr_color.dcm")
+        assert frames == [0, 10, 20]  # 30 frames
+        assert first.indexed == 3 + 3 == store.ntotal
+        again = run_indexing(open_archive(archive), store, encoder, options=options)
+        assert again.indexed == 0 and again.unchanged == 4 and store.ntotal == 6
