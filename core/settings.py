@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.dicom import WINDOW_PRESETS, RenderOptions, check_window_option, select_frames
@@ -37,11 +37,11 @@ class Settings(BaseSettings):
     fallback_window_percentiles: tuple[float, float] = Field(
         default=(0.5, 99.5), description="Percentile window used when a DICOM header carries no VOI window."
     )
-    window: str = Field(default="auto", description="DICOM greyscale window: auto, header, percentile, a "
-                        "preset name (lung, mediastinum, bone, brain, abdomen) or CENTER/WIDTH.")
     window_presets: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: dict(WINDOW_PRESETS), description="CT window presets, name -> (centre, width)."
     )
+    window: str = Field(default="auto", description="DICOM greyscale window: auto, header, percentile, a "
+                        "preset name (lung, mediastinum, bone, brain, abdomen) or CENTER/WIDTH.")
     frames: str = Field(default="middle", description="Multi-frame policy: middle, first, all or every:N.")
 
     # De-identification at index time.
@@ -63,9 +63,14 @@ class Settings(BaseSettings):
         select_frames(1, value)
         return value
 
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str, info: ValidationInfo) -> str:
+        check_window_option(value, info.data.get("window_presets", WINDOW_PRESETS))
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        check_window_option(self.window, self.window_presets)
         if self.deidentify:
             secret = self.deid_secret.get_secret_value() if self.deid_secret else ""
             if len(secret) < 16 or secret.lower() in {"changeme", "change-me-please", "secret" * 3}:

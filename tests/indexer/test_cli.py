@@ -47,3 +47,21 @@ def test_help_explains(tmp_path: Path):
     assert done.returncode == 0
     for word in ("ARCHIVE", "--db", "--model", "--batch-size", "--device", "manifest.csv", "Exit status"):
         assert word in done.stdout
+
+
+def test_bad_options_name_the_setting(archive_dir: Path, tiny_model_dir: Path, tmp_path: Path):
+    done = run_cli("run", str(archive_dir), "--db", str(tmp_path / "db"), "--window", "wide")
+    assert done.returncode == 2 and "--window" in done.stderr and "CENTER/WIDTH" in done.stderr
+    done = run_cli("run", str(archive_dir), "--db", str(tmp_path / "db"), "--frames", "some")
+    assert done.returncode == 2 and "--frames" in done.stderr
+    done = run_cli("run", str(archive_dir), "--db", str(tmp_path / "db"), "--deidentify")
+    assert done.returncode == 2 and "MEDSEARCH_DEID_SECRET" in done.stderr
+
+
+def test_contact_sheet(archive_dir: Path, tmp_path: Path):
+    from PIL import Image
+
+    done = run_cli("contact-sheet", str(archive_dir), str(tmp_path / "sheet.png"), "--window", "percentile")
+    assert done.returncode == 0, done.stderr
+    sheet = Image.open(tmp_path / "sheet.png")
+    assert sheet.width == 8 * 160 and sheet.height >= 3 * 160
