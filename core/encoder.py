@@ -54,6 +54,37 @@ class ModelFingerprint:
         return {**asdict(self), "key": self.key}
 
 
+@dataclass(frozen=True)
+class PreprocessorSpec:
+    """Enough to rebuild a model's image preprocessor in another process (indexing workers)."""
+
+    name_or_path: str
+    revision: str | None = None
+    local_files_only: bool = True
+
+
+class ImagePreprocessor:
+    """The model's own image processor (resize, rescale, normalise): RGB uint8 -> pixel_values."""
+
+    def __init__(self, processor: Any) -> None:
+        self._processor = processor
+
+    @classmethod
+    def load(cls, spec: PreprocessorSpec) -> ImagePreprocessor:
+        from transformers import AutoProcessor
+
+        try:
+            return cls(AutoProcessor.from_pretrained(spec.name_or_path, revision=spec.revision,
+                                                     local_files_only=spec.local_files_only))
+        except Exception as exc:
+            raise ModelLoadError(_explain_load_failure(spec.name_or_path, exc)) from exc
+
+    def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(n, 3, H, W) float32 pixel values, exactly as the model's processor makes them."""
+        inputs = self._processor(images=[to_pil(image) for image in images], return_tensors="np")
+        return np.asarray(inputs["pixel_values"], dtype=np.float32)
+
+
 class Encoder(Protocol):
     """What the indexer and the API need from a model."""
 
@@ -69,6 +100,17 @@ class Encoder(Protocol):
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Strings -> (n, dim) float32, rows L2-normalised."""
+        ...
+
+    @property
+    def preprocessor_spec(self) -> PreprocessorSpec: ...
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """RGB uint8 images -> the model's pixel values (what workers compute ahead of the model)."""
+        ...
+
+    def encode_pixel_values(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Preprocessed pixel values -> (n, dim) float32, rows L2-normalised."""
         ...
 
 
@@ -155,16 +197,52 @@ class HFEncoder:
     """A transformers SigLIP/CLIP model and its processor, loaded once, used for both towers."""
 
     def __init__(self, model: Any, processor: Any, fingerprint: ModelFingerprint, device: str,
-                 text_max_length: int) -> None:
+                 text_max_length: int, spec: PreprocessorSpec, dtype: Any = None) -> None:
         self._model = model
         self._processor = processor
+        self._preprocessor = ImagePreprocessor(processor)
         self._fingerprint = fingerprint
         self._device = device
+        self._dtype = dtype
+        self._spec = spec
         self.text_max_length = text_max_length
 
     @classmethod
     def load(cls, name_or_path: str, *, revision: str | None = None, device: str = "auto",
-             local_files_only: bool = False) -> HFEncoder:
+             local_files_only: bool = False, precision: str = "auto", quantize: str | None = None) -> HFEncoder:
+        """Load through AutoModel/AutoProcessor. Raises ModelLoadError with an actionable message.
+
+        precision: auto (bf16 on a GPU that supports it, fp16 on other GPUs, fp32 on CPU), fp32, bf16,
+        fp16. quantize: "int8" for dynamic int8 quantization of the linear layers (CPU only).
+        """
+        encoder = cls._load(name_or_path, revision=revision, device=device, local_files_only=local_files_only)
+        encoder._set_precision(precision, quantize)
+        return encoder
+
+    def _set_precision(self, precision: str, quantize: str | None) -> None:
+        import torch
+
+        if quantize:
+            if quantize != "int8":
+                raise ModelLoadError(f"--quantize {quantize}: only int8 is supported")
+            if self._device != "cpu":
+                raise ModelLoadError("--quantize int8 runs on the CPU only (use --precision on a GPU)")
+            self._model = torch.ao.quantization.quantize_dynamic(self._model, {torch.nn.Linear}, dtype=torch.qint8)
+            logger.info("model quantized to dynamic int8")
+            return
+        if precision == "auto":  # half precision on GPUs, fp32 on CPUs (where bf16 is slower)
+            gpu = "bf16" if self._device == "cuda" and torch.cuda.is_bf16_supported() else "fp16"
+            precision = gpu if self._device == "cuda" else "fp32"
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if precision not in dtypes:
+            raise ModelLoadError(f"--precision {precision}: expected auto, fp32, bf16 or fp16")
+        if precision != "fp32":
+            self._model = self._model.to(dtypes[precision])
+            self._dtype = dtypes[precision]
+            logger.info("model runs in %s", precision)
+
+    @classmethod
+    def _load(cls, name_or_path: str, *, revision: str | None, device: str, local_files_only: bool) -> HFEncoder:
         """Load through AutoModel/AutoProcessor. Raises ModelLoadError with an actionable message."""
         try:
             import torch
@@ -216,7 +294,8 @@ class HFEncoder:
         )
         if random_weights:
             logger.warning("model %s has RANDOM weights: search results are meaningless", name_or_path)
-        return cls(model, processor, fingerprint, resolved_device, text_max_length)
+        spec = PreprocessorSpec(name_or_path, commit if not folder.is_dir() else revision, local_files_only=True)
+        return cls(model, processor, fingerprint, resolved_device, text_max_length, spec)
 
     @property
     def fingerprint(self) -> ModelFingerprint:
@@ -247,12 +326,28 @@ class HFEncoder:
             raise ModelLoadError(f"model returned embeddings of shape {array.shape}, expected (n, {self.dim})")
         return l2_normalise(array)
 
+    @property
+    def preprocessor_spec(self) -> PreprocessorSpec:
+        return self._spec
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return self._preprocessor(images)
+
+    def encode_pixel_values(self, pixel_values: np.ndarray) -> np.ndarray:
+        import torch
+
+        if len(pixel_values) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        tensor = torch.from_numpy(np.ascontiguousarray(pixel_values)).to(self._device)
+        if self._dtype is not None:
+            tensor = tensor.to(self._dtype)
+        with torch.inference_mode():
+            return self._features(self._model.get_image_features(pixel_values=tensor))
+
     def encode_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        inputs = self._processor(images=[to_pil(image) for image in images], return_tensors="pt")
-        pixel_values = inputs["pixel_values"].to(self._device)
-        return self._features(self._model.get_image_features(pixel_values=pixel_values))
+        return self.encode_pixel_values(self.preprocess(images))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -260,7 +355,10 @@ class HFEncoder:
         # SigLIP was trained on text padded to a fixed length (64 tokens for MedSigLIP): pad to it.
         inputs = self._processor(text=list(texts), padding="max_length", truncation=True,
                                  max_length=self.text_max_length, return_tensors="pt")
+        import torch
+
         kwargs = {"input_ids": inputs["input_ids"].to(self._device)}
         if "attention_mask" in inputs:
             kwargs["attention_mask"] = inputs["attention_mask"].to(self._device)
-        return self._features(self._model.get_text_features(**kwargs))
+        with torch.inference_mode():
+            return self._features(self._model.get_text_features(**kwargs))

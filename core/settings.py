@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +30,13 @@ class Settings(BaseSettings):
     model_revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     device: Device = "auto"
     batch_size: int = Field(default=16, ge=1, le=4096)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="Model precision: auto = bf16/fp16 on a GPU, fp32 on a CPU.")
+    quantize: Literal["int8"] | None = Field(default=None, description="Dynamic int8 quantization (CPU).")
+    workers: int | None = Field(default=None, ge=0, le=256, description="Decoding worker processes "
+                                "(default: one per core but one, 0 = decode in the main process).")
+    checkpoint_seconds: float = Field(default=30.0, ge=0, description="Save the FAISS index at least this often "
+                                      "during a run (the database is always committed per batch).")
     local_files_only: bool = Field(default=False, description="Never contact the model hub; use the cache.")
 
     # Image loading.
@@ -82,6 +90,12 @@ class Settings(BaseSettings):
         return RenderOptions(window=self.window, presets=self.window_presets,
                              percentiles=self.fallback_window_percentiles, frames=self.frames,
                              max_pixels=self.max_image_pixels)
+
+    @property
+    def worker_count(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return max(0, min(8, (os.cpu_count() or 1) - 1))
 
     @property
     def database_path(self) -> Path:

@@ -64,9 +64,10 @@ def settings_error(exc: ValidationError) -> str:
 
 def print_summary(result: RunResult, db: Path, max_issues: int = 20) -> None:
     click.echo(
-        f"\nrun {result.run_id}: indexed {result.indexed}, unchanged {result.unchanged}, "
-        f"skipped {result.skipped}, failed {result.failed} in {result.seconds:.1f} s "
-        f"({result.images_per_second:.1f} images/s)"
+        f"\nrun {result.run_id}: indexed {result.indexed} new images, {result.linked} more sources of images "
+        f"already indexed, unchanged {result.unchanged}, skipped {result.skipped}, failed {result.failed}"
+        + (f", pruned {result.pruned}" if result.pruned else "")
+        + f" in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s)"
     )
     stages = ", ".join(f"{name} {secs:.1f} s" for name, secs in sorted(result.stage_seconds.items()))
     click.echo(f"stage times: {stages}")
@@ -106,19 +107,30 @@ def main() -> None:
               "frame becomes its own image with its frame number.")
 @click.option("--deidentify", is_flag=True, default=None, help="Store keyed pseudonyms instead of patient IDs "
               "and accession numbers (key from MEDSEARCH_DEID_SECRET); names and birth dates are never stored.")
+@click.option("--workers", type=click.IntRange(0, 256), help="Decoding worker processes, overlapped with "
+              "encoding [default: one per core but one; 0 decodes in the main process].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="Model precision [default auto: bf16/fp16 on a GPU, fp32 on a CPU].")
+@click.option("--quantize", type=click.Choice(["int8"]), help="Dynamic int8 quantization of the model (CPU).")
+@click.option("--prune", is_flag=True, help="Remove entries of files no longer in ARCHIVE.")
+@click.option("--checkpoint-seconds", type=click.FloatRange(0), help="Save the FAISS index at least this often "
+              "[default 30; the database itself is committed after every batch].")
 @click.option("--local-files-only", is_flag=True, default=None, help="Never contact the model hub.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal].")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def run(archive: Path, db_dir: Path | None, model: str | None, model_revision: str | None,
         batch_size: int | None, device: str | None, manifest: Path | None, max_image_pixels: int | None,
-        window: str | None, frames: str | None, deidentify: bool | None, local_files_only: bool | None,
-        progress: bool | None, log_level: str | None) -> None:
+        window: str | None, frames: str | None, deidentify: bool | None, workers: int | None,
+        precision: str | None, quantize: str | None, prune: bool, checkpoint_seconds: float | None,
+        local_files_only: bool | None, progress: bool | None, log_level: str | None) -> None:
     """Index every DICOM, PNG and JPEG image in ARCHIVE (a folder, .zip or .tar[.gz]).
 
     DICOM files are recognised by content, with or without the .dcm suffix. A manifest.csv at the
     archive's root gives PNG/JPEG images their patient_id, labels, report and extra columns.
-    Files that cannot be indexed are listed with the reason and the run goes on; rerunning over
-    the same archive indexes only new or changed files.
+    Files that cannot be indexed are listed with the reason and the run goes on. Rerunning over the
+    same archive reads only new or changed files (path, size and time first, then content hash);
+    exact duplicates and moved files are recorded as further sources without encoding them again.
+    A run killed at any moment can simply be run again: nothing is lost or indexed twice.
 
     Exit status: 0 when the run completed, 1 when nothing in ARCHIVE could be indexed, 2 when the
     archive, the model or the database cannot be used, 130 when interrupted.
@@ -126,14 +138,16 @@ def run(archive: Path, db_dir: Path | None, model: str | None, model_revision: s
     try:
         settings = load_settings(db_dir=db_dir, model=model, model_revision=model_revision, batch_size=batch_size,
                                  device=device, max_image_pixels=max_image_pixels, window=window, frames=frames,
-                                 deidentify=deidentify, local_files_only=local_files_only, log_level=log_level)
+                                 deidentify=deidentify, workers=workers, precision=precision, quantize=quantize,
+                                 checkpoint_seconds=checkpoint_seconds, local_files_only=local_files_only,
+                                 log_level=log_level)
     except ValidationError as exc:
         raise click.UsageError(settings_error(exc)) from None
     configure_logging(settings.log_level)
-    sys.exit(_run(archive, settings, manifest, progress))
+    sys.exit(_run(archive, settings, manifest, progress, prune))
 
 
-def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress: bool | None) -> int:
+def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress: bool | None, prune: bool) -> int:
     from core.encoder import HFEncoder
     from indexer.load import LoadOptions
     from indexer.runner import run_indexing
@@ -144,7 +158,8 @@ def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress
     try:
         archive = open_archive(archive_path)
         encoder = HFEncoder.load(settings.model, revision=settings.model_revision, device=settings.device,
-                                 local_files_only=settings.local_files_only)
+                                 local_files_only=settings.local_files_only, precision=settings.precision,
+                                 quantize=settings.quantize)
         if encoder.fingerprint.random_weights:
             click.echo(f"WARNING: {settings.model} has RANDOM weights (a test model): search results will be "
                        "meaningless.", err=True)
@@ -158,7 +173,8 @@ def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress
                         settings.deid_secret.get_secret_value() if settings.deidentify and settings.deid_secret
                         else None)),
                     manifest_bytes=manifest.read_bytes() if manifest else None,
-                    progress=TqdmProgress if show_progress else None,
+                    progress=TqdmProgress if show_progress else None, workers=settings.worker_count,
+                    checkpoint_seconds=settings.checkpoint_seconds, prune=prune,
                 )
             total = store.ntotal
     except KeyboardInterrupt:
@@ -197,6 +213,67 @@ def runs(db_dir: Path | None, run_id: int | None) -> None:
             seconds = f"{r.seconds:.1f} s" if r.seconds is not None else "-"
             click.echo(f"{r.id:5} {r.started_at:%Y-%m-%d %H:%M:%S} {r.status:11} indexed {r.indexed:7} "
                        f"skipped {r.skipped:7} failed {r.failed:5} {seconds:>9}  {r.archive}")
+
+
+def _open_store(db_dir: Path | None) -> Any:
+    from storage.store import Store
+
+    settings = load_settings(db_dir=db_dir)
+    try:
+        return Store.open(settings.db_dir)
+    except StorageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_UNUSABLE)
+
+
+@main.command()
+@click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder.")
+@click.option("--repair", is_flag=True, help="Fix what is found: drop broken rows, rebuild the FAISS index.")
+def verify(db_dir: Path | None, repair: bool) -> None:
+    """Check that the FAISS index, the image rows, their sources and the stored embeddings agree, id for
+    id and vector for vector. Exit status 1 when problems remain."""
+    configure_logging("WARNING")
+    with _open_store(db_dir) as store:
+        problems = store.verify(repair=repair)
+        for problem in problems:
+            click.echo(f"{'repaired' if repair else 'problem'}: {problem}")
+        remaining = store.verify() if repair else problems
+        click.echo(f"{store.repository.count_images()} images, {store.repository.count_sources()} sources, "
+                   f"{store.ntotal} vectors: {'consistent' if not remaining else 'INCONSISTENT'}")
+    sys.exit(1 if remaining else 0)
+
+
+@main.command()
+@click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder.")
+@click.option("--path", "path_prefix", help="Files whose path inside the archive starts with this.")
+@click.option("--archive", help="Only in this archive (its path as indexed).")
+@click.option("--patient", "patient_id", help="Every image of this patient ID (as stored).")
+@click.option("--study", "study_uid", help="Every image of this study instance UID.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def remove(db_dir: Path | None, path_prefix: str | None, archive: str | None, patient_id: str | None,
+           study_uid: str | None, yes: bool) -> None:
+    """Remove images from the index by path, archive, patient or study. Images found in several files
+    stay as long as one of their sources does."""
+    if not any((path_prefix, archive, patient_id, study_uid)):
+        raise click.UsageError("say what to remove: --path, --archive, --patient or --study")
+    configure_logging("WARNING")
+    with _open_store(db_dir) as store:
+        if archive is not None:
+            from indexer.scan import open_archive
+
+            try:
+                archive = open_archive(archive).key
+            except IndexerError:
+                archive = str(Path(archive).expanduser().resolve())
+        sources = store.repository.select_sources(archive=archive, path_prefix=path_prefix,
+                                                  patient_id=patient_id, study_uid=study_uid)
+        if not sources:
+            click.echo("nothing matches")
+            return
+        if not yes and not click.confirm(f"remove {len(sources)} sources?", default=False):
+            sys.exit(1)
+        removed = store.remove_sources(sources)
+        click.echo(f"removed {len(sources)} sources and {len(removed)} images; {store.ntotal} vectors remain")
 
 
 @main.command("sample-archive")

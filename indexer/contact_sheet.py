@@ -33,7 +33,7 @@ def write_contact_sheet(archive: Archive, out: Path, options: RenderOptions | No
     for entry, data in archive.iter_read():
         if len(tiles) >= limit:
             break
-        if isinstance(data, OSError):
+        if data is None or isinstance(data, OSError):
             failed += 1
             continue
         try:

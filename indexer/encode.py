@@ -1,4 +1,4 @@
-"""Stage 3: encode a batch of prepared images with the model."""
+"""Stage 3: encode the frames that are new to the index (the only step that runs the model)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from core.encoder import Encoder
-from indexer.load import Prepared
+from indexer.load import Frame
 
 
-def encode_batch(encoder: Encoder, batch: Sequence[Prepared], batch_size: int) -> np.ndarray:
-    """(len(batch), dim) L2-normalised float32 vectors, in batch order, `batch_size` per forward pass."""
-    chunks = [encoder.encode_images([item.pixels for item in batch[start:start + batch_size]])
-              for start in range(0, len(batch), batch_size)]
-    return np.vstack(chunks) if chunks else np.zeros((0, encoder.dim), dtype=np.float32)
+def encode_frames(encoder: Encoder, frames: Sequence[Frame]) -> np.ndarray:
+    """(len(frames), dim) L2-normalised float32, from the pixel values the load stage prepared."""
+    if not frames:
+        return np.zeros((0, encoder.dim), dtype=np.float32)
+    return encoder.encode_pixel_values(np.stack([frame.pixel_values for frame in frames]))

@@ -1,16 +1,28 @@
-"""Stage 2: turn one archive entry into images ready to encode (one per selected frame), or a reason."""
+"""Stage 2: turn one archive file into model-ready frames, or a reason why not.
+
+Runs in worker processes (see `LoadPool`) so that decoding and the model's preprocessing overlap
+with encoding in the main process. Workers return an `Outcome`, never raise: exceptions with
+custom constructors do not survive pickling, and one bad file must not stop the run.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from core.deid import deidentify
 from core.dicom import RenderOptions
-from core.errors import ImageError
-from core.images import LoadedImage, load_image_frames
+from core.encoder import ImagePreprocessor, PreprocessorSpec
+from core.errors import ImageError, NoPixelDataError, NotAnImageError
+from core.images import load_image_frames
 from core.metadata import ImageMetadata
 from indexer.manifest import ManifestRow
 from indexer.scan import Entry
@@ -24,20 +36,45 @@ class LoadOptions:
 
 
 @dataclass
-class Prepared:
-    """A decoded image (one frame of a file) with everything the writer stores about it."""
+class Task:
+    """One file to look at. `data` is given for archive members; folder files are read by the worker."""
 
     entry: Entry
-    sha256: str
-    image: LoadedImage
+    source: str
+    data: bytes | None
+    file_path: str | None
+    known_sha256: str | None
+    manifest_row: ManifestRow | None
 
-    @property
-    def pixels(self) -> np.ndarray:
-        return self.image.pixels
+
+@dataclass
+class Frame:
+    """One image ready for the model: its pixel hash, the model's pixel values and its metadata."""
+
+    pixel_sha256: str
+    pixel_values: np.ndarray
+    metadata: ImageMetadata
+    kind: str
+
+
+@dataclass
+class Outcome:
+    entry: Entry
+    status: str  # "frames", "same-content", "skipped", "failed"
+    sha256: str | None = None
+    reason: str = ""
+    frames: list[Frame] = field(default_factory=list)
 
 
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def pixel_hash(pixels: np.ndarray) -> str:
+    """Identity of an image's content: the rendered pixels and their shape."""
+    digest = hashlib.sha256(str(pixels.shape).encode())
+    digest.update(np.ascontiguousarray(pixels).tobytes())
+    return digest.hexdigest()
 
 
 def merge_manifest(meta: ImageMetadata, row: ManifestRow | None) -> ImageMetadata:
@@ -49,16 +86,86 @@ def merge_manifest(meta: ImageMetadata, row: ManifestRow | None) -> ImageMetadat
                    report_text=meta.report_text or row.report_text, extra={**meta.extra, **row.extra})
 
 
-def prepare(entry: Entry, data: bytes, source: str, row: ManifestRow | None, options: LoadOptions,
-            sha256: str | None = None) -> list[Prepared]:
-    """Decode `data` into one Prepared per selected frame. Raises core's ImageError family."""
+def load(task: Task, options: LoadOptions, preprocessor: Callable[[list[np.ndarray]], np.ndarray]) -> Outcome:
+    """Read (if needed), hash, decode and preprocess one file."""
+    entry = task.entry
+    data = task.data
+    if data is None:
+        try:
+            data = Path(task.file_path or "").read_bytes()
+        except OSError as exc:
+            return Outcome(entry, "failed", reason=f"{task.source}: cannot read file: {exc.strerror or exc}")
+    sha = sha256_of(data)
+    if sha == task.known_sha256:
+        return Outcome(entry, "same-content", sha256=sha)
     if len(data) > options.max_file_bytes:
-        raise ImageError(source, f"file of {len(data)} bytes exceeds the limit of {options.max_file_bytes}")
-    digest = sha256 or sha256_of(data)
-    prepared = []
-    for image in load_image_frames(data, source, options.render):
-        image.metadata = merge_manifest(image.metadata, row)
+        return Outcome(entry, "failed", sha, f"{task.source}: file of {len(data)} bytes exceeds the limit of "
+                                           f"{options.max_file_bytes}")
+    try:
+        images = load_image_frames(data, task.source, options.render)
+        pixel_values = preprocessor([image.pixels for image in images])
+    except (NotAnImageError, NoPixelDataError) as exc:
+        return Outcome(entry, "skipped", sha, str(exc))
+    except ImageError as exc:
+        return Outcome(entry, "failed", sha, str(exc))
+    except Exception as exc:  # a decoder bug must cost one file, not the run
+        return Outcome(entry, "failed", sha, f"{task.source}: unexpected {type(exc).__name__}: {exc}")
+    frames = []
+    for image, values in zip(images, pixel_values, strict=True):
+        meta = merge_manifest(image.metadata, task.manifest_row)
         if options.deid_secret:
-            image.metadata = deidentify(image.metadata, options.deid_secret)
-        prepared.append(Prepared(entry=entry, sha256=digest, image=image))
-    return prepared
+            meta = deidentify(meta, options.deid_secret)
+        frames.append(Frame(pixel_hash(image.pixels), values, meta, image.kind))
+    return Outcome(entry, "frames", sha, frames=frames)
+
+
+_WORKER: dict[str, Any] = {}  # per worker process: its options and preprocessor, set by _init_worker
+
+
+def _init_worker(options: LoadOptions, spec: PreprocessorSpec) -> None:
+    import logging
+
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    _WORKER["options"] = options
+    _WORKER["preprocessor"] = ImagePreprocessor.load(spec)
+
+
+def _load_in_worker(task: Task) -> Outcome:
+    return load(task, _WORKER["options"], _WORKER["preprocessor"])
+
+
+class LoadPool:
+    """Runs `load` over tasks in order, `workers` processes ahead of the consumer (0: in this process)."""
+
+    def __init__(self, workers: int, options: LoadOptions, spec: PreprocessorSpec,
+                 local: Callable[[list[np.ndarray]], np.ndarray]) -> None:
+        self._workers = workers
+        self._options = options
+        self._local = local
+        self._executor: ProcessPoolExecutor | None = None
+        if workers > 0:
+            self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_init_worker, initargs=(options, spec))
+
+    def map(self, tasks: Iterable[Task | Outcome]) -> Iterator[Outcome]:
+        """Outcomes in task order. Items that already are Outcomes pass through in place."""
+        if self._executor is None:
+            for task in tasks:
+                yield task if isinstance(task, Outcome) else load(task, self._options, self._local)
+            return
+        window: deque[Future[Outcome] | Outcome] = deque()
+        limit = max(4, self._workers * 8)  # bounded read-ahead: memory stays flat on huge archives
+        for task in tasks:
+            window.append(task if isinstance(task, Outcome) else self._executor.submit(_load_in_worker, task))
+            while len(window) > limit:
+                yield self._result(window.popleft())
+        while window:
+            yield self._result(window.popleft())
+
+    @staticmethod
+    def _result(item: Future[Outcome] | Outcome) -> Outcome:
+        return item if isinstance(item, Outcome) else item.result()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)

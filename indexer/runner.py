@@ -1,8 +1,11 @@
-"""The thin loop: scan -> load -> encode in batches -> write, timing each stage.
+"""The thin loop: scan -> load (in worker processes) -> encode in batches -> write, timing each stage.
 
-A file that cannot be indexed is recorded with its path and reason and the run goes on. A file whose
-path is already indexed with the same content is left alone; one whose content changed is re-indexed
-in place (old row and vector replaced in the same transaction), so reruns never duplicate.
+Incremental: a file whose path, size and modification time are unchanged is not even read; one
+whose content hash is unchanged is not decoded; an image whose pixels are already indexed (an exact
+duplicate, or a moved or renamed file) is linked as a further source without being encoded again.
+Crash-safe: every batch commits in one transaction (rows, vectors, sources), all frames of a file in
+the same batch; the FAISS index is derived and caught up on the next open; so a run killed at any
+moment and run again ends in the state a clean run reaches.
 """
 
 from __future__ import annotations
@@ -10,23 +13,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 
 from core.deid import pseudonym
 from core.encoder import Encoder
-from core.errors import ImageError, NoPixelDataError, NotAnImageError
-from indexer.encode import encode_batch
-from indexer.load import LoadOptions, Prepared, prepare, sha256_of
+from indexer.encode import encode_frames
+from indexer.load import LoadOptions, LoadPool, Outcome, Task
 from indexer.manifest import MANIFEST_NAME, ManifestRow, parse_manifest
-from indexer.scan import Archive
-from indexer.write import Writer
-from storage.repository import FileIssue
+from indexer.scan import Archive, Entry, ReadItem
+from indexer.write import commit, plan_batch
+from storage.repository import FileIssue, FileState
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
-
-ProgressFactory = Callable[[int], "Progress"]
 
 
 class Progress:
@@ -42,14 +42,19 @@ class Progress:
         pass
 
 
+ProgressFactory = Callable[[int], Progress]
+
+
 @dataclass
 class RunResult:
     run_id: int
     archive: str
-    indexed: int = 0
-    unchanged: int = 0
-    skipped: int = 0  # not images, objects without pixels (unchanged files not included)
+    indexed: int = 0  # new images encoded
+    linked: int = 0  # new sources of images already indexed (duplicates, moved files): not encoded
+    unchanged: int = 0  # files left alone
+    skipped: int = 0  # not images, objects without pixels
     failed: int = 0
+    pruned: int = 0  # sources removed because their files are gone (--prune)
     seconds: float = 0.0
     stage_seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     issues: list[FileIssue] = field(default_factory=list)
@@ -61,7 +66,7 @@ class RunResult:
 
     @property
     def nothing_indexable(self) -> bool:
-        return self.indexed == 0 and self.unchanged == 0
+        return self.indexed == 0 and self.linked == 0 and self.unchanged == 0
 
 
 def _read_manifest(archive: Archive, manifest_bytes: bytes | None) -> dict[str, ManifestRow]:
@@ -70,6 +75,19 @@ def _read_manifest(archive: Archive, manifest_bytes: bytes | None) -> dict[str, 
     if any(entry.path == MANIFEST_NAME for entry in archive.entries()):
         return parse_manifest(archive.read(MANIFEST_NAME), f"{archive.key}/{MANIFEST_NAME}")
     return {}
+
+
+class _Batch:
+    """Files whose outcomes wait to be written together (whole files only)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Outcome, FileState | None]] = []
+        self.frames = 0
+        self.touched: list[tuple[int, int | None, float | None]] = []
+        self.issues: list[FileIssue] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.items or self.touched or self.issues)
 
 
 def run_indexing(
@@ -82,6 +100,8 @@ def run_indexing(
     manifest_bytes: bytes | None = None,
     progress: ProgressFactory | None = None,
     checkpoint_seconds: float = 30.0,
+    workers: int = 0,
+    prune: bool = False,
 ) -> RunResult:
     """Index every image of `archive` into `store`. Raises ManifestError, FingerprintMismatchError
     or StorageError before anything is written when the run cannot start."""
@@ -93,37 +113,67 @@ def run_indexing(
     store.repository.ensure_meta(
         "deidentify", deid, "every run into one index must use the same de-identification setting and key: "
         "rerun with the setting this index was built with, or use another --db folder")
-    known = store.repository.sources_in_archive(archive.key)
+    known = store.repository.archive_state(archive.key)
     entries = archive.entries()
     run_id = store.repository.start_run(archive.key, encoder.fingerprint.key)
     result = RunResult(run_id=run_id, archive=archive.key)
-    writer = Writer(store, archive.key, run_id, checkpoint_seconds)
-    bar = progress(len(entries)) if progress else Progress()
     stages = result.stage_seconds
-    batch: list[Prepared] = []  # whole files only: all frames of a file commit together
-    replace: list[int] = []
-    pending_issues: list[FileIssue] = []
-    seen_manifest_paths: set[str] = set()
+    bar = progress(len(entries)) if progress else Progress()
+    pool = LoadPool(workers, options, encoder.preprocessor_spec, local=encoder.preprocess)
+    last_checkpoint = time.monotonic()
 
-    def flush_batch() -> None:
+    def unchanged(entry: Entry) -> bool:
+        state = known.get(entry.path)
+        return state is not None and state.size == entry.size and state.mtime == entry.mtime and (
+            entry.mtime is not None)
+
+    def tasks() -> Iterator[Task | Outcome]:
+        t0 = time.perf_counter()
+        local = archive.local_path("") is not None
+        if local:
+            stream: Iterator[ReadItem] = ((e, None) for e in entries)
+        else:
+            stream = archive.iter_read(lambda e: e.path != MANIFEST_NAME and not unchanged(e))
+        for entry, data in stream:
+            stages["read"] += time.perf_counter() - t0
+            source = f"{archive.key}/{entry.path}"
+            if entry.path == MANIFEST_NAME:
+                yield Outcome(entry, "manifest")
+            elif unchanged(entry):
+                yield Outcome(entry, "unchanged")
+            elif isinstance(data, OSError):
+                yield Outcome(entry, "failed", reason=f"{source}: cannot read file: {data}")
+            else:
+                state = known.get(entry.path)
+                yield Task(entry, source, data, archive.local_path(entry.path) if local else None,
+                           state.file_sha256 if state else None, manifest.get(entry.path))
+            t0 = time.perf_counter()
+
+    batch = _Batch()
+
+    def flush() -> None:
+        nonlocal batch, last_checkpoint
         if not batch:
             return
         t0 = time.perf_counter()
-        vectors = encode_batch(encoder, batch, batch_size)
+        plan = plan_batch(store, archive.key, [outcome for outcome, _ in batch.items])
+        vectors = encode_frames(encoder, plan.to_encode)
         t1 = time.perf_counter()
-        writer.write(batch, vectors, replace_ids=replace)
+        replaced = [sid for _, state in batch.items if state is not None for sid in state.source_ids]
+        commit(store, plan, vectors, run_id=run_id, replaced=replaced, touched=batch.touched, issues=batch.issues)
+        result.indexed += len(plan.new)
+        result.linked += len(plan.links) + sum(len(n.sources) - 1 for n in plan.new.values())
         stages["encode"] += t1 - t0
         stages["write"] += time.perf_counter() - t1
-        result.indexed += len(batch)
-        store.repository.record_issues(run_id, pending_issues)
-        pending_issues.clear()
-        batch.clear()
-        replace.clear()
+        if time.monotonic() - last_checkpoint >= checkpoint_seconds:
+            store.checkpoint()
+            last_checkpoint = time.monotonic()
+        batch = _Batch()
 
-    def issue(path: str, kind: str, reason: str) -> None:
-        found = FileIssue(archive=archive.key, path=path, kind=kind, reason=reason)
-        result.issues.append(found)
-        pending_issues.append(found)
+    def record(entry: Entry, kind: str, reason: str, sha: str | None) -> None:
+        issue = FileIssue(archive.key, entry.path, kind, reason, entry.size, entry.mtime, sha)
+        result.issues.append(issue)
+        batch.issues.append(issue)
         if kind == "failed":
             result.failed += 1
             logger.warning("failed: %s", reason)
@@ -132,50 +182,47 @@ def run_indexing(
             logger.info("skipped: %s", reason)
 
     try:
-        t_read = time.perf_counter()
-        for entry, data in archive.iter_read():
-            stages["read"] += time.perf_counter() - t_read
-            source = f"{archive.key}/{entry.path}"
-            if entry.path == MANIFEST_NAME:
-                pass  # metadata, read above
-            elif isinstance(data, OSError):
-                issue(entry.path, "failed", f"{source}: cannot read file: {data}")
-            else:
-                t0 = time.perf_counter()
-                sha = sha256_of(data)
-                previous = known.get(entry.path)
-                if previous is not None and previous[1] == sha:
-                    result.unchanged += 1
-                else:
-                    try:
-                        batch.extend(prepare(entry, data, source, manifest.get(entry.path), options, sha))
-                        if previous is not None:
-                            replace.extend(previous[0])
-                        seen_manifest_paths.add(entry.path)
-                    except (NotAnImageError, NoPixelDataError) as exc:
-                        issue(entry.path, "skipped", str(exc))
-                    except ImageError as exc:
-                        issue(entry.path, "failed", str(exc))
-                stages["load"] += time.perf_counter() - t0
-                if len(batch) >= batch_size:
-                    flush_batch()
+        for outcome in pool.map(tasks()):
+            entry, state = outcome.entry, known.get(outcome.entry.path)
+            if outcome.status == "unchanged":
+                result.unchanged += 1
+            elif outcome.status == "same-content":
+                result.unchanged += 1
+                if state is not None and state.issue is not None:  # same verdict, remembered at the new time
+                    batch.issues.append(replace(state.issue, size=entry.size, mtime=entry.mtime))
+                elif state is not None:
+                    batch.touched.extend((sid, entry.size, entry.mtime) for sid in state.source_ids)
+            elif outcome.status == "frames":
+                batch.items.append((outcome, state if state and state.source_ids else None))
+                batch.frames += len(outcome.frames)
+            elif outcome.status in ("skipped", "failed"):
+                record(entry, outcome.status, outcome.reason, outcome.sha256)
+                if state is not None and state.source_ids:  # it was an image; now it is not
+                    batch.items.append((Outcome(entry, "gone"), state))
+            if batch.frames >= batch_size or len(batch.issues) + len(batch.touched) >= 1000:
+                flush()
             bar.advance()
-            bar.note(failed=result.failed)
-            t_read = time.perf_counter()
-        flush_batch()
-        store.repository.record_issues(run_id, pending_issues)
+            bar.note(indexed=result.indexed, failed=result.failed)
+        flush()
+        if prune:
+            present = {entry.path for entry in entries}
+            gone = [sid for path, state in known.items() if path not in present for sid in state.source_ids]
+            if gone:
+                store.remove_sources(gone)
+                result.pruned = len(gone)
     except KeyboardInterrupt:
         result.interrupted = True
         raise
     finally:
+        pool.close()
         bar.close()
-        writer.flush()
+        store.checkpoint()
         result.seconds = time.perf_counter() - started
         status = "interrupted" if result.interrupted else "completed"
         store.repository.finish_run(run_id, status=status, indexed=result.indexed,
                                     skipped=result.skipped + result.unchanged, failed=result.failed,
                                     seconds=result.seconds)
-    missing = set(manifest) - seen_manifest_paths - set(known)
+    missing = set(manifest) - {entry.path for entry in entries}
     if missing:
         logger.warning("%d manifest rows name files not found in the archive, e.g. %s",
                        len(missing), sorted(missing)[0])

@@ -11,7 +11,7 @@ import os
 import stat
 import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -20,6 +20,9 @@ from typing import Protocol
 from indexer.errors import ArchiveError
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+ReadItem = tuple["Entry", bytes | OSError | None]  # an entry with its bytes, its read error, or None: not read
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,16 @@ class Archive(Protocol):
 
     def entries(self) -> list[Entry]: ...
 
-    def iter_read(self) -> Iterator[tuple[Entry, bytes | OSError]]:
-        """Every entry with its bytes, or the OSError met reading it."""
+    def iter_read(self, wanted: Callable[[Entry], bool] | None = None) -> Iterator[ReadItem]:
+        """Every entry with its bytes, or the OSError met reading it; None for entries not `wanted`
+        (which are not read at all)."""
         ...
 
     def read(self, path: str) -> bytes: ...
+
+    def local_path(self, path: str) -> str | None:
+        """A path on disk a worker process can read the entry from, when there is one."""
+        ...
 
 
 class FolderArchive:
@@ -67,8 +75,14 @@ class FolderArchive:
     def read(self, path: str) -> bytes:
         return (self.root / path).read_bytes()
 
-    def iter_read(self) -> Iterator[tuple[Entry, bytes | OSError]]:
+    def local_path(self, path: str) -> str | None:
+        return str(self.root / path)
+
+    def iter_read(self, wanted: Callable[[Entry], bool] | None = None) -> Iterator[ReadItem]:
         for entry in self.entries():
+            if wanted is not None and not wanted(entry):
+                yield entry, None
+                continue
             try:
                 yield entry, self.read(entry.path)
             except OSError as exc:
@@ -97,8 +111,14 @@ class ZipArchive:
         except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, ValueError) as exc:
             raise OSError(f"corrupt zip member: {exc}") from exc
 
-    def iter_read(self) -> Iterator[tuple[Entry, bytes | OSError]]:
+    def local_path(self, path: str) -> str | None:
+        return None
+
+    def iter_read(self, wanted: Callable[[Entry], bool] | None = None) -> Iterator[ReadItem]:
         for entry in self.entries():
+            if wanted is not None and not wanted(entry):
+                yield entry, None
+                continue
             try:
                 yield entry, self.read(entry.path)
             except OSError as exc:
@@ -127,13 +147,19 @@ class TarArchive:
                         return handle.read()
         raise OSError(f"{path} not found in {self.path}")
 
-    def iter_read(self) -> Iterator[tuple[Entry, bytes | OSError]]:
+    def local_path(self, path: str) -> str | None:
+        return None
+
+    def iter_read(self, wanted: Callable[[Entry], bool] | None = None) -> Iterator[ReadItem]:
         """One sequential pass: compressed tars are never re-read per member."""
         with tarfile.open(self.path, "r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
                 entry = Entry(_clean(member.name), member.size, float(member.mtime))
+                if wanted is not None and not wanted(entry):
+                    yield entry, None
+                    continue
                 try:
                     handle = tar.extractfile(member)
                     yield entry, handle.read() if handle is not None else OSError("unreadable member")

@@ -43,9 +43,12 @@ def model_info(service: SearchService) -> ModelInfo:
 
 
 def image_parts(row: dict[str, Any]) -> dict[str, Any]:
+    sources = [Source(**source) for source in row["sources"]]
     return {
         "image_id": row["id"],
-        "source": Source(archive=row["archive"], path=row["path"], kind=row["kind"], sha256=row["sha256"]),
+        "kind": row["kind"],
+        "source": sources[0],
+        "sources": sources,
         "metadata": ImageMetadataOut.model_validate({k: row.get(k) for k in ImageMetadataOut.model_fields
                                                     if row.get(k) is not None}),
     }

@@ -31,8 +31,13 @@ class ModelInfo(BaseModel):
 class Source(BaseModel):
     archive: str
     path: str
-    kind: str = Field(description="dicom, png, jpeg...")
-    sha256: str
+    frame_index: int = Field(description="Frame of a multi-frame file (0 otherwise).")
+    file_sha256: str
+    patient_id: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_uid: str | None = None
+    accession_number: str | None = None
 
 
 class ImageMetadataOut(BaseModel):
@@ -54,7 +59,6 @@ class ImageMetadataOut(BaseModel):
     rows: int | None = None
     columns: int | None = None
     frames: int | None = None
-    frame_index: int | None = None
     window: str | None = Field(default=None, description="How the pixels were windowed for the model.")
     burned_in_annotation: bool | None = None
     labels: list[str] = Field(default_factory=list)
@@ -64,7 +68,9 @@ class ImageMetadataOut(BaseModel):
 
 class ImageOut(BaseModel):
     image_id: int
-    source: Source
+    kind: str = Field(description="dicom, png, jpeg...")
+    source: Source = Field(description="The first file the image was found in.")
+    sources: list[Source] = Field(description="Every file (and frame) with exactly these pixels.")
     metadata: ImageMetadataOut
 
 

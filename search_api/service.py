@@ -49,7 +49,7 @@ class SearchService:
         hits: list[Hit] = []
         for image_id, score in pairs:
             row = rows.get(image_id)
-            if row is None:  # deleted between the vector search and the row fetch
+            if row is None or not row["sources"]:  # deleted between the vector search and the row fetch
                 continue
             hits.append(Hit(rank=len(hits) + 1, score=score, image=row))
         return hits

@@ -24,12 +24,12 @@ class Meta(Base):
 
 
 class ImageRow(Base):
-    """One indexed image. `id` is also its id in the FAISS index."""
+    """One distinct image (pixel content), encoded once. `id` is also its id in the FAISS index.
+    Its metadata comes from the first file it was found in; `sources` lists every file and frame."""
 
     __tablename__ = "images"
     __table_args__ = (
-        Index("ix_images_source", "archive", "path", "frame_index", unique=True),
-        Index("ix_images_sha256", "sha256"),
+        Index("ix_images_pixel_sha256", "pixel_sha256", unique=True),
         Index("ix_images_patient", "patient_id"),
         Index("ix_images_study", "study_uid"),
         Index("ix_images_modality", "modality"),
@@ -37,11 +37,7 @@ class ImageRow(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    archive: Mapped[str] = mapped_column(Text)
-    path: Mapped[str] = mapped_column(Text)
-    sha256: Mapped[str] = mapped_column(String(64))
-    size: Mapped[int | None] = mapped_column(Integer)
-    mtime: Mapped[float | None] = mapped_column(Float)
+    pixel_sha256: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))
     study_uid: Mapped[str | None] = mapped_column(String(64))
     series_uid: Mapped[str | None] = mapped_column(String(64))
@@ -61,12 +57,39 @@ class ImageRow(Base):
     rows: Mapped[int | None] = mapped_column(Integer)
     columns: Mapped[int | None] = mapped_column(Integer)
     frames: Mapped[int | None] = mapped_column(Integer)
-    frame_index: Mapped[int] = mapped_column(Integer, default=0)
     window: Mapped[str | None] = mapped_column(Text)
     burned_in_annotation: Mapped[bool | None] = mapped_column(Boolean)
     labels: Mapped[list[str]] = mapped_column(JSON, default=list)
     report_text: Mapped[str | None] = mapped_column(Text)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    indexed_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class SourceRow(Base):
+    """Where an image was found: one file (and frame) of one archive."""
+
+    __tablename__ = "sources"
+    __table_args__ = (
+        Index("ix_sources_location", "archive", "path", "frame_index", unique=True),
+        Index("ix_sources_file_sha256", "file_sha256"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    archive: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)
+    frame_index: Mapped[int] = mapped_column(Integer, default=0)
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    # the file's own identifiers (a duplicate's may differ from those of the image's first source)
+    patient_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    study_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_uid: Mapped[str | None] = mapped_column(String(64))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int | None] = mapped_column(Integer)
+    mtime: Mapped[float | None] = mapped_column(Float)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
     indexed_at: Mapped[datetime] = mapped_column(DateTime)
 
@@ -118,7 +141,10 @@ class RunErrorRow(Base):
     __tablename__ = "run_errors"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    archive: Mapped[str] = mapped_column(Text)
+    archive: Mapped[str] = mapped_column(Text, index=True)
     path: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(Integer)
+    mtime: Mapped[float | None] = mapped_column(Float)
+    file_sha256: Mapped[str | None] = mapped_column(String(64))

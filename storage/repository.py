@@ -1,4 +1,4 @@
-"""Reads and writes of rows: images with their embeddings, the index manifest, runs and their errors."""
+"""Reads and writes of rows: images with their sources and embeddings, the manifest, runs and issues."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.errors import DimensionMismatchError, FingerprintMismatchError, StorageError
-from storage.models import EmbeddingRow, ImageRow, IndexManifestRow, Meta, RunErrorRow, RunRow
+from storage.models import EmbeddingRow, ImageRow, IndexManifestRow, Meta, RunErrorRow, RunRow, SourceRow
 
 
 def utcnow() -> datetime:
@@ -21,14 +21,10 @@ def utcnow() -> datetime:
 
 @dataclass
 class ImageRecord:
-    """Everything stored about one image except its id (assigned on insert) and vector."""
+    """What is stored about one distinct image, except its id (assigned on insert) and vector."""
 
-    archive: str
-    path: str
-    sha256: str
+    pixel_sha256: str
     kind: str
-    size: int | None = None
-    mtime: float | None = None
     patient_id: str | None = None
     patient_sex: str | None = None
     patient_age: float | None = None
@@ -47,7 +43,6 @@ class ImageRecord:
     rows: int | None = None
     columns: int | None = None
     frames: int | None = None
-    frame_index: int = 0
     window: str | None = None
     burned_in_annotation: bool | None = None
     labels: list[str] = field(default_factory=list)
@@ -56,6 +51,46 @@ class ImageRecord:
 
 
 RECORD_FIELDS = tuple(f.name for f in fields(ImageRecord))
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One file (and frame) an image was found in."""
+
+    archive: str
+    path: str
+    frame_index: int
+    file_sha256: str
+    size: int | None
+    mtime: float | None
+    patient_id: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_uid: str | None = None
+    accession_number: str | None = None
+
+
+SOURCE_FIELDS = tuple(f.name for f in fields(SourceRecord))
+
+
+@dataclass
+class FileState:
+    """What the database knows of one path of an archive."""
+
+    source_ids: list[int]
+    file_sha256: str | None
+    size: int | None
+    mtime: float | None
+    issue: FileIssue | None = None  # set when the file was skipped or failed last time (and had no source)
+
+
+@dataclass
+class NewImage:
+    """An image to insert with its vector, and the sources it was found in."""
+
+    record: ImageRecord
+    vector: np.ndarray
+    sources: list[SourceRecord]
 
 
 @dataclass(frozen=True)
@@ -92,12 +127,16 @@ class FileIssue:
     path: str
     kind: str
     reason: str
+    size: int | None = None
+    mtime: float | None = None
+    file_sha256: str | None = None
 
 
-def image_to_dict(row: ImageRow) -> dict[str, Any]:
+def image_to_dict(row: ImageRow, sources: Sequence[SourceRow]) -> dict[str, Any]:
     data = {name: getattr(row, name) for name in RECORD_FIELDS}
     data["id"] = row.id
-    data["indexed_at"] = row.indexed_at
+    data["sources"] = [{name: getattr(s, name) for name in SOURCE_FIELDS if name not in ("size", "mtime")}
+                       for s in sorted(sources, key=lambda s: s.id)]
     return data
 
 
@@ -107,7 +146,7 @@ class Repository:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
-    # -- manifest -------------------------------------------------------------------------------------
+    # -- manifest and meta ----------------------------------------------------------------------------
     def get_manifest(self) -> Manifest | None:
         with self._sessions() as session:
             row = session.get(IndexManifestRow, 1)
@@ -138,28 +177,20 @@ class Repository:
                     f"{row.dim}-d, preprocessing v{row.preprocessing_version}); the model now in use is "
                     f"{fingerprint['name']!r} (fingerprint {fingerprint['key']}, {fingerprint['dim']}-d, "
                     f"preprocessing v{fingerprint['preprocessing_version']}). Vectors of different models "
-                    "cannot be mixed: use the same model, or another --db folder for the new one."
+                    "cannot be mixed: use the same model, or build a new index generation (--new-generation)."
                 )
         manifest = self.get_manifest()
         assert manifest is not None
         return manifest
 
-    # -- images and embeddings ------------------------------------------------------------------------
-    def sources_in_archive(self, archive: str) -> dict[str, tuple[list[int], str]]:
-        """path -> (image ids, one per indexed frame; sha256) of everything already indexed from `archive`."""
-        found: dict[str, tuple[list[int], str]] = {}
-        with self._sessions() as session:
-            rows = session.execute(
-                select(ImageRow.path, ImageRow.id, ImageRow.sha256).where(ImageRow.archive == archive)
-            )
-            for path, image_id, sha in rows:
-                found.setdefault(path, ([], sha))[0].append(image_id)
-        return found
-
     def get_meta(self, key: str) -> str | None:
         with self._sessions() as session:
             row = session.get(Meta, key)
             return row.value if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._sessions() as session, session.begin():
+            session.merge(Meta(key=key, value=value))
 
     def ensure_meta(self, key: str, value: str, explain: str) -> None:
         """Record `value` under `key` the first time; afterwards refuse a different one (StorageError)."""
@@ -170,42 +201,131 @@ class Repository:
             elif row.value != value:
                 raise StorageError(f"{explain} (recorded {key}={row.value}, asked {key}={value})")
 
-    def add_images(self, records: Sequence[ImageRecord], vectors: np.ndarray, fingerprint_key: str,
-                   run_id: int | None = None, replace_ids: Sequence[int] = ()) -> list[int]:
-        """Insert images and their vectors in one transaction, first deleting `replace_ids` (changed
-        files). Returns the new ids, in the order of `records`."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[0] != len(records):
-            raise DimensionMismatchError(f"{len(records)} records but vectors of shape {vectors.shape}")
+    # -- what is already indexed ----------------------------------------------------------------------
+    def archive_state(self, archive: str) -> dict[str, FileState]:
+        """path -> what is known of it: its sources, or the issue of its last attempt."""
+        state: dict[str, FileState] = {}
+        with self._sessions() as session:
+            for source_id, path, sha, size, mtime in session.execute(
+                select(SourceRow.id, SourceRow.path, SourceRow.file_sha256, SourceRow.size, SourceRow.mtime)
+                .where(SourceRow.archive == archive)
+            ):
+                known = state.setdefault(path, FileState([], sha, size, mtime))
+                known.source_ids.append(source_id)
+            latest = (select(RunErrorRow.path, func.max(RunErrorRow.id).label("last"))
+                      .where(RunErrorRow.archive == archive).group_by(RunErrorRow.path).subquery())
+            for row in session.scalars(select(RunErrorRow).join(latest, RunErrorRow.id == latest.c.last)):
+                if row.path not in state:
+                    issue = FileIssue(row.archive, row.path, row.kind, row.reason, row.size, row.mtime,
+                                      row.file_sha256)
+                    state[row.path] = FileState([], row.file_sha256, row.size, row.mtime, issue=issue)
+        return state
+
+    def images_by_pixel_sha(self, shas: Sequence[str]) -> dict[str, int]:
+        if not shas:
+            return {}
+        with self._sessions() as session:
+            rows = session.execute(select(ImageRow.pixel_sha256, ImageRow.id)
+                                   .where(ImageRow.pixel_sha256.in_(list(set(shas)))))
+            return {sha: image_id for sha, image_id in rows}
+
+    # -- writing --------------------------------------------------------------------------------------
+    def write_batch(self, new_images: Sequence[NewImage], links: Sequence[tuple[SourceRecord, int]],
+                    fingerprint_key: str, run_id: int | None, remove_source_ids: Sequence[int] = (),
+                    touched: Sequence[tuple[int, int | None, float | None]] = ()) -> tuple[list[int], list[int]]:
+        """One transaction: remove replaced sources (and images left without any), insert new images with
+        their vectors and sources, link further sources to existing images, update touched sources'
+        size/mtime. Returns (new image ids in order, image ids removed)."""
         now = utcnow()
         with self._sessions() as session, session.begin():
-            if replace_ids:
-                session.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id.in_(list(replace_ids))))
-                session.execute(delete(ImageRow).where(ImageRow.id.in_(list(replace_ids))))
-            rows = [ImageRow(**{name: getattr(r, name) for name in RECORD_FIELDS}, run_id=run_id,
-                             indexed_at=now) for r in records]
+            removed = self._remove_sources(session, remove_source_ids)
+            rows = [ImageRow(**{name: getattr(n.record, name) for name in RECORD_FIELDS}, run_id=run_id,
+                             indexed_at=now) for n in new_images]
             session.add_all(rows)
             session.flush()
-            session.add_all(EmbeddingRow(image_id=row.id, fingerprint_key=fingerprint_key,
-                                         vector=vectors[i].tobytes()) for i, row in enumerate(rows))
-            return [row.id for row in rows]
+            for row, new in zip(rows, new_images, strict=True):
+                vector = np.ascontiguousarray(new.vector, dtype=np.float32)
+                session.add(EmbeddingRow(image_id=row.id, fingerprint_key=fingerprint_key, vector=vector.tobytes()))
+                session.add_all(self._source_row(s, row.id, run_id, now) for s in new.sources)
+            session.add_all(self._source_row(s, image_id, run_id, now) for s, image_id in links)
+            for source_id, size, mtime in touched:
+                session.execute(update(SourceRow).where(SourceRow.id == source_id).values(size=size, mtime=mtime))
+            return [row.id for row in rows], removed
+
+    @staticmethod
+    def _source_row(source: SourceRecord, image_id: int, run_id: int | None, now: datetime) -> SourceRow:
+        return SourceRow(image_id=image_id, **{name: getattr(source, name) for name in SOURCE_FIELDS},
+                         run_id=run_id, indexed_at=now)
+
+    @staticmethod
+    def _remove_sources(session: Session, source_ids: Sequence[int]) -> list[int]:
+        if not source_ids:
+            return []
+        ids = list(source_ids)
+        image_ids = set(session.scalars(select(SourceRow.image_id).where(SourceRow.id.in_(ids))))
+        session.execute(delete(SourceRow).where(SourceRow.id.in_(ids)))
+        still_used = set(session.scalars(select(SourceRow.image_id).where(SourceRow.image_id.in_(image_ids))))
+        orphans = sorted(image_ids - still_used)
+        if orphans:
+            session.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id.in_(orphans)))
+            session.execute(delete(ImageRow).where(ImageRow.id.in_(orphans)))
+        return orphans
+
+    def remove_sources(self, source_ids: Sequence[int]) -> list[int]:
+        """Delete sources; images left without any source go too. Returns the image ids removed."""
+        with self._sessions() as session, session.begin():
+            return self._remove_sources(session, source_ids)
+
+    def select_sources(self, *, archive: str | None = None, path_prefix: str | None = None,
+                       patient_id: str | None = None, study_uid: str | None = None) -> list[int]:
+        """Source ids matching every given condition."""
+        query = select(SourceRow.id)
+        if archive is not None:
+            query = query.where(SourceRow.archive == archive)
+        if path_prefix is not None:
+            query = query.where(SourceRow.path.startswith(path_prefix, autoescape=True))
+        if patient_id is not None:
+            query = query.where(SourceRow.patient_id == patient_id)
+        if study_uid is not None:
+            query = query.where(SourceRow.study_uid == study_uid)
+        with self._sessions() as session:
+            return list(session.scalars(query))
 
     def delete_images(self, ids: Sequence[int]) -> None:
         with self._sessions() as session, session.begin():
             session.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id.in_(list(ids))))
+            session.execute(delete(SourceRow).where(SourceRow.image_id.in_(list(ids))))
             session.execute(delete(ImageRow).where(ImageRow.id.in_(list(ids))))
 
+    # -- reading --------------------------------------------------------------------------------------
     def get_images(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """id -> the image's stored fields, for the ids that exist."""
+        """id -> the image's stored fields with its sources, for the ids that exist."""
         if not ids:
             return {}
+        wanted = [int(i) for i in ids]
         with self._sessions() as session:
-            rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(list(ids))))
-            return {row.id: image_to_dict(row) for row in rows}
+            rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(wanted))).all()
+            sources: dict[int, list[SourceRow]] = {}
+            for source in session.scalars(select(SourceRow).where(SourceRow.image_id.in_(wanted))):
+                sources.setdefault(source.image_id, []).append(source)
+            return {row.id: image_to_dict(row, sources.get(row.id, [])) for row in rows}
 
     def count_images(self) -> int:
         with self._sessions() as session:
             return int(session.scalar(select(func.count()).select_from(ImageRow)) or 0)
+
+    def count_sources(self) -> int:
+        with self._sessions() as session:
+            return int(session.scalar(select(func.count()).select_from(SourceRow)) or 0)
+
+    def image_ids(self) -> np.ndarray:
+        with self._sessions() as session:
+            return np.asarray(session.scalars(select(ImageRow.id)).all(), dtype=np.int64)
+
+    def images_without_sources(self) -> list[int]:
+        with self._sessions() as session:
+            used = select(SourceRow.image_id)
+            return list(session.scalars(select(ImageRow.id).where(ImageRow.id.not_in(used))))
 
     def embedding_ids(self) -> np.ndarray:
         with self._sessions() as session:
@@ -246,6 +366,8 @@ class Repository:
     # -- runs -----------------------------------------------------------------------------------------
     def start_run(self, archive: str, fingerprint_key: str | None) -> int:
         with self._sessions() as session, session.begin():
+            # a run still marked running was killed: it never finished
+            session.execute(update(RunRow).where(RunRow.status == "running").values(status="killed"))
             row = RunRow(archive=archive, fingerprint_key=fingerprint_key, started_at=utcnow(), status="running")
             session.add(row)
             session.flush()
@@ -256,7 +378,8 @@ class Repository:
             return
         with self._sessions() as session, session.begin():
             session.add_all(RunErrorRow(run_id=run_id, archive=i.archive, path=i.path, kind=i.kind,
-                                        reason=i.reason) for i in issues)
+                                        reason=i.reason, size=i.size, mtime=i.mtime, file_sha256=i.file_sha256)
+                            for i in issues)
 
     def finish_run(self, run_id: int, *, status: str, indexed: int, skipped: int, failed: int,
                    seconds: float) -> None:
@@ -278,4 +401,5 @@ class Repository:
         with self._sessions() as session:
             rows = session.scalars(select(RunErrorRow).where(RunErrorRow.run_id == run_id)
                                    .order_by(RunErrorRow.id)).all()
-            return [FileIssue(archive=r.archive, path=r.path, kind=r.kind, reason=r.reason) for r in rows]
+            return [FileIssue(archive=r.archive, path=r.path, kind=r.kind, reason=r.reason, size=r.size,
+                              mtime=r.mtime, file_sha256=r.file_sha256) for r in rows]

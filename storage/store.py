@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from storage.db import init_schema, make_engine, session_factory, sqlite_url
 from storage.errors import DimensionMismatchError, StorageError
-from storage.repository import ImageRecord, Manifest, Repository
+from storage.repository import Manifest, NewImage, Repository, SourceRecord
 from storage.vector_index import VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class Store:
         return self.repository.get_manifest()
 
     def _load_index(self) -> None:
+        for stale in self.folder.glob(f".{INDEX_NAME}.*.tmp"):  # a save cut short by a crash
+            stale.unlink(missing_ok=True)
         manifest = self.repository.get_manifest()
         if manifest is None:
             return
@@ -118,21 +120,97 @@ class Store:
                 self._index = VectorIndex.create(manifest.dim)
         return manifest
 
-    def add(self, records: Sequence[ImageRecord], vectors: np.ndarray, *, run_id: int | None = None,
-            replace_ids: Sequence[int] = ()) -> list[int]:
-        """Store images with their vectors (durably), then add them to the in-memory index."""
+    def write(self, new_images: Sequence[NewImage], links: Sequence[tuple[SourceRecord, int]] = (), *,
+              run_id: int | None = None, remove_source_ids: Sequence[int] = (),
+              touched: Sequence[tuple[int, int | None, float | None]] = ()) -> list[int]:
+        """Commit a batch to the database (one transaction), then bring the in-memory index along.
+        Returns the ids of the new images."""
         manifest = self.repository.get_manifest()
         if manifest is None or self._index is None:
             raise StorageError("no model bound to this store: call bind_model() first")
-        if vectors.ndim != 2 or vectors.shape[1] != manifest.dim:
-            raise DimensionMismatchError(f"vectors of shape {vectors.shape} for a {manifest.dim}-d index")
-        ids = self.repository.add_images(records, vectors, manifest.fingerprint_key, run_id, replace_ids)
+        for new in new_images:
+            if new.vector.shape != (manifest.dim,):
+                raise DimensionMismatchError(f"a vector of shape {new.vector.shape} for a {manifest.dim}-d index")
+        ids, removed = self.repository.write_batch(new_images, links, manifest.fingerprint_key, run_id,
+                                                   remove_source_ids, touched)
         with self._lock:
-            if replace_ids:
-                self._index.remove(np.asarray(replace_ids, dtype=np.int64))
-            self._index.add(np.asarray(ids, dtype=np.int64), vectors)
-            self._dirty = True
+            if removed:
+                self._index.remove(np.asarray(removed, dtype=np.int64))
+            if ids:
+                self._index.add(np.asarray(ids, dtype=np.int64), np.vstack([n.vector for n in new_images]))
+            self._dirty = self._dirty or bool(ids or removed)
         return ids
+
+    def add(self, records: Sequence[NewImage], *, run_id: int | None = None) -> list[int]:
+        """Insert images with their vectors and sources."""
+        return self.write(records, run_id=run_id)
+
+    def remove_sources(self, source_ids: Sequence[int]) -> list[int]:
+        """Delete sources (images left without any go too, from the index as well). Returns image ids removed."""
+        removed = self.repository.remove_sources(source_ids)
+        with self._lock:
+            if removed and self._index is not None:
+                self._index.remove(np.asarray(removed, dtype=np.int64))
+                self._dirty = True
+        return removed
+
+    def verify(self, repair: bool = False) -> list[str]:
+        """Check that images, embeddings, sources and the FAISS index agree, id for id and vector for
+        vector. Returns the problems found (after repairing them when `repair`)."""
+        manifest = self.repository.get_manifest()
+        if manifest is None:
+            return []
+        problems = []
+        images = self.repository.image_ids()
+        embeddings = self.repository.embedding_ids()
+        orphans = self.repository.images_without_sources()
+        no_vector = np.setdiff1d(images, embeddings)
+        with self._lock:
+            assert self._index is not None
+            in_index = self._index.ids()
+            missing = np.setdiff1d(embeddings, in_index)
+            extra = np.setdiff1d(in_index, embeddings)
+            duplicates = len(in_index) - len(np.unique(in_index))
+            wrong = [int(i) for i, v in self._sample_vectors(manifest.dim, in_index)]
+        for label, ids in (("images without an embedding", no_vector), ("images without a source", orphans),
+                           ("embeddings missing from the FAISS index", missing),
+                           ("FAISS ids with no embedding", extra), ("FAISS vectors unlike the stored ones", wrong)):
+            if len(ids):
+                problems.append(f"{len(ids)} {label}, e.g. id {int(next(iter(ids)))}")
+        if duplicates:
+            problems.append(f"{duplicates} duplicate ids in the FAISS index")
+        if repair and problems:
+            broken = sorted(set(map(int, no_vector)) | set(orphans))
+            if broken:
+                self.repository.delete_images(broken)
+            self.rebuild_index()
+        return problems
+
+    def _sample_vectors(self, dim: int, in_index: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Ids whose FAISS vector differs from the stored embedding (all ids, checked in chunks)."""
+        assert self._index is not None
+        wrong = []
+        present = set(map(int, in_index))
+        for ids, vectors in self.repository.iter_embeddings(dim):
+            for image_id, vector in zip(ids, vectors, strict=True):
+                if int(image_id) in present:
+                    stored = self._index.reconstruct(int(image_id))
+                    if stored is not None and not np.allclose(stored, vector, atol=1e-6):
+                        wrong.append((int(image_id), vector))
+        return wrong
+
+    def rebuild_index(self) -> None:
+        """A fresh index of the same kind from the embeddings table, saved atomically."""
+        manifest = self.repository.get_manifest()
+        if manifest is None:
+            return
+        fresh = VectorIndex.create(manifest.dim)
+        for ids, vectors in self.repository.iter_embeddings(manifest.dim):
+            fresh.add(ids, vectors)
+        with self._lock:
+            self._index = fresh
+            self._dirty = True
+            self.checkpoint()
 
     def checkpoint(self) -> None:
         """Save the FAISS index atomically if it changed."""

@@ -47,6 +47,12 @@ class VectorIndex:
     def ids(self) -> np.ndarray:
         return faiss.vector_to_array(self._index.id_map).astype(np.int64)  # type: ignore[attr-defined]
 
+    def reconstruct(self, image_id: int) -> np.ndarray | None:
+        try:
+            return np.asarray(self._index.reconstruct(int(image_id)))
+        except RuntimeError:
+            return None
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:

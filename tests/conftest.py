@@ -36,6 +36,12 @@ BAD_DICOM = {
 }
 
 
+def rows_by_path(repository) -> dict[str, dict]:
+    """Every stored image row, keyed by each of its sources' paths."""
+    rows = repository.get_images(repository.image_ids().tolist())
+    return {source["path"]: row for row in rows.values() for source in row["sources"]}
+
+
 def dicom_file(name: str) -> Path:
     path = pydicom_test_files() / name
     if not path.exists():

@@ -59,8 +59,8 @@ def test_every_corpus_file_is_indexed_or_has_a_reason(encoder: HFEncoder, tmp_pa
         for name, folder in folders.items():
             archive = open_archive(folder)
             result = run_indexing(archive, store, encoder, batch_size=16)
-            indexed_paths = {r["path"] for r in store.repository.get_images(
-                list(range(1, 100_000))).values() if r["archive"] == archive.key}
+            rows = store.repository.get_images(store.repository.image_ids().tolist()).values()
+            indexed_paths = {s["path"] for r in rows for s in r["sources"] if s["archive"] == archive.key}
             reasons = {issue.path: issue for issue in result.issues}
             for entry in archive.entries():
                 if entry.path.endswith((".pyc", "__init__.py")):

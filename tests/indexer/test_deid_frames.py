@@ -16,7 +16,7 @@ from indexer.runner import run_indexing
 from indexer.scan import open_archive
 from storage.errors import StorageError
 from storage.store import Store
-from tests.conftest import dicom_file
+from tests.conftest import dicom_file, rows_by_path
 
 SECRET = "a-test-key-of-sufficient-length"
 
@@ -40,11 +40,13 @@ def test_deidentified_index_holds_no_raw_identifiers(encoder: HFEncoder, tmp_pat
     with Store.open(db, create=True) as store:
         result = run_indexing(open_archive(archive), store, encoder, options=LoadOptions(deid_secret=SECRET))
         rows = list(store.repository.get_images(list(range(1, 20))).values())
-    assert result.indexed == 4
-    by_path = {row["path"]: row for row in rows}
+    assert result.indexed == 3 and result.linked == 1  # the second CT has the same pixels: one image
+    sources = {s["path"]: s for row in rows for s in row["sources"]}
+    by_path = {s["path"]: row for row in rows for s in row["sources"]}
     expected = pseudonym(raw_ct, SECRET, "patient")
-    assert by_path["CT_small.dcm"]["patient_id"] == expected == by_path["CT_small_second.dcm"]["patient_id"]
-    assert by_path["CT_small_second.dcm"]["accession_number"] == pseudonym("ACC-12345", SECRET, "accession")
+    assert by_path["CT_small.dcm"]["patient_id"] == expected == sources["CT_small_second.dcm"]["patient_id"]
+    assert sources["CT_small_second.dcm"]["accession_number"] == pseudonym("ACC-12345", SECRET, "accession")
+    assert sources["CT_small_second.dcm"]["sop_uid"] != sources["CT_small.dcm"]["sop_uid"]
     assert by_path["CT_small.dcm"]["extra"] == {"site": "lab"}  # the name column is dropped
     content = b"".join(p.read_bytes() for p in db.iterdir())
     for raw in (raw_ct.encode(), b"ACC-12345", b"Doe^Jane"):
@@ -61,7 +63,7 @@ def test_without_deid_ids_are_kept(encoder: HFEncoder, tmp_path: Path):
     archive = small_archive(tmp_path / "archive")
     with Store.open(tmp_path / "db", create=True) as store:
         run_indexing(open_archive(archive), store, encoder)
-        rows = {r["path"]: r for r in store.repository.get_images(list(range(1, 20))).values()}
+        rows = rows_by_path(store.repository)
     assert rows["CT_small.dcm"]["patient_id"] == str(pydicom.dcmread(archive / "CT_small.dcm").PatientID)
 
 
@@ -70,9 +72,9 @@ def test_every_nth_frame_is_its_own_image_and_reruns_add_nothing(encoder: HFEnco
     options = LoadOptions(render=RenderOptions(frames="every:10"))
     with Store.open(tmp_path / "db", create=True) as store:
         first = run_indexing(open_archive(archive), store, encoder, batch_size=2, options=options)
-        rows = store.repository.get_images(list(range(1, 50))).values()
-        frames = sorted(r["frame_index"] for r in rows if r["path"] == "examples_ybr_color.dcm")
+        rows = store.repository.get_images(store.repository.image_ids().tolist()).values()
+        frames = sorted(s["frame_index"] for r in rows for s in r["sources"] if s["path"] == "examples_ybr_color.dcm")
         assert frames == [0, 10, 20]  # 30 frames
-        assert first.indexed == 3 + 3 == store.ntotal
+        assert first.indexed == 2 + 3 == store.ntotal  # CT_small_second shares CT_small's pixels
         again = run_indexing(open_archive(archive), store, encoder, options=options)
-        assert again.indexed == 0 and again.unchanged == 4 and store.ntotal == 6
+        assert again.indexed == 0 and again.unchanged == 4 and store.ntotal == 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from core.images import load_image_file
 from indexer.runner import run_indexing
 from indexer.scan import open_archive
 from storage.store import Store
-from tests.conftest import BAD_DICOM, GOOD_DICOM, available
+from tests.conftest import BAD_DICOM, GOOD_DICOM, available, rows_by_path
 
 
 def index(archive: Path, db: Path, encoder: HFEncoder, batch_size: int = 4):
@@ -25,8 +26,9 @@ def index(archive: Path, db: Path, encoder: HFEncoder, batch_size: int = 4):
 def test_indexes_good_files_and_records_bad_ones(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
     result, ntotal, repo = index(archive_dir, tmp_path / "db", encoder)
     good = available(GOOD_DICOM)
-    # good DICOM + the suffix-less copy + two PNG/JPEG
-    assert result.indexed == len(good) + 1 + 2 == ntotal
+    # good DICOM + the suffix-less copy + two PNG/JPEG, each a source; identical pixels one image
+    assert result.indexed + result.linked == len(good) + 1 + 2 == repo.count_sources()
+    assert result.indexed == ntotal == len(set(rows_by_path(repo)[p]["pixel_sha256"] for p in rows_by_path(repo)))
     by_path = {issue.path: issue for issue in result.issues}
     for name, kind in BAD_DICOM.items():
         assert by_path[f"dicom/{name}"].kind == kind
@@ -43,7 +45,7 @@ def test_indexes_good_files_and_records_bad_ones(archive_dir: Path, encoder: HFE
 
 def test_metadata_equals_dicom_header_and_manifest(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
     _, _, repo = index(archive_dir, tmp_path / "db", encoder)
-    rows = {row["path"]: row for row in repo.get_images(list(range(1, 100))).values()}
+    rows = rows_by_path(repo)
     for name in available(GOOD_DICOM)[:8]:
         ds = pydicom.dcmread(archive_dir / "dicom" / name, force=True)
         row = rows[f"dicom/{name}"]
@@ -59,8 +61,7 @@ def test_metadata_equals_dicom_header_and_manifest(archive_dir: Path, encoder: H
 
 def test_stored_vectors_equal_the_encoder_on_the_same_file(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
     _, _, repo = index(archive_dir, tmp_path / "db", encoder, batch_size=5)
-    rows = {row["path"]: image_id for image_id, row in repo.get_images(list(range(1, 100))).items()}
-    image_id = rows["dicom/CT_small.dcm"]
+    image_id = rows_by_path(repo)["dicom/CT_small.dcm"]["id"]
     _, stored = repo.get_embeddings([image_id], encoder.dim)
     direct = encoder.encode_images([load_image_file(archive_dir / "dicom" / "CT_small.dcm").pixels])
     assert np.allclose(stored, direct, atol=1e-5)
@@ -69,13 +70,60 @@ def test_stored_vectors_equal_the_encoder_on_the_same_file(archive_dir: Path, en
 def test_rerun_adds_nothing_and_changed_file_is_replaced(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
     copy = tmp_path / "archive"
     shutil.copytree(archive_dir, copy)
-    first, n1, _ = index(copy, tmp_path / "db", encoder)
+    _first, n1, repo = index(copy, tmp_path / "db", encoder)
+    sources = repo.count_sources()
     second, n2, _ = index(copy, tmp_path / "db", encoder)
-    assert second.indexed == 0 and second.unchanged == first.indexed and n2 == n1
-    shutil.copy2(copy / "dicom" / "CT_small.dcm", copy / "photos" / "new.dcm")  # new file
+    assert second.indexed == second.linked == 0 and n2 == n1
+    assert second.unchanged == len(list(copy.rglob("*.*"))) + 1 - 1  # every file but manifest.csv (+no suffix)
+    shutil.copy2(copy / "dicom" / "CT_small.dcm", copy / "photos" / "new.dcm")  # a duplicate: linked
     shutil.copy2(copy / "photos" / "gradient.jpg", copy / "photos" / "noise.png")  # changed content
     third, n3, repo = index(copy, tmp_path / "db", encoder)
-    assert third.indexed == 2 and n3 == n1 + 1 and repo.count_images() == n3
+    assert third.indexed == 0 and third.linked == 2  # noise.png now has gradient.jpg's pixels
+    assert n3 == n1 - 1 and repo.count_sources() == sources + 1  # the old noise image is gone
+    assert rows_by_path(repo)["photos/noise.png"]["id"] == rows_by_path(repo)["photos/gradient.jpg"]["id"]
+
+
+def test_touched_but_identical_files_are_not_decoded_again(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
+    copy = tmp_path / "archive"
+    shutil.copytree(archive_dir, copy)
+    index(copy, tmp_path / "db", encoder)
+    for path in (copy / "dicom").iterdir():
+        os.utime(path, (1_000_000_000, 1_000_000_000))  # new mtime, same bytes
+    again, _, _repo = index(copy, tmp_path / "db", encoder)
+    assert again.indexed == again.linked == 0 and again.failed == again.skipped == 0
+    third, _, _ = index(copy, tmp_path / "db", encoder)  # the new mtimes were recorded
+    assert third.unchanged == again.unchanged
+
+
+def test_moved_files_and_prune(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
+    copy = tmp_path / "archive"
+    shutil.copytree(archive_dir, copy)
+    _, n1, _repo = index(copy, tmp_path / "db", encoder)
+    (copy / "moved").mkdir()
+    shutil.move(copy / "dicom" / "CT_small.dcm", copy / "moved" / "ct.dcm")
+    with Store.open(tmp_path / "db") as store:
+        moved = run_indexing(open_archive(copy), store, encoder, prune=True)
+        rows = rows_by_path(store.repository)
+        assert moved.indexed == 0 and moved.linked == 1 and moved.pruned == 1
+        assert "dicom/CT_small.dcm" not in rows and "moved/ct.dcm" in rows
+        assert store.ntotal == n1 and store.verify() == []
+
+
+def test_workers_give_the_same_result(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
+    with Store.open(tmp_path / "db0", create=True) as store:
+        inline = run_indexing(open_archive(archive_dir), store, encoder, workers=0)
+        inline_rows = rows_by_path(store.repository)
+    with Store.open(tmp_path / "db1", create=True) as store:
+        pooled = run_indexing(open_archive(archive_dir), store, encoder, workers=1, batch_size=3)
+        pooled_rows = rows_by_path(store.repository)
+        _, vectors = store.repository.get_embeddings([pooled_rows["dicom/CT_small.dcm"]["id"]], encoder.dim)
+    assert (inline.indexed, inline.linked, inline.failed) == (pooled.indexed, pooled.linked, pooled.failed)
+    def hashes(rows: dict) -> dict:
+        return {path: row["pixel_sha256"] for path, row in rows.items()}
+
+    assert hashes(inline_rows) == hashes(pooled_rows)
+    direct = encoder.encode_images([load_image_file(archive_dir / "dicom" / "CT_small.dcm").pixels])
+    assert np.allclose(vectors, direct, atol=1e-5)
 
 
 def test_zip_and_folder_give_the_same_vectors(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
@@ -83,3 +131,4 @@ def test_zip_and_folder_give_the_same_vectors(archive_dir: Path, encoder: HFEnco
     result, ntotal, _ = index(zipped, tmp_path / "db", encoder)
     folder_result, _, _ = index(archive_dir, tmp_path / "db2", encoder)
     assert result.indexed == folder_result.indexed == ntotal
+    assert result.linked == folder_result.linked

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from storage.errors import FingerprintMismatchError, StorageError
-from storage.repository import ImageRecord
+from storage.repository import ImageRecord, NewImage, SourceRecord
 from storage.store import Store
 from storage.vector_index import VectorIndex
 
@@ -26,16 +26,18 @@ def unit_vectors(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def records(n: int, prefix: str = "img") -> list[ImageRecord]:
-    return [ImageRecord(archive="/a", path=f"{prefix}{i}.dcm", sha256=f"{prefix}{i:062d}", kind="dicom",
-                        patient_id=f"P{i}", modality="CT", labels=["x"], extra={"i": i}) for i in range(n)]
+def records(n: int, prefix: str = "img", vectors: np.ndarray | None = None) -> list[NewImage]:
+    vectors = unit_vectors(n) if vectors is None else vectors
+    return [NewImage(ImageRecord(pixel_sha256=f"{prefix}{i:060d}", kind="dicom", patient_id=f"P{i}",
+                                 modality="CT", labels=["x"], extra={"i": i}), vectors[i],
+                     [SourceRecord("/a", f"{prefix}{i}.dcm", 0, f"f{prefix}{i}", 10, 1.0)]) for i in range(n)]
 
 
 def test_add_search_matches_brute_force(tmp_path: Path):
     with Store.open(tmp_path / "db", create=True) as store:
         store.bind_model(fingerprint())
         vectors = unit_vectors(50)
-        ids = store.add(records(50), vectors)
+        ids = store.add(records(50, vectors=vectors))
         query = unit_vectors(1, seed=9)
         hits = store.search(query, 10)[0]
         brute = np.argsort(-(vectors @ query[0]))[:10]
@@ -55,7 +57,7 @@ def test_wal_mode_and_schema_version(tmp_path: Path):
 def test_reopen_restores_index(tmp_path: Path):
     with Store.open(tmp_path / "db", create=True) as store:
         store.bind_model(fingerprint())
-        store.add(records(5), unit_vectors(5))
+        store.add(records(5))
     with Store.open(tmp_path / "db") as again:
         assert again.ntotal == 5 and again.repository.count_images() == 5
 
@@ -64,9 +66,9 @@ def test_lagging_faiss_is_caught_up_from_embeddings(tmp_path: Path):
     """Crash after the SQLite commit but before the FAISS save: reopening rebuilds what is missing."""
     store = Store.open(tmp_path / "db", create=True)
     store.bind_model(fingerprint())
-    store.add(records(3, "a"), unit_vectors(3, 1))
+    store.add(records(3, "a", vectors=unit_vectors(3, 1)))
     store.checkpoint()
-    store.add(records(4, "b"), unit_vectors(4, 2))  # committed to SQLite, FAISS file not saved
+    store.add(records(4, "b", vectors=unit_vectors(4, 2)))  # committed to SQLite, FAISS file not saved
     store.engine.dispose()  # "crash": no close(), no checkpoint
     assert VectorIndex.load(tmp_path / "db" / "index.faiss").ntotal == 3
     with Store.open(tmp_path / "db") as reopened:
@@ -78,7 +80,7 @@ def test_lagging_faiss_is_caught_up_from_embeddings(tmp_path: Path):
 def test_corrupt_faiss_file_is_rebuilt(tmp_path: Path):
     with Store.open(tmp_path / "db", create=True) as store:
         store.bind_model(fingerprint())
-        store.add(records(6), unit_vectors(6))
+        store.add(records(6))
     (tmp_path / "db" / "index.faiss").write_bytes(b"garbage")
     with Store.open(tmp_path / "db") as reopened:
         assert reopened.ntotal == 6
@@ -91,14 +93,56 @@ def test_other_model_is_refused(tmp_path: Path):
             store.bind_model(fingerprint("k2", dim=16))
 
 
-def test_replace_ids_swaps_rows_and_vectors(tmp_path: Path):
+def test_replacing_a_source_swaps_rows_and_vectors(tmp_path: Path):
     with Store.open(tmp_path / "db", create=True) as store:
         store.bind_model(fingerprint())
-        old = store.add(records(2), unit_vectors(2))
-        new = store.add(records(1, "img")[:1], unit_vectors(1, 5), replace_ids=[old[0]])
+        old = store.add(records(2))
+        source_ids = store.repository.select_sources(path_prefix="img0.dcm")
+        changed = records(1, "new", vectors=unit_vectors(1, 5))
+        new = store.write(changed, remove_source_ids=source_ids)
         assert new[0] not in old  # ids are never reused
         assert store.ntotal == 2 and store.repository.count_images() == 2
         assert old[0] not in store.repository.get_images([old[0], new[0]])
+        assert store.verify() == []
+
+
+def test_duplicate_pixels_share_one_image(tmp_path: Path):
+    with Store.open(tmp_path / "db", create=True) as store:
+        store.bind_model(fingerprint())
+        [image_id] = store.add(records(1))
+        store.write([], [(SourceRecord("/b", "copy.dcm", 0, "fcopy", 10, 1.0), image_id)])
+        row = store.repository.get_images([image_id])[image_id]
+        assert [s["path"] for s in row["sources"]] == ["img0.dcm", "copy.dcm"]
+        assert store.ntotal == 1
+        # the image stays while one source remains, and goes with the last
+        assert store.remove_sources(store.repository.select_sources(archive="/a")) == []
+        assert store.ntotal == 1
+        assert store.remove_sources(store.repository.select_sources(archive="/b")) == [image_id]
+        assert store.ntotal == 0 and store.repository.count_images() == 0
+
+
+def test_verify_finds_and_repairs(tmp_path: Path):
+    with Store.open(tmp_path / "db", create=True) as store:
+        store.bind_model(fingerprint())
+        ids = store.add(records(4))
+        assert store.verify() == []
+        store._index.remove(np.asarray(ids[:1]))  # the index loses a vector
+        store._index.add(np.asarray([999]), unit_vectors(1, 3))  # and gains one nobody knows
+        problems = store.verify()
+        assert any("missing from the FAISS index" in p for p in problems)
+        assert any("no embedding" in p for p in problems)
+        store.verify(repair=True)
+        assert store.verify() == [] and store.ntotal == 4
+
+
+def test_stale_temp_file_from_a_killed_save_is_removed(tmp_path: Path):
+    with Store.open(tmp_path / "db", create=True) as store:
+        store.bind_model(fingerprint())
+        store.add(records(2))
+    (tmp_path / "db" / ".index.faiss.abc.tmp").write_bytes(b"half")
+    with Store.open(tmp_path / "db") as store:
+        assert store.ntotal == 2
+    assert not list((tmp_path / "db").glob("*.tmp"))
 
 
 def test_atomic_save_leaves_no_temp_files(tmp_path: Path):
