@@ -1,0 +1,112 @@
+"""SIGKILL a real indexing process at 20 points spread over a run, rerun, and compare the final state
+with a clean run's: nothing lost, nothing twice, FAISS, rows and embeddings consistent."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from storage.store import Store
+from tests.conftest import dicom_file
+
+FILES = 90
+KILLS = 20
+
+
+def make_archive(root: Path) -> Path:
+    """Distinct DICOM images, some exact duplicates and a few broken files."""
+    root.mkdir()
+    template = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    pixels = template.pixel_array
+    rng = np.random.default_rng(3)
+    for i in range(FILES):
+        ds = template.copy()
+        noise = rng.integers(0, 50, pixels.shape, dtype=np.int16)
+        ds.PixelData = (pixels + noise).astype(pixels.dtype).tobytes()
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{i + 1}"
+        ds.PatientID = f"P{i % 7}"
+        ds.save_as(root / f"img{i:03d}.dcm")
+    for i in range(0, FILES, 15):
+        shutil.copy2(root / f"img{i:03d}.dcm", root / f"copy{i:03d}.dcm")
+    (root / "truncated.dcm").write_bytes((root / "img001.dcm").read_bytes()[:5000])
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def index_command(archive: Path, db: Path, model: Path) -> list[str]:
+    return [sys.executable, "-m", "indexer.cli", "run", str(archive), "--db", str(db), "--model", str(model),
+            "--batch-size", "1", "--workers", "0", "--checkpoint-seconds", "0", "--no-progress",
+            "--log-level", "ERROR"]
+
+
+def sources_written(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db / 'medsearch.sqlite'}?mode=ro", uri=True, timeout=1) as con:
+            return int(con.execute("SELECT count(*) FROM sources").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def state(db: Path) -> tuple[set, dict]:
+    """(sources as (path, frame, file sha, pixel sha), pixel sha -> vector) after checking consistency."""
+    with Store.open(db) as store:
+        assert store.verify() == []
+        repo = store.repository
+        rows = repo.get_images(repo.image_ids().tolist())
+        ids, vectors = repo.get_embeddings(list(rows), store.dim or 0)
+        assert store.ntotal == len(rows) == len(ids)
+        sources = {(s["path"], s["frame_index"], s["file_sha256"], row["pixel_sha256"])
+                   for row in rows.values() for s in row["sources"]}
+        assert len(sources) == repo.count_sources()
+        by_pixels = {rows[int(i)]["pixel_sha256"]: v for i, v in zip(ids, vectors, strict=True)}
+        assert len(by_pixels) == len(rows)  # no image twice
+        return sources, by_pixels
+
+
+@pytest.mark.timeout(900)
+def test_kill_nine_at_twenty_points_then_rerun_equals_a_clean_run(tiny_model_dir: Path, tmp_path: Path):
+    archive = make_archive(tmp_path / "archive")
+    clean_db, killed_db = tmp_path / "clean", tmp_path / "killed"
+    clean = subprocess.run(index_command(archive, clean_db, tiny_model_dir), capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert clean.returncode == 0, clean.stderr
+    total = sources_written(clean_db)
+    assert total == FILES + len(range(0, FILES, 15))
+
+    kill_points = [max(1, round(total * (i + 1) / (KILLS + 1))) for i in range(KILLS)]
+    killed_at = []
+    for target in kill_points:
+        target = max(target, sources_written(killed_db) + 1)
+        process = subprocess.Popen(index_command(archive, killed_db, tiny_model_dir), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        while process.poll() is None and sources_written(killed_db) < target:
+            time.sleep(0.002)
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            killed_at.append(sources_written(killed_db))
+        process.wait()
+    assert len(killed_at) >= KILLS - 2, f"only {len(killed_at)} kills landed mid-run: {killed_at}"
+    assert min(killed_at) < total / 4 and max(killed_at) > total * 3 / 4  # spread over the whole run
+
+    final = subprocess.run(index_command(archive, killed_db, tiny_model_dir), capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert final.returncode == 0, final.stderr
+    clean_sources, clean_vectors = state(clean_db)
+    killed_sources, killed_vectors = state(killed_db)
+    assert killed_sources == clean_sources
+    assert clean_vectors.keys() == killed_vectors.keys()
+    for pixels, vector in clean_vectors.items():
+        assert np.allclose(vector, killed_vectors[pixels], atol=1e-5)
+    with Store.open(killed_db) as store:
+        statuses = [run.status for run in store.repository.list_runs()]
+    assert statuses.count("killed") == len(killed_at) and statuses[-1] == "completed"
