@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,26 @@ from sqlalchemy import Engine
 from storage.db import init_schema, make_engine, session_factory, sqlite_url
 from storage.errors import DimensionMismatchError, StorageError
 from storage.repository import Manifest, NewImage, Repository, SourceRecord
-from storage.vector_index import VectorIndex
+from storage.vector_index import KINDS, IndexPlan, VectorIndex, bytes_per_vector, plan_index, recall_at_k
 
 logger = logging.getLogger(__name__)
 
 DATABASE_NAME = "medsearch.sqlite"
 INDEX_NAME = "index.faiss"
+RECALL_TARGET = 0.95
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What `build_index` did and what it measured."""
+
+    kind: str
+    why: str
+    vectors: int
+    seconds: float
+    recall_at_10: float  # against exact search on held-out queries (1.0 for an exact index)
+    search_effort: int  # nprobe or efSearch chosen
+    bytes_per_vector: float
 
 
 class Store:
@@ -86,6 +102,10 @@ class Store:
                     index = None
             except StorageError as exc:
                 logger.warning("%s; rebuilding it from the embeddings table", exc)
+        if index is None and self.repository.get_meta("index_policy") not in (None, "auto", "flat"):
+            self._index = VectorIndex.create(manifest.dim)
+            self.build_index(self.repository.get_meta("index_policy") or "auto")
+            return
         self._index = index or VectorIndex.create(manifest.dim)
         self.reconcile()
 
@@ -99,6 +119,10 @@ class Store:
             in_index = self._index.ids()
             missing = np.setdiff1d(stored, in_index, assume_unique=True)
             extra = np.setdiff1d(in_index, stored, assume_unique=True)
+            if len(extra) and not self._index.can_remove:
+                logger.warning("the %s index holds %d deleted vectors: rebuilding it", self._index.kind, len(extra))
+                self.build_index(self._index.kind)
+                return 0, len(extra)
             if len(extra):
                 self._index.remove(extra)
             for start in range(0, len(missing), 10_000):
@@ -134,6 +158,9 @@ class Store:
         ids, removed = self.repository.write_batch(new_images, links, manifest.fingerprint_key, run_id,
                                                    remove_source_ids, touched)
         with self._lock:
+            if removed and not self._index.can_remove:
+                self.build_index(self._index.kind)  # rebuilt from the embeddings, new images included
+                return ids
             if removed:
                 self._index.remove(np.asarray(removed, dtype=np.int64))
             if ids:
@@ -149,7 +176,9 @@ class Store:
         """Delete sources (images left without any go too, from the index as well). Returns image ids removed."""
         removed = self.repository.remove_sources(source_ids)
         with self._lock:
-            if removed and self._index is not None:
+            if removed and self._index is not None and not self._index.can_remove:
+                self.build_index(self._index.kind)
+            elif removed and self._index is not None:
                 self._index.remove(np.asarray(removed, dtype=np.int64))
                 self._dirty = True
         return removed
@@ -171,7 +200,8 @@ class Store:
             missing = np.setdiff1d(embeddings, in_index)
             extra = np.setdiff1d(in_index, embeddings)
             duplicates = len(in_index) - len(np.unique(in_index))
-            wrong = [int(i) for i, v in self._sample_vectors(manifest.dim, in_index)]
+            # approximate indexes (PQ) store lossy vectors: only exact ones are compared value for value
+            wrong = [int(i) for i, _ in self._sample_vectors(manifest.dim, in_index)] if self._index.exact else []
         for label, ids in (("images without an embedding", no_vector), ("images without a source", orphans),
                            ("embeddings missing from the FAISS index", missing),
                            ("FAISS ids with no embedding", extra), ("FAISS vectors unlike the stored ones", wrong)):
@@ -201,16 +231,71 @@ class Store:
 
     def rebuild_index(self) -> None:
         """A fresh index of the same kind from the embeddings table, saved atomically."""
+        self.build_index(self._index.kind if self._index is not None else "auto")
+
+    def build_index(self, kind: str = "auto", memory_budget: int = 8 * 1024**3, seed: int = 0) -> BuildReport:
+        """(Re)build the FAISS index from the stored embeddings, without re-encoding: train it when it
+        needs training, raise its search effort until recall@10 against exact search on held-out
+        queries reaches 0.95 (or the effort is exhausted), save it atomically. `kind` is auto, flat,
+        ivf, ivfpq or hnsw; it is remembered for later rebuilds."""
         manifest = self.repository.get_manifest()
         if manifest is None:
-            return
-        fresh = VectorIndex.create(manifest.dim)
+            raise StorageError("nothing indexed yet: run medsearch-index run first")
+        if kind != "auto" and kind not in KINDS:
+            raise StorageError(f"index kind {kind!r}: expected auto, {', '.join(KINDS)}")
+        started = time.perf_counter()
+        n = len(self.repository.embedding_ids())
+        plan: IndexPlan = plan_index(n, manifest.dim, kind, memory_budget)
+        rng = np.random.default_rng(seed)
+        train = self._sample_embeddings(manifest.dim, min(n, 100_000), rng)
+        fresh = VectorIndex.build(plan, manifest.dim, train if len(train) else np.zeros((1, manifest.dim)))
+        exact = VectorIndex.create(manifest.dim) if plan.kind != "flat" else None
         for ids, vectors in self.repository.iter_embeddings(manifest.dim):
             fresh.add(ids, vectors)
+            if exact is not None:
+                exact.add(ids, vectors)
+        recall = 1.0
+        if exact is not None and n:
+            queries = train[rng.choice(len(train), size=min(200, len(train)), replace=False)]
+            queries = queries + rng.normal(scale=0.05, size=queries.shape).astype(np.float32)
+            queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+            recall = recall_at_k(fresh, exact, queries, 10)
+            limit = plan.nlist if plan.kind in ("ivf", "ivfpq") else 1024
+            while recall < RECALL_TARGET and fresh.search_effort() < limit:
+                fresh.set_search_effort(min(limit, fresh.search_effort() * 2))
+                recall = recall_at_k(fresh, exact, queries, 10)
         with self._lock:
             self._index = fresh
             self._dirty = True
             self.checkpoint()
+        self.repository.set_meta("index_policy", kind)
+        report = BuildReport(plan.kind, plan.why, n, time.perf_counter() - started, recall, fresh.search_effort(),
+                             bytes_per_vector(plan.kind, manifest.dim, plan.pq_m))
+        logger.info("built %s index of %d vectors in %.1f s, recall@10 %.3f", plan.kind, n, report.seconds, recall)
+        return report
+
+    def maybe_grow_index(self, memory_budget: int = 8 * 1024**3) -> BuildReport | None:
+        """Under the automatic policy, rebuild when the index's size calls for another kind."""
+        if self._index is None or self.repository.get_meta("index_policy") not in (None, "auto"):
+            return None
+        manifest = self.repository.get_manifest()
+        if manifest is None:
+            return None
+        wanted = plan_index(self._index.ntotal, manifest.dim, "auto", memory_budget)
+        return self.build_index("auto", memory_budget) if wanted.kind != self._index.kind else None
+
+    def _sample_embeddings(self, dim: int, size: int, rng: np.random.Generator) -> np.ndarray:
+        ids = self.repository.embedding_ids()
+        if len(ids) == 0:
+            return np.zeros((0, dim), dtype=np.float32)
+        chosen = np.sort(rng.choice(ids, size=min(size, len(ids)), replace=False))
+        chunks = [self.repository.get_embeddings(chosen[i:i + 10_000].tolist(), dim)[1]
+                  for i in range(0, len(chosen), 10_000)]
+        return np.vstack(chunks)
+
+    @property
+    def index_kind(self) -> str:
+        return self._index.kind if self._index is not None else "none"
 
     def checkpoint(self) -> None:
         """Save the FAISS index atomically if it changed."""

@@ -1,4 +1,5 @@
-"""The FAISS inner-product index: IndexIDMap2(IndexFlatIP) whose ids are image ids.
+"""FAISS inner-product indexes whose ids are image ids: exact (Flat) or approximate (IVF-Flat, IVF-PQ,
+HNSW), built and trained from the stored embeddings.
 
 Vectors are L2-normalised upstream, so inner product = cosine. Saved atomically: written to a temp
 file in the same folder, fsynced, then swapped in with os.replace, so a reader never sees half a file.
@@ -7,27 +8,92 @@ file in the same folder, fsynced, then swapped in with os.replace, so a reader n
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-import faiss
+import faiss as _faiss
 import numpy as np
 
 from storage.errors import DimensionMismatchError, StorageError
 
 logger = logging.getLogger(__name__)
+faiss: Any = _faiss  # its shipped stubs miss most SWIG attributes (DirectMap, hnsw, invlists...)
+
+IndexKind = Literal["flat", "ivf", "ivfpq", "hnsw"]
+KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "ivfpq", "hnsw")
+FLAT_UP_TO = 200_000  # below this an exact scan answers in milliseconds
+HNSW_M = 32
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    kind: IndexKind
+    nlist: int = 0  # IVF lists
+    pq_m: int = 0  # PQ sub-quantizers
+    why: str = ""
+
+
+def bytes_per_vector(kind: IndexKind, dim: int, pq_m: int = 0) -> float:
+    """Approximate memory of one vector in each kind of index (ids included)."""
+    return {"flat": dim * 4 + 8, "ivf": dim * 4 + 8, "hnsw": dim * 4 + HNSW_M * 2 * 4 + 8,
+            "ivfpq": pq_m + 8}[kind]
+
+
+def plan_index(n: int, dim: int, kind: str = "auto", memory_budget: int = 8 * 1024**3) -> IndexPlan:
+    """Which index to build for `n` vectors of `dim` within `memory_budget` bytes."""
+    nlist = max(1, min(65536, int(4 * math.sqrt(max(n, 1)))))
+    pq_m = next(m for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and m <= dim)
+    if kind != "auto":
+        if kind not in KINDS:
+            raise ValueError(f"index kind {kind!r}: expected auto, {', '.join(KINDS)}")
+        return IndexPlan(kind, nlist, pq_m, why="asked for")
+    if n <= FLAT_UP_TO and n * bytes_per_vector("flat", dim) <= memory_budget:
+        return IndexPlan("flat", why=f"{n} vectors: an exact scan is fast enough")
+    if n * bytes_per_vector("hnsw", dim) <= memory_budget:
+        return IndexPlan("hnsw", why=f"{n} vectors fit the memory budget as HNSW")
+    if n * bytes_per_vector("ivf", dim) <= memory_budget:
+        return IndexPlan("ivf", nlist, why=f"{n} vectors: HNSW exceeds the memory budget, IVF-Flat fits")
+    return IndexPlan("ivfpq", nlist, pq_m, why=f"{n} vectors: only product quantization fits the budget")
 
 
 class VectorIndex:
-    """A thin, typed wrapper over one FAISS index with 64-bit ids."""
+    """One FAISS index with 64-bit ids and a small, typed surface."""
 
     def __init__(self, index: faiss.Index) -> None:
-        self._index = index
+        self._index: Any = index  # FAISS's SWIG classes are only partly typed
 
+    # -- construction ---------------------------------------------------------------------------------
     @classmethod
     def create(cls, dim: int) -> VectorIndex:
         return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
+
+    @classmethod
+    def build(cls, plan: IndexPlan, dim: int, train: np.ndarray) -> VectorIndex:
+        """An empty index of `plan`'s kind, trained on `train` when it needs training."""
+        if plan.kind == "flat":
+            return cls.create(dim)
+        if plan.kind == "hnsw":
+            hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = 80
+            hnsw.hnsw.efSearch = 64
+            return cls(faiss.IndexIDMap2(hnsw))
+        nlist = max(1, min(plan.nlist, len(train) // 39 or 1))  # FAISS wants ~39 training points per list
+        quantizer = faiss.IndexFlatIP(dim)
+        if plan.kind == "ivf":
+            ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            bits = 8 if len(train) >= 256 * 39 else max(1, int(math.log2(max(2, len(train) // 39))))
+            ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, plan.pq_m, bits, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(np.ascontiguousarray(train, dtype=np.float32))
+        ivf.nprobe = max(1, nlist // 16)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
+        ivf.own_fields = True
+        quantizer.this.disown()
+        return cls(ivf)
 
     @classmethod
     def load(cls, path: Path) -> VectorIndex:
@@ -35,6 +101,23 @@ class VectorIndex:
             return cls(faiss.read_index(str(path)))
         except Exception as exc:  # faiss raises RuntimeError on corrupt or truncated files
             raise StorageError(f"cannot read the FAISS index {path}: {exc}") from exc
+
+    # -- description ----------------------------------------------------------------------------------
+    @property
+    def kind(self) -> IndexKind:
+        inner = faiss.downcast_index(self._index.index) if isinstance(self._index, faiss.IndexIDMap2) else (
+            faiss.downcast_index(self._index))
+        if isinstance(inner, faiss.IndexHNSWFlat):
+            return "hnsw"
+        if isinstance(inner, faiss.IndexIVFPQ):
+            return "ivfpq"
+        if isinstance(inner, faiss.IndexIVFFlat):
+            return "ivf"
+        return "flat"
+
+    @property
+    def exact(self) -> bool:
+        return self.kind == "flat"
 
     @property
     def dim(self) -> int:
@@ -44,8 +127,18 @@ class VectorIndex:
     def ntotal(self) -> int:
         return int(self._index.ntotal)
 
+    @property
+    def can_remove(self) -> bool:
+        return self.kind != "hnsw"
+
     def ids(self) -> np.ndarray:
-        return faiss.vector_to_array(self._index.id_map).astype(np.int64)  # type: ignore[attr-defined]
+        if isinstance(self._index, faiss.IndexIDMap2):
+            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        ivf = faiss.extract_index_ivf(self._index)
+        lists = ivf.invlists
+        chunks = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                  for i in range(ivf.nlist) if lists.list_size(i)]
+        return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, dtype=np.int64)
 
     def reconstruct(self, image_id: int) -> np.ndarray | None:
         try:
@@ -53,6 +146,21 @@ class VectorIndex:
         except RuntimeError:
             return None
 
+    def set_search_effort(self, effort: int) -> None:
+        """nprobe (IVF) or efSearch (HNSW); no effect on exact indexes."""
+        if self.kind == "hnsw":
+            faiss.downcast_index(self._index.index).hnsw.efSearch = effort
+        elif self.kind in ("ivf", "ivfpq"):
+            faiss.extract_index_ivf(self._index).nprobe = effort
+
+    def search_effort(self) -> int:
+        if self.kind == "hnsw":
+            return int(faiss.downcast_index(self._index.index).hnsw.efSearch)
+        if self.kind in ("ivf", "ivfpq"):
+            return int(faiss.extract_index_ivf(self._index).nprobe)
+        return 0
+
+    # -- changes --------------------------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
@@ -61,12 +169,19 @@ class VectorIndex:
             self._index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
 
     def remove(self, ids: np.ndarray) -> int:
+        """Remove ids. HNSW cannot remove: the caller rebuilds it (see `can_remove`)."""
         if not len(ids):
             return 0
-        return int(self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))  # type: ignore[arg-type]
+        if not self.can_remove:
+            raise StorageError("an HNSW index cannot remove vectors: rebuild it")
+        wanted = np.ascontiguousarray(ids, dtype=np.int64)
+        if isinstance(self._index, faiss.IndexIDMap2):
+            return int(self._index.remove_ids(faiss.IDSelectorBatch(wanted)))
+        # IVF with a hashtable direct map removes only through an IDSelectorArray
+        return int(self._index.remove_ids(faiss.IDSelectorArray(len(wanted), faiss.swig_ptr(wanted))))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (n, k'), k' = min(k, ntotal); best first."""
+        """(scores, ids), each (n, k'), k' = min(k, ntotal); best first; missing slots have id -1."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise DimensionMismatchError(f"queries of shape {queries.shape} for a {self.dim}-d index")
@@ -95,3 +210,11 @@ class VectorIndex:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def recall_at_k(approximate: VectorIndex, exact: VectorIndex, queries: np.ndarray, k: int = 10) -> float:
+    """Mean fraction of the exact top-k that the approximate index returns."""
+    _, truth = exact.search(queries, k)
+    _, found = approximate.search(queries, k)
+    hits = [len(set(t[t >= 0]) & set(f[f >= 0])) / max(1, len(t[t >= 0])) for t, f in zip(truth, found, strict=True)]
+    return float(np.mean(hits)) if hits else 1.0
