@@ -113,6 +113,8 @@ def main() -> None:
               help="Model precision [default auto: bf16/fp16 on a GPU, fp32 on a CPU].")
 @click.option("--quantize", type=click.Choice(["int8"]), help="Dynamic int8 quantization of the model (CPU).")
 @click.option("--prune", is_flag=True, help="Remove entries of files no longer in ARCHIVE.")
+@click.option("--new-generation", is_flag=True, help="Build a new index generation in --db (for a new model): "
+              "the API keeps serving the current one and switches to the new one when this run completes.")
 @click.option("--checkpoint-seconds", type=click.FloatRange(0), help="Save the FAISS index at least this often "
               "[default 30; the database itself is committed after every batch].")
 @click.option("--local-files-only", is_flag=True, default=None, help="Never contact the model hub.")
@@ -121,7 +123,8 @@ def main() -> None:
 def run(archive: Path, db_dir: Path | None, model: str | None, model_revision: str | None,
         batch_size: int | None, device: str | None, manifest: Path | None, max_image_pixels: int | None,
         window: str | None, frames: str | None, deidentify: bool | None, workers: int | None,
-        precision: str | None, quantize: str | None, prune: bool, checkpoint_seconds: float | None,
+        precision: str | None, quantize: str | None, prune: bool, new_generation: bool,
+        checkpoint_seconds: float | None,
         local_files_only: bool | None, progress: bool | None, log_level: str | None) -> None:
     """Index every DICOM, PNG and JPEG image in ARCHIVE (a folder, .zip or .tar[.gz]).
 
@@ -144,15 +147,16 @@ def run(archive: Path, db_dir: Path | None, model: str | None, model_revision: s
     except ValidationError as exc:
         raise click.UsageError(settings_error(exc)) from None
     configure_logging(settings.log_level)
-    sys.exit(_run(archive, settings, manifest, progress, prune))
+    sys.exit(_run(archive, settings, manifest, progress, prune, new_generation))
 
 
-def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress: bool | None, prune: bool) -> int:
+def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress: bool | None, prune: bool,
+         new_generation: bool = False) -> int:
     from core.encoder import HFEncoder
     from indexer.load import LoadOptions
     from indexer.runner import run_indexing
     from indexer.scan import open_archive
-    from storage.store import Store
+    from storage.store import Store, finish_generation, start_generation
 
     show_progress = sys.stderr.isatty() if progress is None else progress
     try:
@@ -163,7 +167,12 @@ def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress
         if encoder.fingerprint.random_weights:
             click.echo(f"WARNING: {settings.model} has RANDOM weights (a test model): search results will be "
                        "meaningless.", err=True)
-        with Store.open(settings.db_dir, create=True) as store:
+        folder = settings.db_dir
+        if new_generation:
+            settings.db_dir.mkdir(parents=True, exist_ok=True)
+            folder = start_generation(settings.db_dir)
+            click.echo(f"building a new index generation in {folder}", err=True)
+        with Store.open(folder, create=True, generation=not new_generation) as store:
             from tqdm.contrib.logging import logging_redirect_tqdm
 
             with logging_redirect_tqdm():
@@ -187,6 +196,9 @@ def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress
         click.echo(f"error: {exc}", err=True)
         return EXIT_UNUSABLE
     print_summary(result, settings.db_dir)
+    if new_generation and not result.interrupted:
+        finish_generation(settings.db_dir, folder)
+        click.echo(f"generation {folder.relative_to(settings.db_dir)} is now the one in use")
     click.echo(f"index {settings.db_dir}: {total} vectors")
     if result.nothing_indexable:
         click.echo(f"error: nothing in {archive_path} could be indexed", err=True)

@@ -4,6 +4,8 @@ once, unless the entry point already built them and passes them in."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,7 +19,7 @@ from core.settings import Settings
 from search_api.routes import router
 from search_api.schemas import RANDOM_MODEL_WARNING
 from search_api.service import SearchService
-from storage.store import Store
+from storage.store import Store, current_generation
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ def build_service(settings: Settings, encoder: Encoder | None = None, store: Sto
     from storage.errors import StorageError
 
     try:
-        store = store or Store.open(settings.db_dir)
+        store = store or Store.open(settings.db_dir, read_only=True)
     except StorageError as exc:
         raise StartupError(str(exc)) from exc
     manifest = store.manifest
@@ -60,27 +62,65 @@ def build_service(settings: Settings, encoder: Encoder | None = None, store: Sto
     return SearchService(encoder, store, render=settings.render_options(), device=device)
 
 
+class ServiceHolder:
+    """The service the routes use. Every `refresh_seconds` it picks up what indexing runs saved: a
+    replaced index file, or a new index generation (then with the model that generation was built
+    with), swapped in whole so that a request sees one consistent service."""
+
+    def __init__(self, settings: Settings, service: SearchService | None, refresh_seconds: float = 1.0) -> None:
+        self.settings = settings
+        self.service = service
+        self.refresh_seconds = refresh_seconds
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def get(self) -> SearchService:
+        assert self.service is not None, "the service is built in the app's lifespan"
+        if time.monotonic() - self._checked >= self.refresh_seconds and self._lock.acquire(blocking=False):
+            try:
+                self._refresh()
+            except Exception:  # a failed refresh keeps the current service answering
+                logger.exception("refreshing the index failed; still serving the previous one")
+            finally:
+                self._checked = time.monotonic()
+                self._lock.release()
+        return self.service
+
+    def _refresh(self) -> None:
+        assert self.service is not None
+        store = self.service.store
+        if not self.settings.db_dir.is_dir() or current_generation(self.settings.db_dir) == store.folder:
+            store.refresh()
+            return
+        logger.info("a new index generation is complete: switching to it")
+        # the new generation's own model, unless --model pinned one (then build_service checks it)
+        old, self.service = self.service, build_service(self.settings)
+        old.store.close()
+
+
 def create_app(settings: Settings | None = None, service: SearchService | None = None) -> FastAPI:
     """The application. Pass `service` to reuse an encoder and store built by the caller."""
     settings = settings or Settings()
 
+    holder = ServiceHolder(settings, service)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own = app.state.service is None
+        own = holder.service is None
         if own:
-            app.state.service = await run_in_threadpool(build_service, settings)
-        if app.state.service.encoder.fingerprint.random_weights:
+            holder.service = await run_in_threadpool(build_service, settings)
+        if holder.service is not None and holder.service.encoder.fingerprint.random_weights:
             app.description = f"**{RANDOM_MODEL_WARNING}**\n\n{DESCRIPTION}"
             logger.warning(RANDOM_MODEL_WARNING)
         try:
             yield
         finally:
-            if own:
-                app.state.service.store.close()
+            if own and holder.service is not None:
+                holder.service.store.close()
 
     app = FastAPI(title="medsearch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
-    app.state.service = service
+    app.state.services = holder
     app.include_router(router)
 
     @app.exception_handler(RequestValidationError)

@@ -11,7 +11,7 @@ from search_api.service import SearchService
 
 
 def get_service(request: Request) -> SearchService:
-    service: SearchService = request.app.state.service
+    service: SearchService = request.app.state.services.get()
     return service
 
 

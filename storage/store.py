@@ -8,13 +8,15 @@ reconciles the two, so FAISS, rows and embeddings always agree once a store is o
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from sqlalchemy import Engine
@@ -44,22 +46,85 @@ class BuildReport:
     bytes_per_vector: float
 
 
-class Store:
-    """Repository + vector index over one folder. Build it at the entry point and pass it in."""
+CURRENT_NAME = "CURRENT"  # in a database folder: which generation the API serves
+PENDING_NAME = "PENDING"  # a new generation being built
+LOCK_NAME = ".writer.lock"
 
-    def __init__(self, folder: Path, engine: Engine, repository: Repository) -> None:
+
+def current_generation(root: Path) -> Path:
+    """The folder of the generation in use: `root` itself unless CURRENT names another."""
+    pointer = root / CURRENT_NAME
+    if pointer.is_file():
+        name = pointer.read_text().strip()
+        if name:
+            return root / name
+    return root
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def start_generation(root: Path) -> Path:
+    """A folder for a new index generation (resuming one left unfinished by a killed run)."""
+    pending = root / PENDING_NAME
+    if pending.is_file() and pending.read_text().strip():
+        return root / pending.read_text().strip()
+    existing = [int(p.name) for p in (root / "generations").glob("*") if p.name.isdigit()]
+    name = f"generations/{max(existing, default=0) + 1}"
+    (root / name).mkdir(parents=True, exist_ok=True)
+    _write_atomically(pending, name)
+    return root / name
+
+
+def finish_generation(root: Path, folder: Path) -> None:
+    """Make `folder` the generation in use, in one atomic rename."""
+    _write_atomically(root / CURRENT_NAME, folder.relative_to(root).as_posix())
+    (root / PENDING_NAME).unlink(missing_ok=True)
+
+
+def _take_writer_lock(folder: Path) -> IO[bytes]:
+    handle = (folder / LOCK_NAME).open("ab")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StorageError(f"another medsearch process is writing to {folder} (an indexing run?): wait for it "
+                           "to finish; readers such as the API are not affected") from None
+    return handle
+
+
+class Store:
+    """Repository + vector index over one folder. Build it at the entry point and pass it in.
+
+    A writer (the indexer) holds an exclusive lock on the folder; readers (the API) open it
+    read-only, never write the index file, and `refresh()` to pick up what writers saved."""
+
+    def __init__(self, folder: Path, engine: Engine, repository: Repository, read_only: bool = False) -> None:
         self.folder = folder
         self.engine = engine
         self.repository = repository
+        self.read_only = read_only
         self._index: VectorIndex | None = None
         self._lock = threading.RLock()
         self._dirty = False
+        self._loaded_signature: tuple[int, int, int] | None = None
+        self._lock_file: Any = None
 
     # -- opening --------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, folder: str | Path, *, create: bool = False, database_url: str | None = None) -> Store:
-        """Open the store in `folder` (created when `create`). Raises StorageError if unusable."""
+    def open(cls, folder: str | Path, *, create: bool = False, database_url: str | None = None,
+             read_only: bool = False, generation: bool = True) -> Store:
+        """Open the store in `folder` (its current generation unless `generation` is False; created
+        when `create`). Raises StorageError if unusable or if another writer holds it."""
         folder = Path(folder)
+        if generation and folder.is_dir():
+            folder = current_generation(folder)
         if not folder.is_dir():
             if not create:
                 raise StorageError(f"no medsearch database in {folder}: the folder does not exist "
@@ -72,9 +137,11 @@ class Store:
         if not create and database_url is None and not database.exists():
             raise StorageError(f"no medsearch database in {folder} (expected {DATABASE_NAME}; run "
                                "`medsearch-index run ARCHIVE --db FOLDER` first)")
+        lock_file = None if read_only else _take_writer_lock(folder)
         engine = make_engine(database_url or sqlite_url(database))
         init_schema(engine)
-        store = cls(folder, engine, Repository(session_factory(engine)))
+        store = cls(folder, engine, Repository(session_factory(engine)), read_only=read_only)
+        store._lock_file = lock_file
         store._load_index()
         return store
 
@@ -86,9 +153,18 @@ class Store:
     def manifest(self) -> Manifest | None:
         return self.repository.get_manifest()
 
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            info = self.index_path.stat()
+        except OSError:
+            return None
+        return info.st_ino, info.st_mtime_ns, info.st_size
+
     def _load_index(self) -> None:
-        for stale in self.folder.glob(f".{INDEX_NAME}.*.tmp"):  # a save cut short by a crash
-            stale.unlink(missing_ok=True)
+        if not self.read_only:  # only the writer may tidy up; a reader could delete a save in progress
+            for stale in self.folder.glob(f".{INDEX_NAME}.*.tmp"):  # a save cut short by a crash
+                stale.unlink(missing_ok=True)
+        self._loaded_signature = self._signature()
         manifest = self.repository.get_manifest()
         if manifest is None:
             return
@@ -119,6 +195,8 @@ class Store:
             in_index = self._index.ids()
             missing = np.setdiff1d(stored, in_index, assume_unique=True)
             extra = np.setdiff1d(in_index, stored, assume_unique=True)
+            if len(extra) and not self._index.can_remove and self.read_only:
+                extra = extra[:0]  # a reader cannot rebuild; rows of deleted ids are filtered out anyway
             if len(extra) and not self._index.can_remove:
                 logger.warning("the %s index holds %d deleted vectors: rebuilding it", self._index.kind, len(extra))
                 self.build_index(self._index.kind)
@@ -128,12 +206,23 @@ class Store:
             for start in range(0, len(missing), 10_000):
                 ids, vectors = self.repository.get_embeddings(missing[start:start + 10_000].tolist(), manifest.dim)
                 self._index.add(ids, vectors)
-            if len(missing) or len(extra):
+            if (len(missing) or len(extra)) and not self.read_only:
                 logger.warning("FAISS index caught up with the database: %d vectors added, %d removed",
                                len(missing), len(extra))
                 self._dirty = True
                 self.checkpoint()
             return len(missing), len(extra)
+
+    def refresh(self) -> bool:
+        """Readers: load the index file again if a writer replaced it (atomically, so never half
+        written), catching up in memory with rows committed since. Returns True if it reloaded."""
+        signature = self._signature()
+        if signature == self._loaded_signature and (self._index is not None or self.manifest is None):
+            return False
+        with self._lock:
+            self._load_index()
+        logger.info("index reloaded: %d vectors", self.ntotal)
+        return True
 
     # -- writing --------------------------------------------------------------------------------------
     def bind_model(self, fingerprint: dict[str, Any]) -> Manifest:
@@ -300,7 +389,7 @@ class Store:
     def checkpoint(self) -> None:
         """Save the FAISS index atomically if it changed."""
         with self._lock:
-            if self._index is not None and self._dirty:
+            if self._index is not None and self._dirty and not self.read_only:
                 self._index.save(self.index_path)
                 self._dirty = False
 
@@ -326,6 +415,9 @@ class Store:
     def close(self) -> None:
         self.checkpoint()
         self.engine.dispose()
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the writer lock
+            self._lock_file = None
 
     def __enter__(self) -> Store:
         return self

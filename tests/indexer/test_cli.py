@@ -66,3 +66,25 @@ def test_contact_sheet(archive_dir: Path, tmp_path: Path):
     assert done.returncode == 0, done.stderr
     sheet = Image.open(tmp_path / "sheet.png")
     assert sheet.width == 8 * 160 and sheet.height >= 3 * 160
+
+
+def test_another_model_needs_a_new_generation(archive_dir: Path, tiny_model_dir: Path, tmp_path: Path):
+    from core.random_model import build_random_siglip
+
+    small = tmp_path / "small"
+    small.mkdir()
+    shutil.copy2(archive_dir / "dicom" / "CT_small.dcm", small / "ct.dcm")
+    db = tmp_path / "db"
+    assert run_cli("run", str(small), "--db", str(db), "--model", str(tiny_model_dir)).returncode == 0
+    other = build_random_siglip(tmp_path / "other", seed=7)
+    refused = run_cli("run", str(small), "--db", str(db), "--model", str(other))
+    assert refused.returncode == 2 and "--new-generation" in refused.stderr
+    done = run_cli("run", str(small), "--db", str(db), "--model", str(other), "--new-generation")
+    assert done.returncode == 0, done.stderr
+    assert (db / "CURRENT").read_text() == "generations/1" and not (db / "PENDING").exists()
+    with Store.open(db) as store:
+        assert store.manifest is not None and store.manifest.model_name == str(other)
+    verify = run_cli("verify", "--db", str(db))
+    assert verify.returncode == 0 and "consistent" in verify.stdout
+    built = run_cli("build-index", "--db", str(db), "--index", "hnsw")
+    assert built.returncode == 0 and "recall@10" in built.stdout

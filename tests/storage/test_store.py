@@ -69,7 +69,8 @@ def test_lagging_faiss_is_caught_up_from_embeddings(tmp_path: Path):
     store.add(records(3, "a", vectors=unit_vectors(3, 1)))
     store.checkpoint()
     store.add(records(4, "b", vectors=unit_vectors(4, 2)))  # committed to SQLite, FAISS file not saved
-    store.engine.dispose()  # "crash": no close(), no checkpoint
+    store.engine.dispose()  # "crash": no close(), no checkpoint; the dead process's lock goes with it
+    store._lock_file.close()
     assert VectorIndex.load(tmp_path / "db" / "index.faiss").ntotal == 3
     with Store.open(tmp_path / "db") as reopened:
         assert reopened.ntotal == 7
