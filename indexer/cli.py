@@ -152,15 +152,21 @@ def run(archive: Path, db_dir: Path | None, model: str | None, model_revision: s
 
 def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress: bool | None, prune: bool,
          new_generation: bool = False) -> int:
-    from core.encoder import HFEncoder
-    from indexer.load import LoadOptions
+    from core.encoder import HFEncoder, PreprocessorSpec
+    from indexer.load import LoadOptions, LoadPool
     from indexer.runner import run_indexing
     from indexer.scan import open_archive
     from storage.store import Store, finish_generation, start_generation
 
     show_progress = sys.stderr.isatty() if progress is None else progress
+    pool = None
     try:
         archive = open_archive(archive_path)
+        options = LoadOptions(render=settings.render_options(), deid_secret=(
+            settings.deid_secret.get_secret_value() if settings.deidentify and settings.deid_secret else None))
+        # decoding workers start first, so that their start-up overlaps the model's loading
+        spec = PreprocessorSpec(settings.model, settings.model_revision, local_files_only=settings.local_files_only)
+        pool = LoadPool(settings.worker_count, options, spec) if settings.worker_count else None
         encoder = HFEncoder.load(settings.model, revision=settings.model_revision, device=settings.device,
                                  local_files_only=settings.local_files_only, precision=settings.precision,
                                  quantize=settings.quantize)
@@ -178,9 +184,7 @@ def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress
             with logging_redirect_tqdm():
                 result = run_indexing(
                     archive, store, encoder, batch_size=settings.batch_size,
-                    options=LoadOptions(render=settings.render_options(), deid_secret=(
-                        settings.deid_secret.get_secret_value() if settings.deidentify and settings.deid_secret
-                        else None)),
+                    options=options, pool=pool,
                     manifest_bytes=manifest.read_bytes() if manifest else None,
                     progress=TqdmProgress if show_progress else None, workers=settings.worker_count,
                     checkpoint_seconds=settings.checkpoint_seconds, prune=prune,
@@ -195,6 +199,9 @@ def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress
     except (MedsearchError, IndexerError, StorageError) as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_UNUSABLE
+    finally:
+        if pool is not None:
+            pool.close()
     print_summary(result, settings.db_dir)
     if new_generation and not result.interrupted:
         finish_generation(settings.db_dir, folder)
@@ -353,8 +360,9 @@ def contact_sheet(archive: Path, out: Path, window: str | None, frames: str | No
 
 @main.command("random-model")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--shape", type=click.Choice(["tiny", "medsiglip"]), default="tiny", show_default=True,
-              help="tiny: 32-d, 32 px, for tests; medsiglip: MedSigLIP-448's architecture, for benchmarks.")
+@click.option("--shape", type=click.Choice(["tiny", "base", "medsiglip"]), default="tiny", show_default=True,
+              help="tiny: 32-d, 32 px, for tests; base: SigLIP-B/16's architecture; medsiglip: MedSigLIP-448's "
+              "architecture (878M parameters), for benchmarks.")
 def random_model(out: Path, shape: str) -> None:
     """Write a SigLIP with RANDOM weights to OUT, for offline demos and tests only.
 
@@ -364,7 +372,7 @@ def random_model(out: Path, shape: str) -> None:
     from core.random_model import build_random_siglip
 
     configure_logging("WARNING")
-    build_random_siglip(out, shape="medsiglip" if shape == "medsiglip" else "tiny")
+    build_random_siglip(out, shape=shape)  # type: ignore[arg-type]  # click checked the choice
     click.echo(f"random {shape} SigLIP written to {out} (results built on it are meaningless)")
 
 

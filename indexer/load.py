@@ -138,20 +138,24 @@ class LoadPool:
     """Runs `load` over tasks in order, `workers` processes ahead of the consumer (0: in this process)."""
 
     def __init__(self, workers: int, options: LoadOptions, spec: PreprocessorSpec,
-                 local: Callable[[list[np.ndarray]], np.ndarray]) -> None:
+                 local: Callable[[list[np.ndarray]], np.ndarray] | None = None) -> None:
         self._workers = workers
         self._options = options
+        self._spec = spec
         self._local = local
         self._executor: ProcessPoolExecutor | None = None
         if workers > 0:
             self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_init_worker, initargs=(options, spec))
+            for _ in range(workers):  # start them now: their imports overlap whatever the caller does next
+                self._executor.submit(int)
 
     def map(self, tasks: Iterable[Task | Outcome]) -> Iterator[Outcome]:
         """Outcomes in task order. Items that already are Outcomes pass through in place."""
         if self._executor is None:
+            local = self._local or ImagePreprocessor.load(self._spec)
             for task in tasks:
-                yield task if isinstance(task, Outcome) else load(task, self._options, self._local)
+                yield task if isinstance(task, Outcome) else load(task, self._options, local)
             return
         window: deque[Future[Outcome] | Outcome] = deque()
         limit = max(4, self._workers * 8)  # bounded read-ahead: memory stays flat on huge archives

@@ -102,9 +102,13 @@ def run_indexing(
     checkpoint_seconds: float = 30.0,
     workers: int = 0,
     prune: bool = False,
+    pool: LoadPool | None = None,
 ) -> RunResult:
     """Index every image of `archive` into `store`. Raises ManifestError, FingerprintMismatchError
-    or StorageError before anything is written when the run cannot start."""
+    or StorageError before anything is written when the run cannot start.
+
+    `pool`: decoding workers the caller started (for example while the model loaded), closed by the
+    caller; otherwise `workers` processes are started here and stopped at the end."""
     options = options or LoadOptions()
     started = time.perf_counter()
     manifest = _read_manifest(archive, manifest_bytes)
@@ -119,7 +123,9 @@ def run_indexing(
     result = RunResult(run_id=run_id, archive=archive.key)
     stages = result.stage_seconds
     bar = progress(len(entries)) if progress else Progress()
-    pool = LoadPool(workers, options, encoder.preprocessor_spec, local=encoder.preprocess)
+    own_pool = pool is None
+    if pool is None:
+        pool = LoadPool(workers, options, encoder.preprocessor_spec, local=encoder.preprocess)
     last_checkpoint = time.monotonic()
 
     def unchanged(entry: Entry) -> bool:
@@ -214,7 +220,8 @@ def run_indexing(
         result.interrupted = True
         raise
     finally:
-        pool.close()
+        if own_pool:
+            pool.close()
         bar.close()
         store.checkpoint()
         result.seconds = time.perf_counter() - started

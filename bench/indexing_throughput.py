@@ -1,0 +1,135 @@
+"""Indexing throughput on DICOM input: the whole pipeline against the bare model on the same batches.
+
+    .venv/bin/python bench/indexing_throughput.py --model data/random-medsiglip --images 12 --batch-size 4
+    .venv/bin/python bench/indexing_throughput.py --model data/random-base --images 96 --batch-size 16
+
+(make the models with `medsearch-index random-model OUT --shape medsiglip|base`.)
+
+Figures, all measured in this run on this machine:
+- bare model images/s: `encode_pixel_values` alone over the preprocessed batches the pipeline makes;
+- end-to-end images/s: `run_indexing` over a folder of distinct DICOM files (read, decode, window,
+  preprocess in worker processes, encode, write to SQLite + FAISS), model already loaded;
+- their ratio; the time of a rerun over the unchanged archive as a fraction of the first run;
+- with --quantize: int8 images/s and the cosine of int8 to fp32 embeddings.
+Results also go to bench/results/indexing_<model>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from core.encoder import HFEncoder, PreprocessorSpec
+from core.images import load_image_file
+from indexer.load import LoadOptions, LoadPool
+from indexer.runner import run_indexing
+from indexer.sample import pydicom_test_files
+from indexer.scan import open_archive
+from storage.store import Store
+
+SOURCES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "US1_J2KR.dcm", "image_dfl.dcm"]
+
+
+def make_archive(root: Path, count: int) -> Path:
+    """`count` distinct DICOM files: real pydicom test files, each with its own pixel noise."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    sources = [pydicom_test_files() / name for name in SOURCES if (pydicom_test_files() / name).exists()]
+    for i in range(count):
+        ds = pydicom.dcmread(sources[i % len(sources)])
+        ds.decompress() if ds.file_meta.TransferSyntaxUID.is_compressed else None
+        pixels = ds.pixel_array
+        noise = rng.integers(0, 4, pixels.shape).astype(pixels.dtype)
+        if ds.get("PhotometricInterpretation", "").startswith("YBR"):
+            ds.PhotometricInterpretation = "RGB"
+        ds.PixelData = (pixels + noise).tobytes()
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.7{i}"
+        ds.save_as(root / f"img{i:04d}.dcm")
+    return root
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    import faiss
+    import torch
+    import transformers
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "faiss": faiss.__version__, "commit": commit.stdout.strip(), "date": time.strftime("%Y-%m-%d")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=None, help="default: one per core but one")
+    parser.add_argument("--quantize", action="store_true", help="also measure dynamic int8 on the CPU")
+    args = parser.parse_args()
+    workers = args.workers if args.workers is not None else max(0, (os.cpu_count() or 1) - 1)
+
+    work = Path(tempfile.mkdtemp(prefix="medsearch-bench-"))
+    pool = None
+    try:
+        archive = make_archive(work / "archive", args.images)
+        # as the CLI does: workers start while the model loads
+        pool = LoadPool(workers, LoadOptions(), PreprocessorSpec(args.model)) if workers else None
+        encoder = HFEncoder.load(args.model)
+        files = sorted(archive.iterdir())
+        pixel_values = encoder.preprocess([load_image_file(f).pixels for f in files])
+        batches = [pixel_values[i:i + args.batch_size] for i in range(0, len(files), args.batch_size)]
+        encoder.encode_pixel_values(batches[0][:1])  # warm-up
+        started = time.perf_counter()
+        bare_vectors = np.vstack([encoder.encode_pixel_values(batch) for batch in batches])
+        bare = len(files) / (time.perf_counter() - started)
+
+        with Store.open(work / "db", create=True) as store:
+            first = run_indexing(open_archive(archive), store, encoder, batch_size=args.batch_size, pool=pool)
+            rerun = run_indexing(open_archive(archive), store, encoder, batch_size=args.batch_size, pool=pool)
+            assert first.indexed == len(files), f"expected {len(files)} distinct images, got {first.indexed}"
+        end_to_end = first.indexed / first.seconds
+        result: dict[str, object] = {
+            "model": args.model, "dim": encoder.dim, "images": len(files), "batch_size": args.batch_size,
+            "workers": workers, "bare_model_images_per_s": round(bare, 3),
+            "end_to_end_images_per_s": round(end_to_end, 3), "ratio": round(end_to_end / bare, 3),
+            "first_run_s": round(first.seconds, 3), "rerun_s": round(rerun.seconds, 3),
+            "rerun_fraction": round(rerun.seconds / first.seconds, 4),
+            "stage_seconds": {k: round(v, 3) for k, v in first.stage_seconds.items()}, "machine": machine(),
+        }
+        if args.quantize:
+            quantized = HFEncoder.load(args.model, quantize="int8")
+            started = time.perf_counter()
+            int8_vectors = np.vstack([quantized.encode_pixel_values(batch) for batch in batches])
+            result["int8_images_per_s"] = round(len(files) / (time.perf_counter() - started), 3)
+            cosines = np.sum(int8_vectors * bare_vectors, axis=1)
+            result["int8_cosine_to_fp32_min"] = round(float(cosines.min()), 4)
+            result["int8_cosine_to_fp32_mean"] = round(float(cosines.mean()), 4)
+    finally:
+        if pool is not None:
+            pool.close()
+        shutil.rmtree(work, ignore_errors=True)
+    for key, value in result.items():
+        print(f"{key:28} {value}")
+    out = Path(__file__).parent / "results" / f"indexing_{Path(args.model).name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
