@@ -52,3 +52,21 @@ def test_missing_model_is_an_actionable_error(tmp_path: Path):
         HFEncoder.load(str(tmp_path / "nowhere"), local_files_only=True)
     with pytest.raises(ModelLoadError, match="--model"):
         HFEncoder.load("google/medsiglip-448", local_files_only=True)
+
+
+def test_int8_quantization_stays_close_to_fp32(encoder: HFEncoder, tiny_model_dir: Path):
+    images = [np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8) for i in range(6)]
+    quantized = HFEncoder.load(str(tiny_model_dir), device="cpu", quantize="int8")
+    cosines = np.sum(quantized.encode_images(images) * encoder.encode_images(images), axis=1)
+    assert cosines.min() >= 0.99
+    assert quantized.fingerprint.key == encoder.fingerprint.key
+
+
+def test_bf16_precision_runs_and_stays_close(encoder: HFEncoder, tiny_model_dir: Path):
+    images = [np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8) for i in range(4)]
+    half = HFEncoder.load(str(tiny_model_dir), device="cpu", precision="bf16")
+    vectors = half.encode_images(images)
+    assert vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.sum(vectors * encoder.encode_images(images), axis=1).min() >= 0.98
+    with pytest.raises(ModelLoadError, match="only int8"):
+        HFEncoder.load(str(tiny_model_dir), device="cpu", quantize="int4")
