@@ -112,6 +112,13 @@ def select_frames(count: int, policy: str) -> list[int]:
         return [0]
     if policy == "all":
         return list(range(count))
+    if policy.startswith("frame:"):  # one given frame (previews of a recorded frame)
+        try:
+            index = int(policy.removeprefix("frame:"))
+        except ValueError:
+            index = -1
+        if index >= 0:
+            return [min(index, count - 1)]
     if policy.startswith("every:"):
         try:
             step = int(policy.removeprefix("every:"))
@@ -119,7 +126,7 @@ def select_frames(count: int, policy: str) -> list[int]:
             step = 0
         if step >= 1:
             return list(range(0, count, step))
-    raise ValueError(f"frames policy {policy!r}: expected middle, first, all or every:N (N >= 1)")
+    raise ValueError(f"frames policy {policy!r}: expected middle, first, all, every:N (N >= 1) or frame:N")
 
 
 def looks_like_dicom(head: bytes) -> bool:

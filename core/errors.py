@@ -28,5 +28,9 @@ class ImageTooLargeError(ImageError):
     """The image's declared size exceeds the configured pixel limit; it was refused before decoding."""
 
 
+class ArchiveError(MedsearchError):
+    """An archive (folder, zip, tar) is missing or unreadable."""
+
+
 class ModelLoadError(MedsearchError):
     """The encoder's checkpoint could not be loaded (not found, offline, gated, wrong kind of model)."""

@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     max_k: int = Field(default=1000, ge=1)
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
+    text_cache_size: int = Field(default=1024, ge=0, description="Text queries whose embedding is kept.")
+    preview_cache_size: int = Field(default=256, ge=0, description="Rendered previews kept in memory.")
+    review_min_probability: float = Field(default=0.5, ge=0, le=1, description="/classify asks for a human "
+                                          "when the top label's probability is below this.")
+    review_max_entropy: float = Field(default=0.85, ge=0, le=1, description="/classify asks for a human when "
+                                      "the normalised entropy of the label distribution is above this.")
+
     log_level: str = "INFO"
 
     @field_validator("frames")

@@ -308,7 +308,7 @@ def remove(db_dir: Path | None, path_prefix: str | None, archive: str | None, pa
 
             try:
                 archive = open_archive(archive).key
-            except IndexerError:
+            except MedsearchError:  # the archive is gone: remove what was indexed from its path
                 archive = str(Path(archive).expanduser().resolve())
         sources = store.repository.select_sources(archive=archive, path_prefix=path_prefix,
                                                   patient_id=patient_id, study_uid=study_uid)
@@ -352,7 +352,7 @@ def contact_sheet(archive: Path, out: Path, window: str | None, frames: str | No
         result = write_contact_sheet(open_archive(archive), out, settings.render_options(), limit=limit)
     except ValidationError as exc:
         raise click.UsageError(settings_error(exc)) from None
-    except IndexerError as exc:
+    except (IndexerError, MedsearchError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_UNUSABLE)
     click.echo(f"contact sheet {result.path}: {result.rendered} images, {result.not_rendered} files not rendered")

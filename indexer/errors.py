@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from core.errors import ArchiveError
+
+__all__ = ["ArchiveError", "IndexerError", "ManifestError"]
+
 
 class IndexerError(Exception):
     """A run cannot start or go on (missing archive, broken manifest...)."""
-
-
-class ArchiveError(IndexerError):
-    """The archive itself is missing or unreadable."""
 
 
 class ManifestError(IndexerError):

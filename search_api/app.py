@@ -59,7 +59,10 @@ def build_service(settings: Settings, encoder: Encoder | None = None, store: Sto
             f"{manifest.fingerprint_key}); the loaded model {encoder.fingerprint.name} has fingerprint "
             f"{encoder.fingerprint.key}. Serve it with the model it was built with (--model)."
         )
-    return SearchService(encoder, store, render=settings.render_options(), device=device)
+    return SearchService(encoder, store, render=settings.render_options(), device=device,
+                         text_cache_size=settings.text_cache_size, preview_cache_size=settings.preview_cache_size,
+                         review_min_probability=settings.review_min_probability,
+                         review_max_entropy=settings.review_max_entropy)
 
 
 class ServiceHolder:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 RANDOM_MODEL_WARNING = ("The loaded model has RANDOM weights (a test model): scores and rankings are "
                         "meaningless.")
@@ -13,9 +13,72 @@ RANDOM_MODEL_WARNING = ("The loaded model has RANDOM weights (a test model): sco
 QueryText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 
 
-class TextSearchRequest(BaseModel):
-    query: QueryText = Field(description="What to look for, in words: 'right pleural effusion'.")
+class Filters(BaseModel):
+    """Conditions applied inside the vector search: the top k are the k best matching images."""
+
+    modality: list[Annotated[str, StringConstraints(max_length=16)]] = Field(
+        default_factory=list, max_length=50, description="Any of these modalities (CT, MR, CR...).")
+    body_part: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=list, max_length=50, description="Any of these body parts / regions.")
+    patient_sex: Literal["M", "F", "O"] | None = None
+    age_min: float | None = Field(default=None, ge=0, le=150)
+    age_max: float | None = Field(default=None, ge=0, le=150)
+    study_date_from: date | None = None
+    study_date_to: date | None = None
+    manufacturer: str | None = Field(default=None, max_length=200, description="Substring, any case.")
+    labels: list[Annotated[str, StringConstraints(max_length=200)]] = Field(
+        default_factory=list, max_length=50, description="All of these labels.")
+    description: str | None = Field(default=None, max_length=200,
+                                    description="Substring of the study or series description, any case.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Filters:
+        if self.age_min is not None and self.age_max is not None and self.age_min > self.age_max:
+            raise ValueError("age_min is greater than age_max")
+        if self.study_date_from and self.study_date_to and self.study_date_from > self.study_date_to:
+            raise ValueError("study_date_from is after study_date_to")
+        return self
+
+
+class SearchOptionsIn(BaseModel):
     k: int = Field(default=10, ge=1, le=1000, description="How many results, 1..1000.")
+    offset: int = Field(default=0, ge=0, le=10_000, description="Skip this many results (pagination).")
+    filters: Filters | None = None
+    min_score: float | None = Field(default=None, ge=-1, le=1, description="Only results with a cosine at "
+                                    "least this high.")
+    group_by: Literal["study", "patient"] | None = Field(default=None, description="The best image of each "
+                                                         "study or patient only.")
+
+
+class TextSearchRequest(SearchOptionsIn):
+    query: QueryText = Field(description="What to look for, in words: 'right pleural effusion'.")
+
+
+class SimilarSearchRequest(SearchOptionsIn):
+    image_id: int = Field(ge=0, le=2**62, description="An indexed image: find cases like it (itself excluded).")
+
+
+class QueryPartIn(BaseModel):
+    text: QueryText | None = None
+    image_id: int | None = Field(default=None, ge=0, le=2**62)
+    weight: float = Field(default=1.0, ge=-10, le=10, description="Negative weights push results away.")
+
+    @model_validator(mode="after")
+    def _one_thing(self) -> QueryPartIn:
+        if (self.text is None) == (self.image_id is None):
+            raise ValueError("give exactly one of text or image_id")
+        if self.weight == 0:
+            raise ValueError("weight must not be 0")
+        return self
+
+
+class CompositeSearchRequest(SearchOptionsIn):
+    parts: list[QueryPartIn] = Field(min_length=1, max_length=16, description="Weighted parts, for example "
+                                     "+this image, +'pleural effusion', -'chest tube'.")
+
+
+class BatchSearchRequest(BaseModel):
+    queries: list[CompositeSearchRequest] = Field(min_length=1, max_length=64)
 
 
 class ModelInfo(BaseModel):
@@ -77,12 +140,43 @@ class ImageOut(BaseModel):
 class SearchResult(ImageOut):
     rank: int = Field(description="1 = best.")
     score: float = Field(description="Cosine similarity between query and image embeddings, -1..1.")
+    probability: float | None = Field(default=None, description="For text queries: SigLIP's calibrated "
+                                      "probability sigmoid(logit_scale * cosine + logit_bias), from the model.")
 
 
 class SearchResponse(BaseModel):
-    query_kind: Literal["text", "image"]
+    query_kind: Literal["text", "image", "similar", "composite"]
     k: int
+    offset: int = 0
     results: list[SearchResult]
+    model: ModelInfo
+    warning: str | None = None
+
+
+class BatchSearchResponse(BaseModel):
+    responses: list[SearchResponse]
+
+
+class LabelScoreOut(BaseModel):
+    label: str
+    probability: float = Field(description="sigmoid(logit_scale * cosine + logit_bias): this label alone.")
+    softmax: float = Field(description="Share of this label among the candidates.")
+    cosine: float
+
+
+class NeighbourVote(BaseModel):
+    label: str
+    count: int
+    frequency: float
+
+
+class ClassifyResponse(BaseModel):
+    labels: list[LabelScoreOut] = Field(description="Most probable first.")
+    entropy: float = Field(description="Of the softmax across labels, normalised to 0..1.")
+    requires_human_review: bool
+    review_reasons: list[str]
+    neighbours: int = Field(description="How many nearest indexed cases voted.")
+    neighbour_votes: list[NeighbourVote]
     model: ModelInfo
     warning: str | None = None
 

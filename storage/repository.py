@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Text, cast, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.errors import DimensionMismatchError, FingerprintMismatchError, StorageError
@@ -91,6 +92,31 @@ class NewImage:
     record: ImageRecord
     vector: np.ndarray
     sources: list[SourceRecord]
+
+
+@dataclass(frozen=True)
+class ImageFilter:
+    """Conditions on image metadata; every given one must hold. Text matches ignore case."""
+
+    modality: tuple[str, ...] = ()  # any of
+    body_part: tuple[str, ...] = ()  # any of
+    patient_sex: str | None = None
+    age_min: float | None = None
+    age_max: float | None = None
+    study_date_from: date | None = None
+    study_date_to: date | None = None
+    manufacturer: str | None = None  # substring
+    labels: tuple[str, ...] = ()  # all of
+    description: str | None = None  # substring of the study or series description
+
+    @property
+    def empty(self) -> bool:
+        return self == ImageFilter()
+
+
+def _like(text: str) -> str:
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 @dataclass(frozen=True)
@@ -309,6 +335,35 @@ class Repository:
             for source in session.scalars(select(SourceRow).where(SourceRow.image_id.in_(wanted))):
                 sources.setdefault(source.image_id, []).append(source)
             return {row.id: image_to_dict(row, sources.get(row.id, [])) for row in rows}
+
+    def filter_image_ids(self, where: ImageFilter) -> np.ndarray:
+        """Ids of the images matching `where`, ascending."""
+        query = select(ImageRow.id)
+        if where.modality:
+            query = query.where(func.upper(ImageRow.modality).in_([m.upper() for m in where.modality]))
+        if where.body_part:
+            query = query.where(func.upper(ImageRow.body_part).in_([b.upper() for b in where.body_part]))
+        if where.patient_sex:
+            query = query.where(func.upper(ImageRow.patient_sex) == where.patient_sex.upper())
+        if where.age_min is not None:
+            query = query.where(ImageRow.patient_age >= where.age_min)
+        if where.age_max is not None:
+            query = query.where(ImageRow.patient_age <= where.age_max)
+        if where.study_date_from is not None:
+            query = query.where(ImageRow.study_date >= where.study_date_from)
+        if where.study_date_to is not None:
+            query = query.where(ImageRow.study_date <= where.study_date_to)
+        if where.manufacturer:
+            query = query.where(func.lower(ImageRow.manufacturer).like(_like(where.manufacturer), escape="\\"))
+        if where.description:
+            pattern = _like(where.description)
+            query = query.where(func.lower(ImageRow.study_description).like(pattern, escape="\\")
+                                | func.lower(ImageRow.series_description).like(pattern, escape="\\"))
+        for label in where.labels:  # labels are a JSON list: match the quoted value exactly
+            quoted = json.dumps(label)
+            query = query.where(func.lower(cast(ImageRow.labels, Text)).like(_like(quoted), escape="\\"))
+        with self._sessions() as session:
+            return np.asarray(session.scalars(query.order_by(ImageRow.id)).all(), dtype=np.int64)
 
     def count_images(self) -> int:
         with self._sessions() as session:

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 DATABASE_NAME = "medsearch.sqlite"
 INDEX_NAME = "index.faiss"
 RECALL_TARGET = 0.95
+EXACT_FILTER_LIMIT = 200_000  # filtered searches over fewer allowed vectors scan them exactly
 
 
 @dataclass(frozen=True)
@@ -403,14 +404,42 @@ class Store:
         manifest = self.repository.get_manifest()
         return manifest.dim if manifest else None
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-        """For each query row, up to k (image id, cosine) pairs, best first."""
-        if self._index is None:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+        """For each query row, up to k (image id, cosine) pairs, best first, among `allowed` ids when
+        given. Filtered search is exact: an ID selector on the exact index, or an exact scan of the
+        allowed vectors when the index is approximate (up to EXACT_FILTER_LIMIT of them)."""
+        if self._index is None or (allowed is not None and len(allowed) == 0):
             return [[] for _ in range(len(queries))]
         with self._lock:
-            scores, ids = self._index.search(queries, k)
+            if allowed is None:
+                scores, ids = self._index.search(queries, k)
+            elif self._index.exact or len(allowed) > EXACT_FILTER_LIMIT:
+                scores, ids = self._index.search(queries, k, allowed)
+            else:
+                return self._scan(queries, k, allowed)
         return [[(int(i), float(s)) for i, s in zip(id_row, score_row, strict=True) if i >= 0]
                 for id_row, score_row in zip(ids, scores, strict=True)]
+
+    def _scan(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> list[list[tuple[int, float]]]:
+        manifest = self.repository.get_manifest()
+        assert manifest is not None
+        best: list[list[tuple[int, float]]] = [[] for _ in range(len(queries))]
+        for start in range(0, len(allowed), 20_000):
+            ids, vectors = self.repository.get_embeddings(allowed[start:start + 20_000].tolist(), manifest.dim)
+            scores = np.asarray(queries, dtype=np.float32) @ vectors.T
+            for row, row_scores in enumerate(scores):
+                top = np.argsort(-row_scores, kind="stable")[:k]
+                merged = best[row] + [(int(ids[i]), float(row_scores[i])) for i in top]
+                best[row] = sorted(merged, key=lambda pair: -pair[1])[:k]
+        return best
+
+    def vector_of(self, image_id: int) -> np.ndarray | None:
+        """The stored embedding of an indexed image."""
+        manifest = self.repository.get_manifest()
+        if manifest is None:
+            return None
+        ids, vectors = self.repository.get_embeddings([image_id], manifest.dim)
+        return vectors[0] if len(ids) else None
 
     def close(self) -> None:
         self.checkpoint()

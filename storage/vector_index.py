@@ -180,8 +180,9 @@ class VectorIndex:
         # IVF with a hashtable direct map removes only through an IDSelectorArray
         return int(self._index.remove_ids(faiss.IDSelectorArray(len(wanted), faiss.swig_ptr(wanted))))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (n, k'), k' = min(k, ntotal); best first; missing slots have id -1."""
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (n, k'), k' = min(k, ntotal); best first; missing slots have id -1.
+        With `allowed`, only those ids are considered (inside the search, not after it)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise DimensionMismatchError(f"queries of shape {queries.shape} for a {self.dim}-d index")
@@ -189,7 +190,17 @@ class VectorIndex:
         if k <= 0:
             empty = np.zeros((queries.shape[0], 0))
             return empty.astype(np.float32), empty.astype(np.int64)
-        scores, ids = self._index.search(queries, k)
+        if allowed is None:
+            scores, ids = self._index.search(queries, k)
+            return scores, ids
+        wanted = np.ascontiguousarray(allowed, dtype=np.int64)
+        selector = faiss.IDSelectorBatch(wanted)
+        params = faiss.SearchParameters(sel=selector)
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.search_effort())
+        elif self.kind in ("ivf", "ivfpq"):
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.search_effort())
+        scores, ids = self._index.search(queries, k, params=params)
         return scores, ids
 
     def save(self, path: Path) -> None:

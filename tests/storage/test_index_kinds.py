@@ -14,9 +14,7 @@ from tests.storage.test_store import fingerprint, records, unit_vectors
 N, DIM = 3000, 8
 
 
-@pytest.fixture(scope="module")
-def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, list[int]]:
-    db = tmp_path_factory.mktemp("kinds") / "db"
+def fill(db: Path) -> tuple[Path, np.ndarray, list[int]]:
     rng = np.random.default_rng(5)
     centres = rng.normal(size=(30, DIM))
     vectors = (centres[rng.integers(0, 30, N)] + 0.3 * rng.normal(size=(N, DIM))).astype(np.float32)
@@ -25,6 +23,11 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, 
         store.bind_model(fingerprint())
         ids = store.add(records(N, vectors=vectors))
     return db, vectors, ids
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, list[int]]:
+    return fill(tmp_path_factory.mktemp("kinds") / "db")
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
@@ -58,3 +61,19 @@ def test_auto_plan_by_size_and_memory():
     assert plan_index(1_000_000, 1152).kind == "hnsw"
     assert plan_index(10_000_000, 1152, memory_budget=44 * 1024**3).kind == "ivf"  # HNSW needs ~48.7 GB
     assert plan_index(100_000_000, 1152, memory_budget=48 * 1024**3).kind == "ivfpq"
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_filtered_top_k_equals_brute_force_filtered_top_k(kind: str, tmp_path: Path):
+    db, vectors, ids = fill(tmp_path / "db")
+    query = unit_vectors(3, seed=21)
+    with Store.open(db) as store:
+        store.build_index(kind)
+        allowed = np.asarray(ids[::7], dtype=np.int64)  # a filter that keeps one image in seven
+        results = store.search(query, 15, allowed=allowed)
+    position = {image_id: i for i, image_id in enumerate(ids)}
+    for row, hits in enumerate(results):
+        scores = vectors[[position[int(i)] for i in allowed]] @ query[row]
+        order = np.argsort(-scores, kind="stable")[:15]
+        assert [h for h, _ in hits] == [int(allowed[i]) for i in order]  # exact, and always k of them
+        assert [s for _, s in hits] == pytest.approx(list(scores[order]), abs=1e-5)

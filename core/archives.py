@@ -1,0 +1,190 @@
+"""Archives: list and read the files of a folder, a .zip, or a .tar / .tar.gz / .tgz.
+
+The indexer scans them; the API reads back the one file recorded for an image (previews).
+
+Entries come in a stable order (sorted paths for folders and zips, stream order for tars, which are
+read in one sequential pass). Directory symlinks are not followed, so symlink loops cannot trap a
+run; file symlinks are read through, and a dangling one is reported as unreadable.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+from core.errors import ArchiveError
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+ReadItem = tuple["Entry", bytes | OSError | None]  # an entry with its bytes, its read error, or None: not read
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of an archive: its posix path inside the archive, size and modification time."""
+
+    path: str
+    size: int
+    mtime: float | None
+
+
+class Archive(Protocol):
+    key: str  # the archive's identity in the database: its resolved absolute path
+
+    def entries(self) -> list[Entry]: ...
+
+    def iter_read(self, wanted: Callable[[Entry], bool] | None = None) -> Iterator[ReadItem]:
+        """Every entry with its bytes, or the OSError met reading it; None for entries not `wanted`
+        (which are not read at all)."""
+        ...
+
+    def read(self, path: str) -> bytes: ...
+
+    def local_path(self, path: str) -> str | None:
+        """A path on disk a worker process can read the entry from, when there is one."""
+        ...
+
+
+class FolderArchive:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.key = str(root)
+
+    def entries(self) -> list[Entry]:
+        found: list[Entry] = []
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False, onerror=None):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = Path(dirpath) / name
+                rel = full.relative_to(self.root).as_posix()
+                try:
+                    info = full.stat()
+                except OSError:  # dangling symlink: listed, fails on read with a clear reason
+                    found.append(Entry(rel, 0, None))
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    found.append(Entry(rel, info.st_size, info.st_mtime))
+        return found
+
+    def read(self, path: str) -> bytes:
+        return (self.root / path).read_bytes()
+
+    def local_path(self, path: str) -> str | None:
+        return str(self.root / path)
+
+    def iter_read(self, wanted: Callable[[Entry], bool] | None = None) -> Iterator[ReadItem]:
+        for entry in self.entries():
+            if wanted is not None and not wanted(entry):
+                yield entry, None
+                continue
+            try:
+                yield entry, self.read(entry.path)
+            except OSError as exc:
+                yield entry, exc
+
+
+class ZipArchive:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.key = str(path)
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise ArchiveError(f"{path}: not a readable zip file ({exc})") from exc
+
+    def entries(self) -> list[Entry]:
+        return sorted(
+            (Entry(info.filename, info.file_size, datetime(*info.date_time).timestamp())
+             for info in self._zip.infolist() if not info.is_dir()),
+            key=lambda e: e.path,
+        )
+
+    def read(self, path: str) -> bytes:
+        try:
+            return self._zip.read(path)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, ValueError) as exc:
+            raise OSError(f"corrupt zip member: {exc}") from exc
+
+    def local_path(self, path: str) -> str | None:
+        return None
+
+    def iter_read(self, wanted: Callable[[Entry], bool] | None = None) -> Iterator[ReadItem]:
+        for entry in self.entries():
+            if wanted is not None and not wanted(entry):
+                yield entry, None
+                continue
+            try:
+                yield entry, self.read(entry.path)
+            except OSError as exc:
+                yield entry, exc
+
+
+class TarArchive:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.key = str(path)
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                self._members = [m for m in tar.getmembers() if m.isfile()]
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise ArchiveError(f"{path}: not a readable tar file ({exc})") from exc
+
+    def entries(self) -> list[Entry]:
+        return [Entry(_clean(m.name), m.size, float(m.mtime)) for m in self._members]
+
+    def read(self, path: str) -> bytes:
+        with tarfile.open(self.path, "r:*") as tar:
+            for member in tar:
+                if member.isfile() and _clean(member.name) == path:
+                    handle = tar.extractfile(member)
+                    if handle is not None:
+                        return handle.read()
+        raise OSError(f"{path} not found in {self.path}")
+
+    def local_path(self, path: str) -> str | None:
+        return None
+
+    def iter_read(self, wanted: Callable[[Entry], bool] | None = None) -> Iterator[ReadItem]:
+        """One sequential pass: compressed tars are never re-read per member."""
+        with tarfile.open(self.path, "r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                entry = Entry(_clean(member.name), member.size, float(member.mtime))
+                if wanted is not None and not wanted(entry):
+                    yield entry, None
+                    continue
+                try:
+                    handle = tar.extractfile(member)
+                    yield entry, handle.read() if handle is not None else OSError("unreadable member")
+                except (tarfile.TarError, OSError, EOFError) as exc:
+                    yield entry, OSError(f"corrupt tar member: {exc}")
+                    return
+
+
+def _clean(name: str) -> str:
+    return str(PurePosixPath(name.lstrip("/"))).removeprefix("./")
+
+
+def open_archive(path: str | Path) -> Archive:
+    """A folder, zip or tar archive at `path`. Raises ArchiveError naming the path."""
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.exists():
+        raise ArchiveError(f"{path}: no such file or folder")
+    if resolved.is_dir():
+        if not os.access(resolved, os.R_OK | os.X_OK):
+            raise ArchiveError(f"{path}: folder is not readable")
+        return FolderArchive(resolved)
+    if zipfile.is_zipfile(resolved):
+        return ZipArchive(resolved)
+    if resolved.name.lower().endswith(TAR_SUFFIXES) or tarfile.is_tarfile(resolved):
+        return TarArchive(resolved)
+    raise ArchiveError(f"{path}: not a folder, .zip or .tar(.gz) archive")
