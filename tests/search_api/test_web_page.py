@@ -1,0 +1,102 @@
+"""The web page in a real headless Chromium (Debian's, driven by Playwright; no browser download),
+against a real uvicorn server on a loopback socket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.encoder import HFEncoder
+from core.settings import Settings
+from search_api.app import build_service, create_app
+from tests.conftest import dicom_file
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--no-first-run", "--disable-sync", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def server(api_settings: Settings, encoder: HFEncoder) -> Iterator[str]:
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    service = build_service(api_settings, encoder=encoder)
+    config = uvicorn.Config(create_app(api_settings, service=service), host="127.0.0.1", port=port, log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    instance.should_exit = True
+    thread.join(timeout=10)
+    service.store.close()
+
+
+@pytest.fixture(scope="module")
+def page(server: str) -> Iterator[object]:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make install)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(server)
+        yield page
+        browser.close()
+
+
+def test_query_shows_results_with_previews(page, tmp_path: Path):
+    assert "RANDOM" in page.inner_text("#banner")
+    page.fill("#query", "chest ct")
+    page.press("#query", "Enter")
+    page.wait_for_selector(".result")
+    assert page.locator(".result").count() >= 10
+    assert "results for" in page.inner_text("#status")
+    page.wait_for_function("() => [...document.querySelectorAll('.result img')].slice(0, 4)"
+                           ".every(img => img.complete && img.naturalWidth > 0)")
+    screenshot = Path(os.environ.get("MEDSEARCH_SCREENSHOT_DIR", tmp_path)) / "search-page.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+
+
+def test_dropped_dicom_is_ranked_first(page):
+    data = list(dicom_file("CT_small.dcm").read_bytes())
+    transfer = page.evaluate_handle(
+        "(bytes) => { const dt = new DataTransfer();"
+        " dt.items.add(new File([new Uint8Array(bytes)], 'CT_small.dcm')); return dt; }", data)
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('results for CT_small.dcm')")
+    first = page.locator(".result").first
+    assert first.get_attribute("data-path") == "dicom/CT_small.dcm"
+    assert first.inner_text().startswith("#1 · 1.000")
+
+
+def test_case_view_shows_metadata_and_similar_cases(page):
+    page.locator(".result").first.click()
+    page.wait_for_selector("#case", state="visible")
+    page.wait_for_selector("#similar .result")
+    assert "CT" in page.inner_text("#case-meta")
+    assert page.locator("#similar .result").count() >= 5
+    page.click("#close")
+    page.wait_for_selector("#case", state="hidden")
+
+
+def test_a_bad_upload_shows_the_error(page, tmp_path: Path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image at all, just some words " * 5)
+    page.set_input_files("#file", str(bad))
+    page.wait_for_function("() => document.querySelector('#status').className === 'error'")
+    assert "notes.txt" in page.inner_text("#status") and "not a DICOM" in page.inner_text("#status")
