@@ -58,7 +58,7 @@ demo: $(STAMP) $(SAMPLE) $(if $(filter 1,$(OFFLINE)),$(RANDOM_MODEL)/config.json
 	    echo ""; echo "The model $(DEMO_MODEL) could not be loaded (see the error above)."; \
 	    echo "Offline option: make demo OFFLINE=1   (a RANDOM tiny SigLIP: everything works, results are meaningless)"; \
 	    echo "Or point MODEL at a local copy:  make demo MODEL=/path/to/medsiglip-448"; fi; exit $$status; }
-	$(VENV)/bin/medsearch-api serve --db $(DEMO_DB) --host $(HOST) --port $(PORT)
+	$(VENV)/bin/medsearch-api serve --db $(DEMO_DB) --host $(HOST) --port $(PORT) --open
 
 clean: ## Remove the virtual environment and generated demo data
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

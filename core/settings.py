@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     review_max_entropy: float = Field(default=0.85, ge=0, le=1, description="/classify asks for a human when "
                                       "the normalised entropy of the label distribution is above this.")
 
+    request_timeout_s: float = Field(default=60.0, gt=0, description="Requests running longer get a 503.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from "
+                                    "a browser (none by default: the API's own page needs none).")
+    access_database_url: str | None = Field(default=None, description="Database of API keys and the audit "
+                                            "log (default DIR/access.sqlite).")
+
     log_level: str = "INFO"
 
     @field_validator("frames")

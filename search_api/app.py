@@ -3,22 +3,27 @@ once, unless the entry point already built them and passes them in."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response as StarletteResponse
 
 from core.encoder import Encoder, HFEncoder
 from core.settings import Settings
+from search_api.auth import AccessControl
 from search_api.routes import router
 from search_api.schemas import RANDOM_MODEL_WARNING
 from search_api.service import SearchService
+from storage.access import AccessStore
 from storage.store import Store, current_generation
 
 logger = logging.getLogger(__name__)
@@ -101,11 +106,34 @@ class ServiceHolder:
         old.store.close()
 
 
-def create_app(settings: Settings | None = None, service: SearchService | None = None) -> FastAPI:
-    """The application. Pass `service` to reuse an encoder and store built by the caller."""
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
+               "script-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+               "form-action 'self'")
+
+
+def build_access(settings: Settings, open_mode: bool) -> AccessControl:
+    """Open mode (loopback demo), or the key store of the database folder."""
+    if open_mode:
+        return AccessControl(store=None, open_mode=True)
+    store = AccessStore.open(settings.db_dir, settings.access_database_url)
+    return AccessControl(store=store, pseudonym_secret=store.pseudonym_secret())
+
+
+def create_app(settings: Settings | None = None, service: SearchService | None = None,
+               access: AccessControl | None = None) -> FastAPI:
+    """The application. Pass `service` (encoder + store) and `access` (keys or open mode) to reuse
+    what the caller built; otherwise the lifespan builds them from `settings` (keys required)."""
     settings = settings or Settings()
 
     holder = ServiceHolder(settings, service)
+    access = access or build_access(settings, open_mode=False)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -124,7 +152,27 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
     app = FastAPI(title="medsearch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.services = holder
+    app.state.access = access
     app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[StarletteResponse]]
+                    ) -> StarletteResponse:
+        try:
+            response = await asyncio.wait_for(call_next(request), timeout=settings.request_timeout_s)
+        except TimeoutError:
+            response = JSONResponse(status_code=503, content={"detail": [{
+                "loc": [], "type": "timeout", "msg": f"the request took longer than {settings.request_timeout_s} s"}]})
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if response.headers.get("content-type", "").startswith("text/html"):
+            response.headers["Content-Security-Policy"] = PAGE_POLICY
+        elif response.headers.get("content-type", "").startswith("application/json"):
+            response.headers.setdefault("Cache-Control", "no-store")  # answers may carry patient data
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from core.settings import Settings
+from storage.errors import StorageError
 
 logger = logging.getLogger("search_api")
 
@@ -41,34 +42,113 @@ def main() -> None:
 @click.option("--revision", "model_revision", help="Hub revision of --model.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="[default auto]")
 @click.option("--local-files-only", is_flag=True, default=None, help="Never contact the model hub.")
+@click.option("--open", "open_mode", is_flag=True, help="No authentication, every caller a clinician: only on a "
+              "loopback address, for demos.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def serve(**options: Any) -> None:
+def serve(open_mode: bool, **options: Any) -> None:
     """Load the model and the index once, then answer HTTP requests.
 
-    Endpoints: POST /search/text, POST /search/image, GET /images/{id}, GET /health;
-    interactive documentation at /docs.
+    Callers need an API key (`medsearch-api keys create`) sent as 'Authorization: Bearer KEY'; the web
+    page asks for it. The web page is at /, interactive documentation at /docs.
     """
     import uvicorn
 
-    from search_api.app import StartupError, build_service, create_app
+    from search_api.app import StartupError, build_access, build_service, create_app
 
     settings = Settings(**{key: value for key, value in options.items() if value is not None})
+    if open_mode and not is_loopback(settings.host):
+        click.echo(f"error: --open serves patient data without authentication and is refused on {settings.host}; "
+                   "bind to 127.0.0.1, or create API keys (medsearch-api keys create)", err=True)
+        sys.exit(2)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     for noisy in ("transformers", "huggingface_hub", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
+        access = build_access(settings, open_mode)
+        if access.store is not None and not access.store.has_active_keys():
+            raise StartupError(f"no API keys for {settings.db_dir}: create one with `medsearch-api keys create "
+                               f"--db {settings.db_dir} --role clinician --name NAME`, or serve a loopback demo "
+                               "with --open")
         service = build_service(settings)
-    except StartupError as exc:
+    except (StartupError, StorageError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    if not is_loopback(settings.host):
-        logger.warning("listening on %s without authentication: anyone who can reach this port sees patient "
-                       "metadata. Bind to 127.0.0.1 unless the network is trusted.", settings.host)
+    if open_mode:
+        click.echo("OPEN MODE: no authentication, every caller is treated as a clinician (loopback only)", err=True)
     click.echo(f"medsearch API: {service.store.ntotal} vectors, model {service.encoder.fingerprint.name} on "
-               f"{service.device}; http://{settings.host}:{settings.port}/docs", err=True)
-    uvicorn.run(create_app(settings, service=service), host=settings.host, port=settings.port,
+               f"{service.device}; http://{settings.host}:{settings.port}/", err=True)
+    uvicorn.run(create_app(settings, service=service, access=access), host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower())
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys (stored hashed in DIR/access.sqlite)."""
+
+
+def _access(db_dir: Path | None) -> Any:
+    from storage.access import AccessStore
+
+    settings = Settings(db_dir=db_dir) if db_dir else Settings()
+    return AccessStore.open(settings.db_dir, settings.access_database_url)
+
+
+@keys.command("create")
+@click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder.")
+@click.option("--role", type=click.Choice(["admin", "clinician", "researcher"]), required=True,
+              help="admin: everything and the audit log; clinician: sees patient identifiers; researcher: "
+              "patient identifiers replaced by pseudonyms.")
+@click.option("--name", required=True, help="Who or what holds the key.")
+def keys_create(db_dir: Path | None, role: str, name: str) -> None:
+    """Create a key and print it once: it is stored hashed and cannot be shown again."""
+    store = _access(db_dir)
+    info, plain = store.create_key(name, role)
+    click.echo(f"key {info.id} ({info.role}, {info.name}) created; store it now, it is not shown again:")
+    click.echo(plain)
+
+
+@keys.command("list")
+@click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder.")
+def keys_list(db_dir: Path | None) -> None:
+    """List keys (never their secrets)."""
+    for info in _access(db_dir).list_keys():
+        state = f"revoked {info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "active"
+        click.echo(f"{info.id}  {info.role:10} {state:24} {info.created_at:%Y-%m-%d %H:%M}  {info.name}")
+
+
+@keys.command("revoke")
+@click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder.")
+@click.argument("key_id")
+def keys_revoke(db_dir: Path | None, key_id: str) -> None:
+    """Revoke a key by its id (the part after msk_)."""
+    if not _access(db_dir).revoke(key_id):
+        click.echo(f"error: no active key {key_id}", err=True)
+        sys.exit(1)
+    click.echo(f"key {key_id} revoked")
+
+
+@main.command()
+@click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder.")
+@click.option("--since", type=click.DateTime(), help="Only records from this time on (UTC).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--out", type=click.File("w"), default="-", help="File to write [default: standard output].")
+def audit(db_dir: Path | None, since: Any, fmt: str, out: Any) -> None:
+    """Export the audit log: every search, view, preview and classification with key id, role, time,
+    query kind and result ids (never query texts or images)."""
+    import csv
+    import json
+
+    records = _access(db_dir).audit(since=since)
+    if fmt == "jsonl":
+        for record in records:
+            out.write(json.dumps(record) + "\n")
+        return
+    writer = csv.DictWriter(out, fieldnames=["id", "at", "key_id", "role", "action", "query_kind", "result_ids",
+                                             "status"])
+    writer.writeheader()
+    for record in records:
+        writer.writerow({**record, "result_ids": " ".join(map(str, record["result_ids"]))})
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.errors import ImageError, ImageTooLargeError, NoPixelDataError, NotAnImageError
 from core.images import LoadedImage
+from search_api.auth import AccessControl, AccessDep, AdminDep, CallerDep, Principal
 from search_api.deps import ServiceDep, SettingsDep
 from search_api.presets import PRESETS
 from search_api.schemas import (
@@ -82,15 +83,18 @@ def to_options(request: SearchOptionsIn, exclude: tuple[int, ...] = ()) -> Searc
                          min_score=request.min_score, group_by=request.group_by, exclude=exclude)
 
 
-def run_search(service: SearchService, kind: Kind, parts: list[QueryPart], request: SearchOptionsIn,
-               loc: list[str | int], exclude: tuple[int, ...] = ()) -> SearchResponse:
+def run_search(service: SearchService, access: AccessControl, caller: Principal, kind: Kind,
+               parts: list[QueryPart], request: SearchOptionsIn, loc: list[str | int],
+               exclude: tuple[int, ...] = ()) -> SearchResponse:
     try:
         hits = service.search(parts, to_options(request, exclude))
     except UnknownImageError as exc:
+        access.record(caller, "search", kind, [], 404)
         field_error(404, loc, str(exc), "not_found")
+    access.record(caller, "search", kind, [h.image["id"] for h in hits])
     info = model_info(service)
-    results = [SearchResult(rank=h.rank, score=h.score, probability=h.probability, **image_parts(h.image))
-               for h in hits]
+    results = [SearchResult(rank=h.rank, score=h.score, probability=h.probability,
+                            **image_parts(access.redact(caller, h.image))) for h in hits]
     return SearchResponse(query_kind=kind, k=request.k, offset=request.offset, results=results, model=info,
                           warning=info.warning)
 
@@ -128,16 +132,18 @@ def form_filters(raw: str | None) -> Filters | None:
 
 
 @router.post("/search/text", response_model=SearchResponse, responses=ERRORS, tags=["search"])
-def search_text(body: TextSearchRequest, service: ServiceDep) -> SearchResponse:
+def search_text(body: TextSearchRequest, service: ServiceDep, access: AccessDep, caller: CallerDep) -> SearchResponse:
     """Rank indexed images by similarity to a text description; `probability` is SigLIP's calibrated
     probability that the image matches the text."""
-    return run_search(service, "text", [QueryPart(text=body.query)], body, ["body", "query"])
+    return run_search(service, access, caller, "text", [QueryPart(text=body.query)], body, ["body", "query"])
 
 
 @router.post("/search/image", response_model=SearchResponse, responses=ERRORS, tags=["search"])
 async def search_image(
     service: ServiceDep,
     settings: SettingsDep,
+    access: AccessDep,
+    caller: CallerDep,
     file: Annotated[UploadFile, File(description="A DICOM, PNG or JPEG image.")],
     k: Annotated[int, Form(ge=1, le=1000, description="How many results, 1..1000.")] = 10,
     offset: Annotated[int, Form(ge=0, le=10_000)] = 0,
@@ -149,35 +155,41 @@ async def search_image(
     image = await read_upload(file, service, settings.max_upload_bytes)
     request = SearchOptionsIn(k=k, offset=offset, min_score=min_score, group_by=group_by,
                               filters=form_filters(filters))
-    return await run_in_threadpool(run_search, service, "image", [QueryPart(image=image)], request, ["body", "file"])
+    return await run_in_threadpool(run_search, service, access, caller, "image", [QueryPart(image=image)], request,
+                                   ["body", "file"])
 
 
 @router.post("/search/similar", response_model=SearchResponse, responses=ERRORS, tags=["search"])
-def search_similar(body: SimilarSearchRequest, service: ServiceDep) -> SearchResponse:
+def search_similar(body: SimilarSearchRequest, service: ServiceDep, access: AccessDep,
+                   caller: CallerDep) -> SearchResponse:
     """More like this: cases similar to an indexed image (the image itself left out)."""
-    return run_search(service, "similar", [QueryPart(image_id=body.image_id)], body, ["body", "image_id"],
-                      exclude=(body.image_id,))
+    return run_search(service, access, caller, "similar", [QueryPart(image_id=body.image_id)], body,
+                      ["body", "image_id"], exclude=(body.image_id,))
 
 
 @router.post("/search", response_model=SearchResponse, responses=ERRORS, tags=["search"])
-def search_composite(body: CompositeSearchRequest, service: ServiceDep) -> SearchResponse:
+def search_composite(body: CompositeSearchRequest, service: ServiceDep, access: AccessDep,
+                     caller: CallerDep) -> SearchResponse:
     """A weighted combination of indexed images and texts, for example
     `[{"image_id": 12}, {"text": "pleural effusion"}, {"text": "chest tube", "weight": -0.5}]`."""
-    return run_search(service, "composite", composite_parts(body), body, ["body", "parts"])
+    return run_search(service, access, caller, "composite", composite_parts(body), body, ["body", "parts"])
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, responses=ERRORS, tags=["search"])
-def search_batch(body: BatchSearchRequest, service: ServiceDep) -> BatchSearchResponse:
+def search_batch(body: BatchSearchRequest, service: ServiceDep, access: AccessDep,
+                 caller: CallerDep) -> BatchSearchResponse:
     """Several composite queries in one request, answered in order."""
     return BatchSearchResponse(responses=[
-        run_search(service, "composite", composite_parts(query), query, ["body", "queries", i, "parts"])
-        for i, query in enumerate(body.queries)])
+        run_search(service, access, caller, "composite", composite_parts(query), query,
+                   ["body", "queries", i, "parts"]) for i, query in enumerate(body.queries)])
 
 
 @router.post("/classify", response_model=ClassifyResponse, responses=ERRORS, tags=["classify"])
 async def classify(
     service: ServiceDep,
     settings: SettingsDep,
+    access: AccessDep,
+    caller: CallerDep,
     file: Annotated[UploadFile, File(description="A DICOM, PNG or JPEG image.")],
     labels: Annotated[str | None, Form(description="Candidate labels, one per line or comma-separated.")] = None,
     preset: Annotated[str | None, Form(description=f"Or a preset: {', '.join(PRESETS)}.")] = None,
@@ -196,6 +208,7 @@ async def classify(
         prompts = {name[:200]: name[:200] for name in dict.fromkeys(names)}
     image = await read_upload(file, service, settings.max_upload_bytes)
     result = await run_in_threadpool(service.classify, image, prompts, neighbours)
+    access.record(caller, "classify", preset or "labels", [])
     info = model_info(service)
     return ClassifyResponse(
         labels=[LabelScoreOut(label=s.label, probability=s.probability, softmax=s.softmax, cosine=s.cosine)
@@ -213,28 +226,45 @@ def presets() -> dict[str, list[str]]:
 
 
 @router.get("/images/{image_id}", response_model=ImageResponse, responses=ERRORS, tags=["images"])
-def get_image(image_id: Annotated[int, Path(ge=0, le=2**62)], service: ServiceDep) -> ImageResponse:
+def get_image(image_id: Annotated[int, Path(ge=0, le=2**62)], service: ServiceDep, access: AccessDep,
+              caller: CallerDep) -> ImageResponse:
     """The stored metadata and sources of one indexed image."""
     row = service.get_image(image_id)
     if row is None or not row["sources"]:
+        access.record(caller, "view", None, [image_id], 404)
         field_error(404, ["path", "image_id"], f"no image with id {image_id}", "not_found")
+    access.record(caller, "view", None, [image_id])
     info = model_info(service)
-    return ImageResponse(**image_parts(row), model=info, warning=info.warning)
+    return ImageResponse(**image_parts(access.redact(caller, row)), model=info, warning=info.warning)
 
 
 @router.get("/images/{image_id}/preview", responses={**ERRORS, 200: {"content": {"image/png": {}}}},
             response_class=Response, tags=["images"])
-def preview(image_id: Annotated[int, Path(ge=0, le=2**62)], service: ServiceDep,
+def preview(image_id: Annotated[int, Path(ge=0, le=2**62)], service: ServiceDep, access: AccessDep,
+            caller: CallerDep,
             size: Annotated[int, Query(ge=32, le=1024, description="Longest side in pixels.")] = 256) -> Response:
     """The image as PNG, rendered with the same windowing as for indexing, from the file recorded for
     this id (never a path taken from the request)."""
     try:
         png = service.preview(image_id, size)
     except UnknownImageError as exc:
+        access.record(caller, "preview", None, [image_id], 404)
         field_error(404, ["path", "image_id"], str(exc), "not_found")
     except PreviewError as exc:
+        access.record(caller, "preview", None, [image_id], 404)
         field_error(404, ["path", "image_id"], str(exc), "source_unreadable")
+    access.record(caller, "preview", None, [image_id])
     return Response(content=png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/audit", responses=ERRORS, tags=["service"])
+def audit_log(access: AccessDep, _admin: AdminDep,
+              limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[dict[str, Any]]:
+    """The most recent audit records (admins only): who searched, viewed or previewed what, when."""
+    if access.store is None:
+        return []
+    records = list(access.store.audit())
+    return records[-limit:]
 
 
 @router.get("/health", response_model=HealthResponse, tags=["service"])

@@ -31,7 +31,7 @@ def test_index_then_serve_then_query(archive_dir: Path, tiny_model_dir: Path, tm
     port = free_port()
     # no --model: the API loads the model the index was built with
     server = subprocess.Popen([sys.executable, "-m", "search_api.cli", "serve", "--db", str(db), "--port",
-                               str(port), "--log-level", "WARNING"], stdout=subprocess.PIPE,
+                               str(port), "--log-level", "WARNING", "--open"], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:

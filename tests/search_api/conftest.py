@@ -11,6 +11,7 @@ from core.settings import Settings
 from indexer.runner import run_indexing
 from indexer.scan import open_archive
 from search_api.app import build_service, create_app
+from search_api.auth import AccessControl
 from storage.store import Store
 
 
@@ -30,6 +31,7 @@ def api_settings(indexed_db: Path, tiny_model_dir: Path) -> Settings:
 @pytest.fixture(scope="session")
 def client(api_settings: Settings, encoder: HFEncoder) -> Iterator[TestClient]:
     service = build_service(api_settings, encoder=encoder)
-    with TestClient(create_app(api_settings, service=service)) as test_client:
+    app = create_app(api_settings, service=service, access=AccessControl(None, open_mode=True))
+    with TestClient(app) as test_client:
         yield test_client
     service.store.close()

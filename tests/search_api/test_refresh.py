@@ -15,6 +15,7 @@ from core.settings import Settings
 from indexer.runner import run_indexing
 from indexer.scan import open_archive
 from search_api.app import create_app
+from search_api.auth import AccessControl
 from storage.store import Store, current_generation, finish_generation, start_generation
 from tests.conftest import dicom_file
 
@@ -36,7 +37,7 @@ def test_api_serves_a_finished_run_without_restart(encoder: HFEncoder, tiny_mode
     with Store.open(db, create=True) as store:
         run_indexing(open_archive(first), store, encoder)
     settings = Settings(db_dir=db, model=str(tiny_model_dir), device="cpu")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, access=AccessControl(None, open_mode=True))) as client:
         app_holder = client.app.state.services
         app_holder.refresh_seconds = 0.1
         assert client.get("/health").json()["vectors"] == 1
@@ -58,7 +59,7 @@ def test_new_generation_switches_model_atomically(encoder: HFEncoder, tiny_model
     other_model = build_random_siglip(tmp_path / "other-model", seed=3)
     other = HFEncoder.load(str(other_model), device="cpu")
     settings = Settings(db_dir=db, device="cpu")  # no --model: each generation's own
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, access=AccessControl(None, open_mode=True))) as client:
         client.app.state.services.refresh_seconds = 0.1
         before = client.get("/health").json()["model"]["fingerprint"]
         assert before == encoder.fingerprint.key

@@ -16,6 +16,7 @@ import pytest
 from core.encoder import HFEncoder
 from core.settings import Settings
 from search_api.app import build_service, create_app
+from search_api.auth import AccessControl
 from tests.conftest import dicom_file
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -23,15 +24,15 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networkin
                 "--no-first-run", "--disable-sync", "--disable-quic"]
 
 
-@pytest.fixture(scope="module")
-def server(api_settings: Settings, encoder: HFEncoder) -> Iterator[str]:
+def serve(api_settings: Settings, encoder: HFEncoder, access: AccessControl) -> Iterator[str]:
     import uvicorn
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     service = build_service(api_settings, encoder=encoder)
-    config = uvicorn.Config(create_app(api_settings, service=service), host="127.0.0.1", port=port, log_level="warning")
+    app = create_app(api_settings, service=service, access=access)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -46,16 +47,31 @@ def server(api_settings: Settings, encoder: HFEncoder) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def page(server: str) -> Iterator[object]:
+def server(api_settings: Settings, encoder: HFEncoder) -> Iterator[str]:
+    yield from serve(api_settings, encoder, AccessControl(None, open_mode=True))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian chromium is not installed (apt-get install chromium; .ci/run installs it)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make install)")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(server)
-        yield page
-        browser.close()
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def browser_page(browser, url: str) -> Iterator[object]:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    yield page
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server: str) -> Iterator[object]:
+    yield from browser_page(browser, server)
 
 
 def test_query_shows_results_with_previews(page, tmp_path: Path):
@@ -100,3 +116,25 @@ def test_a_bad_upload_shows_the_error(page, tmp_path: Path):
     page.set_input_files("#file", str(bad))
     page.wait_for_function("() => document.querySelector('#status').className === 'error'")
     assert "notes.txt" in page.inner_text("#status") and "not a DICOM" in page.inner_text("#status")
+
+
+def test_with_keys_the_page_asks_for_one_then_works(browser, api_settings: Settings, encoder: HFEncoder,
+                                                    tmp_path: Path):
+    from storage.access import AccessStore
+
+    store = AccessStore.open(tmp_path)
+    _, key = store.create_key("browser", "clinician")
+    access = AccessControl(store=store, pseudonym_secret=store.pseudonym_secret())
+    for url in serve(api_settings, encoder, access):
+        for page in browser_page(browser, url):
+            page.fill("#query", "chest ct")
+            page.press("#query", "Enter")
+            page.wait_for_function("() => document.querySelector('#status').className === 'error'")
+            assert "API key" in page.inner_text("#status")
+            page.fill("#apikey", key)
+            page.dispatch_event("#apikey", "change")
+            page.press("#query", "Enter")
+            page.wait_for_selector(".result")
+            page.wait_for_function("() => [...document.querySelectorAll('.result img')].slice(0, 3)"
+                                   ".every(img => img.complete && img.naturalWidth > 0)")
+            assert page.locator(".result").count() >= 10
