@@ -23,6 +23,8 @@ class Settings(BaseSettings):
 
     # Where the metadata database (medsearch.sqlite) and the FAISS index (index.faiss) live.
     db_dir: Path = Field(default=Path("medsearch-db"), description="Folder holding the database and index.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL of the metadata database, for "
+                                     "example postgresql+psycopg://user@host/medsearch (default: SQLite in db_dir).")
 
     # Encoder.
     model: str = Field(default=DEFAULT_MODEL, description="Hugging Face hub id or local folder of a "

@@ -174,11 +174,15 @@ def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress
             click.echo(f"WARNING: {settings.model} has RANDOM weights (a test model): search results will be "
                        "meaningless.", err=True)
         folder = settings.db_dir
+        if new_generation and settings.database_url:
+            raise IndexerError("--new-generation keeps each generation's database in its own folder: it needs the "
+                               "default SQLite database, not MEDSEARCH_DATABASE_URL")
         if new_generation:
             settings.db_dir.mkdir(parents=True, exist_ok=True)
             folder = start_generation(settings.db_dir)
             click.echo(f"building a new index generation in {folder}", err=True)
-        with Store.open(folder, create=True, generation=not new_generation) as store:
+        with Store.open(folder, create=True, generation=not new_generation,
+                        database_url=settings.database_url) as store:
             from tqdm.contrib.logging import logging_redirect_tqdm
 
             with logging_redirect_tqdm():
@@ -222,7 +226,7 @@ def runs(db_dir: Path | None, run_id: int | None) -> None:
 
     settings = load_settings(db_dir=db_dir)
     try:
-        store = Store.open(settings.db_dir)
+        store = Store.open(settings.db_dir, database_url=settings.database_url)
     except StorageError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_UNUSABLE)
@@ -242,7 +246,7 @@ def _open_store(db_dir: Path | None) -> Any:
 
     settings = load_settings(db_dir=db_dir)
     try:
-        return Store.open(settings.db_dir)
+        return Store.open(settings.db_dir, database_url=settings.database_url)
     except StorageError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_UNUSABLE)

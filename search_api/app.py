@@ -43,7 +43,7 @@ def build_service(settings: Settings, encoder: Encoder | None = None, store: Sto
     from storage.errors import StorageError
 
     try:
-        store = store or Store.open(settings.db_dir, read_only=True)
+        store = store or Store.open(settings.db_dir, read_only=True, database_url=settings.database_url)
     except StorageError as exc:
         raise StartupError(str(exc)) from exc
     manifest = store.manifest
