@@ -81,14 +81,7 @@ class FolderArchive:
         return str(self.root / path)
 
     def iter_read(self, wanted: Callable[[Entry], bool] | None = None) -> Iterator[ReadItem]:
-        for entry in self.entries():
-            if wanted is not None and not wanted(entry):
-                yield entry, None
-                continue
-            try:
-                yield entry, self.read(entry.path)
-            except OSError as exc:
-                yield entry, exc
+        return _read_each(self.entries(), self.read, wanted)
 
 
 class ZipArchive:
@@ -117,14 +110,7 @@ class ZipArchive:
         return None
 
     def iter_read(self, wanted: Callable[[Entry], bool] | None = None) -> Iterator[ReadItem]:
-        for entry in self.entries():
-            if wanted is not None and not wanted(entry):
-                yield entry, None
-                continue
-            try:
-                yield entry, self.read(entry.path)
-            except OSError as exc:
-                yield entry, exc
+        return _read_each(self.entries(), self.read, wanted)
 
 
 class TarArchive:
@@ -168,6 +154,19 @@ class TarArchive:
                 except (tarfile.TarError, OSError, EOFError) as exc:
                     yield entry, OSError(f"corrupt tar member: {exc}")
                     return
+
+
+def _read_each(entries: list[Entry], read: Callable[[str], bytes],
+               wanted: Callable[[Entry], bool] | None) -> Iterator[ReadItem]:
+    """Random-access archives: each wanted entry with its bytes or its read error, others with None."""
+    for entry in entries:
+        if wanted is not None and not wanted(entry):
+            yield entry, None
+            continue
+        try:
+            yield entry, read(entry.path)
+        except OSError as exc:
+            yield entry, exc
 
 
 def _clean(name: str) -> str:

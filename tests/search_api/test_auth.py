@@ -177,3 +177,18 @@ def test_keys_cli_and_serve_refusals(indexed_db: Path, tmp_path: Path):
     assert json.loads(exported.stdout.splitlines()[-1])["result_ids"] == [3, 4]
     as_csv = run_api("audit", "--db", str(db), "--format", "csv")
     assert as_csv.stdout.splitlines()[0].startswith("id,at,key_id") and "3 4" in as_csv.stdout
+
+
+def test_plain_logs_carry_no_patient_data_or_queries(keyed, caplog: pytest.LogCaptureFixture):
+    import logging
+
+    client, keys, _ = keyed
+    raw = str(pydicom.dcmread(dicom_file("CT_small.dcm")).PatientID)
+    query = "secret words of a radiologist 91c2"
+    with caplog.at_level(logging.DEBUG):
+        client.post("/search/text", json={"query": query}, headers={"X-API-Key": keys["clinician"]})
+        client.post("/search/image", files={"file": ("patient-upload.dcm", CT)}, headers={"X-API-Key": keys["admin"]})
+        client.post("/search/text", json={"query": ""}, headers={"X-API-Key": keys["clinician"]})  # a 422
+        client.get("/images/1", headers={"X-API-Key": keys["researcher"]})
+    assert caplog.records, "expected some log records to inspect"
+    assert raw not in caplog.text and query not in caplog.text and "patient-upload" not in caplog.text
