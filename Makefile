@@ -21,7 +21,7 @@ DEMO_MODEL := $(MODEL)
 DEMO_DB    := data/demo-db
 endif
 
-.PHONY: help install test lint demo sample clean
+.PHONY: help install test lint demo sample bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -59,6 +59,19 @@ demo: $(STAMP) $(SAMPLE) $(if $(filter 1,$(OFFLINE)),$(RANDOM_MODEL)/config.json
 	    echo "Offline option: make demo OFFLINE=1   (a RANDOM tiny SigLIP: everything works, results are meaningless)"; \
 	    echo "Or point MODEL at a local copy:  make demo MODEL=/path/to/medsiglip-448"; fi; exit $$status; }
 	$(VENV)/bin/medsearch-api serve --db $(DEMO_DB) --host $(HOST) --port $(PORT) --open
+
+BASE_MODEL := data/random-base
+
+$(BASE_MODEL)/config.json: | $(STAMP)
+	$(VENV)/bin/medsearch-index random-model $(BASE_MODEL) --shape base
+
+bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json ## Bounded benchmarks: bench/results/*.json, SUMMARY.md, plots (~17 min)
+	$(PIP) install --quiet -e ".[bench]"
+	rm -f bench/results/*.json bench/results/*.png bench/results/SUMMARY.md
+	$(PY) -m bench.search_bench --sizes 100000,1000000
+	$(PY) -m bench.api_bench --repeat 50 --models $(RANDOM_MODEL),$(BASE_MODEL)
+	$(PY) -m bench.indexing_throughput --model $(BASE_MODEL) --images 48 --batch-size 16 --naive --quantize
+	$(PY) -m bench.report
 
 clean: ## Remove the virtual environment and generated demo data
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

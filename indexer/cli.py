@@ -255,8 +255,8 @@ def _open_store(db_dir: Path | None) -> Any:
 @main.command("build-index")
 @click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder.")
 @click.option("--index", "kind", type=click.Choice(["auto", "flat", "ivf", "ivfpq", "hnsw"]), default="auto",
-              show_default=True, help="auto: exact Flat up to 200k vectors, then HNSW if it fits the memory "
-              "budget, else IVF-Flat, else IVF-PQ.")
+              show_default=True, help="auto: exact Flat up to 200k vectors, then IVF-Flat if it fits the memory "
+              "budget, else IVF-PQ; HNSW on request.")
 @click.option("--memory-budget-gb", type=click.FloatRange(0.001), default=8.0, show_default=True,
               help="Memory the index may use.")
 def build_index(db_dir: Path | None, kind: str, memory_budget_gb: float) -> None:

@@ -58,9 +58,10 @@ def test_removal_from_hnsw_rebuilds(filled):
 
 def test_auto_plan_by_size_and_memory():
     assert plan_index(10_000, 1152).kind == "flat"
-    assert plan_index(1_000_000, 1152).kind == "hnsw"
-    assert plan_index(10_000_000, 1152, memory_budget=44 * 1024**3).kind == "ivf"  # HNSW needs ~48.7 GB
+    assert plan_index(1_000_000, 1152).kind == "ivf"
+    assert plan_index(10_000_000, 1152, memory_budget=48 * 1024**3).kind == "ivf"  # 46.2 GB
     assert plan_index(100_000_000, 1152, memory_budget=48 * 1024**3).kind == "ivfpq"
+    assert plan_index(1_000_000, 1152, kind="hnsw").kind == "hnsw"  # on request
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])

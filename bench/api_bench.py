@@ -1,0 +1,102 @@
+"""API latency, split into its parts, for text and image queries, with a tiny and a mid-size model.
+
+    .venv/bin/python -m bench.api_bench [--repeat 50]
+
+Parts (median ms over --repeat queries): decode (image queries: the upload read as the indexer
+would), encode (text or image tower), vector search, metadata fetch (SQLite), serialisation
+(response models to JSON), and the whole request through FastAPI; plus a text query answered from
+the embedding cache. Results: bench/results/api.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from bench.common import write_result
+from core.settings import Settings
+from indexer.sample import pydicom_test_files
+from search_api.app import build_service, create_app
+from search_api.auth import AccessControl
+from search_api.routes import image_parts, model_info
+from search_api.schemas import SearchResponse, SearchResult
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTS = ["right pleural effusion", "chest x-ray", "brain mri", "knee fracture", "liver ct"]
+
+
+def median_ms(fn, repeat: int) -> float:
+    times = []
+    for i in range(repeat):
+        started = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - started)
+    return round(float(np.median(times)) * 1000, 3)
+
+
+def bench_model(model: Path, repeat: int, work: Path) -> dict[str, object]:
+    py = Path(sys.executable).parent
+    db = work / model.name
+    subprocess.run([py / "medsearch-index", "run", str(ROOT / "data" / "sample-archive.zip"), "--db", str(db),
+                    "--model", str(model), "--no-progress", "--log-level", "ERROR"], check=True, capture_output=True)
+    settings = Settings(db_dir=db, model=str(model), device="cpu")
+    service = build_service(settings)
+    upload = (pydicom_test_files() / "CT_small.dcm").read_bytes()
+    store, encoder = service.store, service.encoder
+    text_vector = encoder.encode_texts(["x"])
+    image = service.load_query_image(upload, "q")
+    pairs = store.search(text_vector, 10)[0]
+    rows = store.repository.get_images([i for i, _ in pairs])
+
+    info = model_info(service)
+
+    def serialise(_: int) -> None:
+        results = [SearchResult(rank=n + 1, score=s, **image_parts(rows[i])) for n, (i, s) in enumerate(pairs)]
+        SearchResponse(query_kind="text", k=10, results=results, model=info, warning=info.warning).model_dump_json()
+
+    parts = {
+        "decode_image": median_ms(lambda i: service.load_query_image(upload, "q"), repeat),
+        "encode_text": median_ms(lambda i: encoder.encode_texts([f"{TEXTS[i % 5]} {i}"]), repeat),
+        "encode_image": median_ms(lambda i: encoder.encode_images([image.pixels]), repeat),
+        "vector_search": median_ms(lambda i: store.search(text_vector, 10), repeat),
+        "metadata_fetch": median_ms(lambda i: store.repository.get_images([i for i, _ in pairs]), repeat),
+        "serialisation": median_ms(serialise, repeat),
+        "text_cache_hit": median_ms(lambda i: service.text_vector("chest x-ray"), repeat),
+    }
+    service.text_vector("chest x-ray")
+    with TestClient(create_app(settings, service=service, access=AccessControl(None, open_mode=True))) as client:
+        parts["request_text"] = median_ms(lambda i: client.post(
+            "/search/text", json={"query": f"{TEXTS[i % 5]} {i}", "k": 10}), repeat)
+        parts["request_text_cached"] = median_ms(lambda i: client.post(
+            "/search/text", json={"query": "chest x-ray", "k": 10}), repeat)
+        parts["request_image"] = median_ms(lambda i: client.post(
+            "/search/image", files={"file": ("q.dcm", upload)}, data={"k": "10"}), repeat)
+    store.close()
+    return {"model": model.name, "dim": encoder.dim, "vectors": store.ntotal, "median_ms": parts}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--models", default="data/random-siglip,data/random-base")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="medsearch-apibench-"))
+    try:
+        results = [bench_model(ROOT / m, args.repeat, work) for m in args.models.split(",")]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for result in results:
+        print(result)
+    print(f"written {write_result('api', {'repeat': args.repeat, 'models': results})}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Turn bench/results/*.json into bench/results/SUMMARY.md and PNG plots.
+
+    .venv/bin/python -m bench.report
+"""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.common import RESULTS
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def search_section(search: dict, lines: list[str]) -> None:
+    lines += ["## Vector search", "", f"{search['dim']}-d seeded clustered embeddings; recall@10 against exact "
+              "search on 200 held-out queries; latency of single queries, throughput of a 256-query batch.", "",
+              "| vectors | index | build s | bytes/vector | p50 ms | p99 ms | batch queries/s | recall@10 |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in search["rows"]:
+        lines.append(f"| {r['vectors']:,} | {r['kind']} | {r['build_s']:.1f} | {r['bytes_per_vector']:.0f} | "
+                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['batch_qps']:.0f} | {r['recall_at_10']:.3f} |")
+    lines += ["", "Estimates on paper from the largest measured size (" + search["note"] + "):", "",
+              "| vectors | index | memory GB | p50 ms (estimate) |", "|---:|---|---:|---:|"]
+    lines += [f"| {e['vectors']:,} | {e['kind']} | {e['memory_gb']} | {e['p50_ms_estimate']} |"
+              for e in search["estimates"]]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for size in sorted({r["vectors"] for r in search["rows"]}):
+        rows = [r for r in search["rows"] if r["vectors"] == size]
+        names = [f"{r['kind'].replace('numpy brute force', 'numpy')} {size // 1000}k" for r in rows]
+        axes[0].bar(names, [r["p50_ms"] for r in rows], label=f"{size:,} vectors")
+        axes[1].bar(names, [r["recall_at_10"] for r in rows], label=f"{size:,} vectors")
+    axes[0].set_ylabel("single-query p50 (ms)")
+    axes[0].set_yscale("log")
+    axes[1].set_ylabel("recall@10 vs exact")
+    for axis in axes:
+        axis.tick_params(axis="x", labelsize=8, labelrotation=45)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(RESULTS / "search.png", dpi=110)
+    lines += ["", "![search](search.png)", ""]
+
+
+def api_section(api: dict, lines: list[str]) -> None:
+    parts = ["decode_image", "encode_text", "encode_image", "vector_search", "metadata_fetch", "serialisation",
+             "text_cache_hit", "request_text", "request_text_cached", "request_image"]
+    lines += ["## API latency (median ms)", "", "| part | " + " | ".join(m["model"] for m in api["models"]) + " |",
+              "|---|" + "---:|" * len(api["models"])]
+    for part in parts:
+        lines.append(f"| {part} | " + " | ".join(f"{m['median_ms'][part]:.2f}" for m in api["models"]) + " |")
+    figure, axis = plt.subplots(figsize=(7, 4))
+    split = ["decode_image", "encode_image", "vector_search", "metadata_fetch", "serialisation"]
+    bottom = [0.0] * len(api["models"])
+    for part in split:
+        values = [m["median_ms"][part] for m in api["models"]]
+        axis.bar([m["model"] for m in api["models"]], values, bottom=bottom, label=part)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    axis.set_ylabel("image query, ms (median)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(RESULTS / "api.png", dpi=110)
+    lines += ["", "![api](api.png)", ""]
+
+
+def indexing_section(results: list[dict], lines: list[str]) -> None:
+    lines += ["## Indexing (DICOM input, images/s)", "",
+              "| model | images | bare model | end to end | ratio | naive loop | end to end / naive | rerun fraction |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        naive = r.get("naive_loop_images_per_s")
+        lines.append(f"| {r['model'].split('/')[-1]} | {r['images']} | {r['bare_model_images_per_s']} | "
+                     f"{r['end_to_end_images_per_s']} | {r['ratio']} | {naive if naive else '-'} | "
+                     f"{r.get('end_to_end_over_naive', '-')} | {r['rerun_fraction']} |")
+    figure, axis = plt.subplots(figsize=(7, 4))
+    names = [r["model"].split("/")[-1] for r in results]
+    width = 0.25
+    for offset, (key, label) in enumerate([("bare_model_images_per_s", "bare model"),
+                                           ("end_to_end_images_per_s", "end to end"),
+                                           ("naive_loop_images_per_s", "naive loop")]):
+        axis.bar([i + offset * width for i in range(len(names))], [r.get(key) or 0 for r in results], width,
+                 label=label)
+    axis.set_xticks([i + width for i in range(len(names))], names)
+    axis.set_ylabel("images/s")
+    axis.set_yscale("log")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(RESULTS / "indexing.png", dpi=110)
+    lines += ["", "![indexing](indexing.png)", ""]
+
+
+def main() -> None:
+    lines = ["# medsearch benchmarks", ""]
+    machine = None
+    if search := load("search"):
+        machine = search["machine"]
+        search_section(search, lines)
+    if api := load("api"):
+        machine = machine or api["machine"]
+        api_section(api, lines)
+    indexing = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("indexing_*.json"))]
+    if indexing:
+        machine = machine or indexing[0]["machine"]
+        indexing_section(indexing, lines)
+    if machine:
+        lines[1:1] = ["", f"{machine['date']}, {machine['cores']} cores ({machine['cpu']}), Python "
+                      f"{machine['python']}, " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+                      + f", commit {machine['commit']}.", ""]
+    (RESULTS / "SUMMARY.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
