@@ -325,6 +325,79 @@ def remove(db_dir: Path | None, path_prefix: str | None, archive: str | None, pa
         click.echo(f"removed {len(sources)} sources and {len(removed)} images; {store.ntotal} vectors remain")
 
 
+@main.command("eval")
+@click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder.")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV: 'path' (inside its archive) or 'sop_uid', and 'labels' (separated by ; or |).")
+@click.option("--labels-from-metadata", is_flag=True, help="Label each indexed image with its modality and body "
+              "region instead (a check that needs no labelling); the CSV is written to the report folder.")
+@click.option("--prompts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML: 'label: prompt' or 'label: [prompts...]' (default: the label itself).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@click.option("--model", help="Model to encode prompts with [default: the one the index was built with].")
+@click.option("--bootstrap", type=click.IntRange(0, 100_000), default=1000, show_default=True,
+              help="Bootstrap rounds of the AUC confidence intervals.")
+def evaluate_command(db_dir: Path | None, labels_file: Path | None, labels_from_metadata: bool, prompts: Path | None,
+                     out: Path, model: str | None, bootstrap: int) -> None:
+    """Measure retrieval quality on labelled cases: image->image precision@k, recall@k and mAP (the
+    query's own patient left out), text->image recall@k and mAP per label, zero-shot ROC AUC per label
+    with a bootstrap 95% interval, and the index in use against exact search. Writes report.json,
+    report.md and PNG plots (ROC curves, precision@k, confusion matrix) to --out."""
+    from core.encoder import HFEncoder
+    from indexer.evaluate import evaluate, parse_labels, parse_prompts, write_report
+    from indexer.evaluate import labels_from_metadata as metadata_labels
+    from storage.store import Store
+
+    configure_logging("WARNING")
+    if bool(labels_file) == labels_from_metadata:
+        raise click.UsageError("give --labels LABELS.csv or --labels-from-metadata")
+    settings = load_settings(db_dir=db_dir)
+    try:
+        store = Store.open(settings.db_dir, read_only=True, database_url=settings.database_url)
+    except StorageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_UNUSABLE)
+    with store:
+        manifest = store.manifest
+        name = model or (manifest.model_name if manifest else settings.model)
+        try:
+            encoder = HFEncoder.load(name, device=settings.device, local_files_only=settings.local_files_only)
+        except MedsearchError as exc:
+            click.echo(f"error: the model {name} is not available on this machine, so nothing can be "
+                       f"evaluated: {exc}", err=True)
+            sys.exit(EXIT_UNUSABLE)
+        try:
+            if labels_from_metadata:
+                text = metadata_labels(store)
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "labels.csv").write_text(text)
+                rows = parse_labels(text.encode(), str(out / "labels.csv"))
+            else:
+                assert labels_file is not None
+                rows = parse_labels(labels_file.read_bytes(), str(labels_file))
+            prompt_map = parse_prompts(prompts.read_text(), str(prompts)) if prompts else None
+            report = evaluate(store, encoder, rows, prompt_map, bootstrap=bootstrap)
+        except IndexerError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_UNUSABLE)
+    files = write_report(report, out)
+    if report["model"]["random_weights"]:
+        click.echo("WARNING: the model has RANDOM weights: every figure below is meaningless", err=True)
+    i2i = report["image_to_image"]
+    click.echo(f"{report['images']} labelled images ({report['unmatched_rows']} rows matched nothing)")
+    click.echo(f"image->image: mAP {_fmt(i2i['mAP'])}, precision@1/5/10 {_fmt(i2i['precision@1'])} / "
+               f"{_fmt(i2i['precision@5'])} / {_fmt(i2i['precision@10'])}")
+    click.echo(f"text->image mAP {_fmt(report['text_to_image_mAP'])}; zero-shot mean AUC "
+               f"{_fmt(report['zero_shot_mean_auc'])}")
+    for label, row in report["labels"].items():
+        click.echo(f"  {label:24} positives {row['positives']:4}  AUC {_fmt(row['zero_shot_auc'])}")
+    click.echo(f"report: {', '.join(str(f) for f in files)}")
+
+
+def _fmt(value: object) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 @main.command("sample-archive")
 @click.argument("out", type=click.Path(path_type=Path))
 def sample_archive(out: Path) -> None:

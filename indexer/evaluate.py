@@ -1,0 +1,260 @@
+"""`medsearch-index eval`: how well search works on a user's own labelled cases.
+
+LABELS.csv: a column `path` (a file's path inside its archive) or `sop_uid`, and a column `labels`
+(several separated by `;` or `|`). Computed on the images it names:
+- image -> image retrieval: precision@k, recall@k, mAP, where an image is relevant to a query when
+  they share a label, and images of the query's own patient are left out (no leakage);
+- text -> image retrieval: one prompt per label (PROMPTS.yaml, else the label itself): recall@k, mAP;
+- zero-shot classification: ROC AUC per label of SigLIP's sigmoid(scale * cos + bias) with a
+  bootstrap 95% interval, and a confusion matrix of the most probable label against the first true one;
+- the index in use against exact search: recall@k of its neighbours.
+Writes report.json, report.md and PNG plots to the report folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.encoder import Encoder
+from indexer.errors import IndexerError
+from indexer.metrics import average_precision, bootstrap_auc_ci, precision_at_k, recall_at_k, roc_auc, roc_curve
+from storage.store import Store
+
+logger = logging.getLogger(__name__)
+KS = (1, 5, 10)
+
+
+@dataclass
+class Labelled:
+    image_ids: np.ndarray
+    labels: list[set[str]]
+    patients: list[str | None]
+    names: list[str]
+    unmatched: int
+
+
+def parse_labels(data: bytes, source: str) -> list[tuple[str, str, list[str]]]:
+    """(key kind 'path' or 'sop_uid', key, labels) per row. Raises IndexerError naming the problem."""
+    reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
+    fields = {name.strip().lower(): name for name in reader.fieldnames or []}
+    key = "path" if "path" in fields else "sop_uid" if "sop_uid" in fields else None
+    if key is None or "labels" not in fields:
+        raise IndexerError(f"{source}: needs a 'path' or 'sop_uid' column and a 'labels' column "
+                           f"(columns: {', '.join(reader.fieldnames or [])})")
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        value = (row.get(fields[key]) or "").strip()
+        labels = [x.strip() for x in re.split(r"[;|]", row.get(fields["labels"]) or "") if x.strip()]
+        if not value or not labels:
+            raise IndexerError(f"{source} line {line}: empty {key} or labels")
+        rows.append((key, value, labels))
+    return rows
+
+
+def parse_prompts(text: str, source: str) -> dict[str, list[str]]:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise IndexerError(f"{source}: not valid YAML ({exc})") from exc
+    if not isinstance(loaded, dict):
+        raise IndexerError(f"{source}: expected 'label: prompt' (or a list of prompts) per line")
+    return {str(k): [str(p) for p in (v if isinstance(v, list) else [v])] for k, v in loaded.items()}
+
+
+def match(store: Store, rows: list[tuple[str, str, list[str]]]) -> Labelled:
+    repo = store.repository
+    everything = repo.get_images(repo.image_ids().tolist())
+    by_key: dict[tuple[str, str], int] = {}
+    for image_id, row in everything.items():
+        for source in row["sources"]:
+            by_key.setdefault(("path", source["path"]), image_id)
+            if source.get("sop_uid"):
+                by_key.setdefault(("sop_uid", source["sop_uid"]), image_id)
+    merged: dict[int, set[str]] = {}
+    names: dict[int, str] = {}
+    unmatched = 0
+    for kind, value, labels in rows:
+        found = by_key.get((kind, value))
+        if found is None:
+            unmatched += 1
+            continue
+        merged.setdefault(found, set()).update(labels)
+        names.setdefault(found, value)
+    ids = sorted(merged)
+    return Labelled(np.asarray(ids, dtype=np.int64), [merged[i] for i in ids],
+                    [everything[i].get("patient_id") for i in ids], [names[i] for i in ids], unmatched)
+
+
+def evaluate(store: Store, encoder: Encoder, rows: list[tuple[str, str, list[str]]],
+             prompts: dict[str, list[str]] | None = None, bootstrap: int = 1000) -> dict[str, Any]:
+    manifest = store.manifest
+    if manifest is None or manifest.fingerprint_key != encoder.fingerprint.key:
+        raise IndexerError("the model loaded is not the one this index was built with: evaluate with --model "
+                           f"{manifest.model_name if manifest else '?'}")
+    data = match(store, rows)
+    if len(data.image_ids) < 2:
+        raise IndexerError(f"only {len(data.image_ids)} labelled image(s) found in the index "
+                           f"({data.unmatched} rows matched nothing): nothing to evaluate")
+    _, vectors = store.repository.get_embeddings(data.image_ids.tolist(), encoder.dim)
+    all_labels = sorted(set().union(*data.labels))
+    report: dict[str, Any] = {"model": encoder.fingerprint.to_dict(), "images": len(data.image_ids),
+                              "unmatched_rows": data.unmatched, "labels": {}}
+
+    # image -> image, own patient left out
+    similarity = vectors @ vectors.T
+    per_k: dict[int, list[float]] = {k: [] for k in KS}
+    recalls: dict[int, list[float]] = {k: [] for k in KS}
+    aps: list[float] = []
+    for q in range(len(data.image_ids)):
+        keep = np.array([i != q and (data.patients[q] is None or data.patients[i] != data.patients[q])
+                         for i in range(len(data.image_ids))])
+        candidates = np.flatnonzero(keep)
+        if not len(candidates):
+            continue
+        order = candidates[np.argsort(-similarity[q, candidates], kind="stable")]
+        relevant = np.array([bool(data.labels[q] & data.labels[i]) for i in order])
+        for k in KS:
+            per_k[k].append(precision_at_k(relevant, k))
+            if (r := recall_at_k(relevant, k)) is not None:
+                recalls[k].append(r)
+        if (ap := average_precision(relevant)) is not None:
+            aps.append(ap)
+    report["image_to_image"] = {
+        "queries": len(per_k[1]), "mAP": _mean(aps),
+        **{f"precision@{k}": _mean(per_k[k]) for k in KS}, **{f"recall@{k}": _mean(recalls[k]) for k in KS}}
+
+    # text -> image and zero-shot classification
+    prompts = prompts or {}
+    texts = np.stack([encoder.encode_texts(prompts.get(label, [label])).mean(axis=0) for label in all_labels])
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    cosines = vectors @ texts.T  # images x labels
+    scale = getattr(encoder, "logit_scale", None) or 1.0
+    bias = getattr(encoder, "logit_bias", None) or 0.0
+    probabilities = 1 / (1 + np.exp(-(scale * cosines + bias)))
+    text_aps: list[float] = []
+    for j, label in enumerate(all_labels):
+        positive = np.array([label in labels for labels in data.labels])
+        order = np.argsort(-cosines[:, j], kind="stable")
+        ranked = positive[order]
+        auc = roc_auc(probabilities[:, j], positive)
+        interval = bootstrap_auc_ci(probabilities[:, j], positive, rounds=bootstrap) if auc is not None else None
+        ap = average_precision(ranked)
+        if ap is not None:
+            text_aps.append(ap)
+        report["labels"][label] = {
+            "positives": int(positive.sum()), "prompts": prompts.get(label, [label]),
+            "text_to_image": {"AP": ap, **{f"recall@{k}": recall_at_k(ranked, k) for k in KS}},
+            "zero_shot_auc": auc, "auc_95ci": list(interval) if interval else None,
+            "auc_note": None if auc is not None else "undefined: every image is positive, or none is",
+        }
+    report["text_to_image_mAP"] = _mean(text_aps)
+    defined = [v["zero_shot_auc"] for v in report["labels"].values() if v["zero_shot_auc"] is not None]
+    report["zero_shot_mean_auc"] = _mean(defined)
+    predicted = probabilities.argmax(axis=1)
+    truth = [all_labels.index(sorted(labels)[0]) for labels in data.labels]
+    confusion = np.zeros((len(all_labels), len(all_labels)), dtype=int)
+    for t, p in zip(truth, predicted, strict=True):
+        confusion[t, p] += 1
+    report["confusion_matrix"] = {"labels": all_labels, "rows_true_columns_predicted": confusion.tolist()}
+
+    # the index in use against exact search
+    k = min(10, len(data.image_ids) - 1)
+    found = store.search(vectors, k + 1)
+    exact = np.argsort(-similarity, axis=1, kind="stable")[:, :k + 1]
+    overlaps = [len({i for i, _ in hits} & set(data.image_ids[row].tolist())) / (k + 1)
+                for hits, row in zip(found, exact, strict=True)]
+    report["index"] = {"kind": store.index_kind, f"recall@{k + 1}_vs_exact": _mean(overlaps)}
+    report["_curves"] = {"roc": {label: [a.tolist() for a in roc_curve(probabilities[:, j], np.array(
+        [label in labels for labels in data.labels]))] for j, label in enumerate(all_labels)},
+        "precision_at_k": {str(k): report["image_to_image"][f"precision@{k}"] for k in KS}}
+    return report
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def write_report(report: dict[str, Any], out: Path) -> list[Path]:
+    """report.json, report.md and the plots; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    curves = report.pop("_curves")
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    written = [out / "report.json"]
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    for label, (fpr, tpr) in curves["roc"].items():
+        auc = report["labels"][label]["zero_shot_auc"]
+        if auc is not None:
+            axis.plot(fpr, tpr, label=f"{label} (AUC {auc:.2f})")
+    axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    axis.set(xlabel="false positive rate", ylabel="true positive rate", title="zero-shot ROC per label")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / "roc.png", dpi=110)
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    ks = [int(k) for k in curves["precision_at_k"]]
+    axis.plot(ks, [curves["precision_at_k"][str(k)] or 0 for k in ks], marker="o")
+    axis.set(xlabel="k", ylabel="precision@k", title="image -> image retrieval", ylim=(0, 1.05))
+    figure.tight_layout()
+    figure.savefig(out / "precision_at_k.png", dpi=110)
+    matrix = report["confusion_matrix"]
+    figure, axis = plt.subplots(figsize=(1.2 + 0.5 * len(matrix["labels"]), 1 + 0.5 * len(matrix["labels"])))
+    axis.imshow(matrix["rows_true_columns_predicted"], cmap="Blues")
+    axis.set_xticks(range(len(matrix["labels"])), matrix["labels"], rotation=60, fontsize=7)
+    axis.set_yticks(range(len(matrix["labels"])), matrix["labels"], fontsize=7)
+    for (row, col), value in np.ndenumerate(np.asarray(matrix["rows_true_columns_predicted"])):
+        axis.text(col, row, str(value), ha="center", va="center", fontsize=7)
+    axis.set(xlabel="predicted (zero-shot)", ylabel="true (first label)")
+    figure.tight_layout()
+    figure.savefig(out / "confusion_matrix.png", dpi=110)
+    written += [out / "roc.png", out / "precision_at_k.png", out / "confusion_matrix.png"]
+    lines = [f"# Retrieval quality: {report['images']} labelled images", "",
+             f"Model {report['model']['name']}" + (" (RANDOM weights: figures meaningless)"
+                                                   if report["model"]["random_weights"] else ""), "",
+             "## Image to image (own patient excluded)", "", "| metric | value |", "|---|---:|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in report["image_to_image"].items()]
+    lines += ["", f"Text to image mAP: {_fmt(report['text_to_image_mAP'])}; zero-shot mean AUC: "
+              f"{_fmt(report['zero_shot_mean_auc'])}; index {report['index']['kind']}: "
+              + ", ".join(f"{k} {_fmt(v)}" for k, v in report["index"].items() if k != "kind"), "",
+              "## Per label", "", "| label | positives | text AP | text recall@5 | zero-shot AUC | 95% CI |",
+              "|---|---:|---:|---:|---:|---|"]
+    for label, row in report["labels"].items():
+        ci = row["auc_95ci"]
+        lines.append(f"| {label} | {row['positives']} | {_fmt(row['text_to_image']['AP'])} | "
+                     f"{_fmt(row['text_to_image']['recall@5'])} | {_fmt(row['zero_shot_auc'])} | "
+                     f"{f'{ci[0]:.2f}-{ci[1]:.2f}' if ci else row['auc_note']} |")
+    lines += ["", "![ROC](roc.png) ![precision@k](precision_at_k.png) ![confusion](confusion_matrix.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    written.append(out / "report.md")
+    return written
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def labels_from_metadata(store: Store) -> str:
+    """A labels CSV from the index's own metadata: modality and body region of each image."""
+    repo = store.repository
+    lines = ["path,labels"]
+    for row in repo.get_images(repo.image_ids().tolist()).values():
+        labels = [x for x in (row.get("modality"), row.get("body_part")) if x]
+        if labels and row["sources"]:
+            path = row["sources"][0]["path"]
+            lines.append(f"\"{path}\",\"{';'.join(labels)}\"")
+    return "\n".join(lines) + "\n"
