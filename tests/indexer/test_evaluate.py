@@ -53,7 +53,7 @@ def test_neighbours_of_the_same_patient_are_left_out(encoder: HFEncoder, tmp_pat
     assert report["image_to_image"]["precision@1"] == pytest.approx(precision_at_1)
     assert report["labels"]["other"]["positives"] == 1 and report["labels"]["twin"]["positives"] == 2
     assert all(0 <= v["zero_shot_auc"] <= 1 for v in report["labels"].values())
-    assert report["index"]["kind"] == "flat" and report["index"]["recall@4_vs_exact"] == 1.0
+    assert report["index"]["kind"] == "flat" and report["index"]["recall@4_vs_exact"] == 1.0  # exact = exact
     matrix = np.asarray(report["confusion_matrix"]["rows_true_columns_predicted"])
     assert matrix.sum() == 4
 
