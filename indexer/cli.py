@@ -11,6 +11,7 @@ import click
 from pydantic import ValidationError
 
 from core.errors import MedsearchError
+from core.logs import configure_logging
 from core.settings import Settings
 from indexer.errors import IndexerError
 from indexer.runner import Progress, RunResult
@@ -19,14 +20,6 @@ from storage.errors import StorageError
 logger = logging.getLogger("indexer")
 
 EXIT_OK, EXIT_NOTHING_INDEXED, EXIT_UNUSABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # pydicom logs decoder tracebacks for files we report ourselves, once, with their path.
-    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
-    for noisy in ("transformers", "huggingface_hub", "httpx", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 class TqdmProgress(Progress):
@@ -344,7 +337,7 @@ def evaluate_command(db_dir: Path | None, labels_file: Path | None, labels_from_
     with a bootstrap 95% interval, and the index in use against exact search. Writes report.json,
     report.md and PNG plots (ROC curves, precision@k, confusion matrix) to --out."""
     from core.encoder import HFEncoder
-    from indexer.evaluate import evaluate, parse_labels, parse_prompts, write_report
+    from indexer.evaluate import evaluate, format_value, parse_labels, parse_prompts, write_report
     from indexer.evaluate import labels_from_metadata as metadata_labels
     from storage.store import Store
 
@@ -385,17 +378,13 @@ def evaluate_command(db_dir: Path | None, labels_file: Path | None, labels_from_
         click.echo("WARNING: the model has RANDOM weights: every figure below is meaningless", err=True)
     i2i = report["image_to_image"]
     click.echo(f"{report['images']} labelled images ({report['unmatched_rows']} rows matched nothing)")
-    click.echo(f"image->image: mAP {_fmt(i2i['mAP'])}, precision@1/5/10 {_fmt(i2i['precision@1'])} / "
-               f"{_fmt(i2i['precision@5'])} / {_fmt(i2i['precision@10'])}")
-    click.echo(f"text->image mAP {_fmt(report['text_to_image_mAP'])}; zero-shot mean AUC "
-               f"{_fmt(report['zero_shot_mean_auc'])}")
+    click.echo(f"image->image: mAP {format_value(i2i['mAP'])}, precision@1/5/10 {format_value(i2i['precision@1'])} / "
+               f"{format_value(i2i['precision@5'])} / {format_value(i2i['precision@10'])}")
+    click.echo(f"text->image mAP {format_value(report['text_to_image_mAP'])}; zero-shot mean AUC "
+               f"{format_value(report['zero_shot_mean_auc'])}")
     for label, row in report["labels"].items():
-        click.echo(f"  {label:24} positives {row['positives']:4}  AUC {_fmt(row['zero_shot_auc'])}")
+        click.echo(f"  {label:24} positives {row['positives']:4}  AUC {format_value(row['zero_shot_auc'])}")
     click.echo(f"report: {', '.join(str(f) for f in files)}")
-
-
-def _fmt(value: object) -> str:
-    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 @main.command("sample-archive")

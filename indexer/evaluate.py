@@ -230,16 +230,16 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
              f"Model {report['model']['name']}" + (" (RANDOM weights: figures meaningless)"
                                                    if report["model"]["random_weights"] else ""), "",
              "## Image to image (own patient excluded)", "", "| metric | value |", "|---|---:|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in report["image_to_image"].items()]
-    lines += ["", f"Text to image mAP: {_fmt(report['text_to_image_mAP'])}; zero-shot mean AUC: "
-              f"{_fmt(report['zero_shot_mean_auc'])}; index {report['index']['kind']}: "
-              + ", ".join(f"{k} {_fmt(v)}" for k, v in report["index"].items() if k != "kind"), "",
+    lines += [f"| {k} | {format_value(v)} |" for k, v in report["image_to_image"].items()]
+    lines += ["", f"Text to image mAP: {format_value(report['text_to_image_mAP'])}; zero-shot mean AUC: "
+              f"{format_value(report['zero_shot_mean_auc'])}; index {report['index']['kind']}: "
+              + ", ".join(f"{k} {format_value(v)}" for k, v in report["index"].items() if k != "kind"), "",
               "## Per label", "", "| label | positives | text AP | text recall@5 | zero-shot AUC | 95% CI |",
               "|---|---:|---:|---:|---:|---|"]
     for label, row in report["labels"].items():
         ci = row["auc_95ci"]
-        lines.append(f"| {label} | {row['positives']} | {_fmt(row['text_to_image']['AP'])} | "
-                     f"{_fmt(row['text_to_image']['recall@5'])} | {_fmt(row['zero_shot_auc'])} | "
+        lines.append(f"| {label} | {row['positives']} | {format_value(row['text_to_image']['AP'])} | "
+                     f"{format_value(row['text_to_image']['recall@5'])} | {format_value(row['zero_shot_auc'])} | "
                      f"{f'{ci[0]:.2f}-{ci[1]:.2f}' if ci else row['auc_note']} |")
     lines += ["", "![ROC](roc.png) ![precision@k](precision_at_k.png) ![confusion](confusion_matrix.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
@@ -247,7 +247,7 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     return written
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 

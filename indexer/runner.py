@@ -69,10 +69,10 @@ class RunResult:
         return self.indexed == 0 and self.linked == 0 and self.unchanged == 0
 
 
-def _read_manifest(archive: Archive, manifest_bytes: bytes | None) -> dict[str, ManifestRow]:
+def _read_manifest(archive: Archive, entries: list[Entry], manifest_bytes: bytes | None) -> dict[str, ManifestRow]:
     if manifest_bytes is not None:
         return parse_manifest(manifest_bytes, "--manifest")
-    if any(entry.path == MANIFEST_NAME for entry in archive.entries()):
+    if any(entry.path == MANIFEST_NAME for entry in entries):
         return parse_manifest(archive.read(MANIFEST_NAME), f"{archive.key}/{MANIFEST_NAME}")
     return {}
 
@@ -111,14 +111,14 @@ def run_indexing(
     caller; otherwise `workers` processes are started here and stopped at the end."""
     options = options or LoadOptions()
     started = time.perf_counter()
-    manifest = _read_manifest(archive, manifest_bytes)
+    entries = archive.entries()  # listed once: a folder of millions of files is walked once
+    manifest = _read_manifest(archive, entries, manifest_bytes)
     store.bind_model(encoder.fingerprint.to_dict())
     deid = f"on, key {pseudonym('key-check', options.deid_secret, 'key')}" if options.deid_secret else "off"
     store.repository.ensure_meta(
         "deidentify", deid, "every run into one index must use the same de-identification setting and key: "
         "rerun with the setting this index was built with, or use another --db folder")
     known = store.repository.archive_state(archive.key)
-    entries = archive.entries()
     run_id = store.repository.start_run(archive.key, encoder.fingerprint.key)
     result = RunResult(run_id=run_id, archive=archive.key)
     stages = result.stage_seconds

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from core.logs import configure_logging
 from core.settings import Settings
 from storage.errors import StorageError
 
@@ -60,10 +61,7 @@ def serve(open_mode: bool, **options: Any) -> None:
         click.echo(f"error: --open serves patient data without authentication and is refused on {settings.host}; "
                    "bind to 127.0.0.1, or create API keys (medsearch-api keys create)", err=True)
         sys.exit(2)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
-    for noisy in ("transformers", "huggingface_hub", "httpx", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    configure_logging(settings.log_level)
     try:
         access = build_access(settings, open_mode)
         if access.store is not None and not access.store.has_active_keys():
