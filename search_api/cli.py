@@ -63,12 +63,12 @@ def serve(open_mode: bool, **options: Any) -> None:
         sys.exit(2)
     configure_logging(settings.log_level)
     try:
+        service = build_service(settings)  # first: a missing database is the first thing to say
         access = build_access(settings, open_mode)
         if access.store is not None and not access.store.has_active_keys():
             raise StartupError(f"no API keys for {settings.db_dir}: create one with `medsearch-api keys create "
                                f"--db {settings.db_dir} --role clinician --name NAME`, or serve a loopback demo "
                                "with --open")
-        service = build_service(settings)
     except (StartupError, StorageError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -89,6 +89,10 @@ def _access(db_dir: Path | None) -> Any:
     from storage.access import AccessStore
 
     settings = Settings(db_dir=db_dir) if db_dir else Settings()
+    if settings.access_database_url is None and not settings.db_dir.is_dir():
+        click.echo(f"error: no medsearch database in {settings.db_dir}: the folder does not exist (index an "
+                   "archive first with `medsearch-index run ARCHIVE --db FOLDER`, or fix --db)", err=True)
+        sys.exit(2)
     return AccessStore.open(settings.db_dir, settings.access_database_url)
 
 
