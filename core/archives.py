@@ -13,13 +13,16 @@ import os
 import stat
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from core.errors import ArchiveError
+
+if TYPE_CHECKING:
+    from core.dicomweb import DicomWebConfig
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
@@ -39,7 +42,10 @@ class Entry:
 class Archive(Protocol):
     key: str  # the archive's identity in the database: its resolved absolute path
 
-    def entries(self) -> list[Entry]: ...
+    def entries(self, known: Mapping[str, Entry] | None = None) -> list[Entry]:
+        """Every file, in a stable order. `known`: what the database recorded of each path, which a
+        remote archive uses to skip listing what cannot have changed (local archives ignore it)."""
+        ...
 
     def iter_read(self, wanted: Callable[[Entry], bool] | None = None) -> Iterator[ReadItem]:
         """Every entry with its bytes, or the OSError met reading it; None for entries not `wanted`
@@ -58,7 +64,7 @@ class FolderArchive:
         self.root = root
         self.key = str(root)
 
-    def entries(self) -> list[Entry]:
+    def entries(self, known: Mapping[str, Entry] | None = None) -> list[Entry]:
         found: list[Entry] = []
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False, onerror=None):
             dirnames.sort()
@@ -93,7 +99,7 @@ class ZipArchive:
         except (zipfile.BadZipFile, OSError) as exc:
             raise ArchiveError(f"{path}: not a readable zip file ({exc})") from exc
 
-    def entries(self) -> list[Entry]:
+    def entries(self, known: Mapping[str, Entry] | None = None) -> list[Entry]:
         return sorted(
             (Entry(info.filename, info.file_size, datetime(*info.date_time).timestamp())
              for info in self._zip.infolist() if not info.is_dir()),
@@ -123,7 +129,7 @@ class TarArchive:
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise ArchiveError(f"{path}: not a readable tar file ({exc})") from exc
 
-    def entries(self) -> list[Entry]:
+    def entries(self, known: Mapping[str, Entry] | None = None) -> list[Entry]:
         return [Entry(_clean(m.name), m.size, float(m.mtime)) for m in self._members]
 
     def read(self, path: str) -> bytes:
@@ -173,8 +179,13 @@ def _clean(name: str) -> str:
     return str(PurePosixPath(name.lstrip("/"))).removeprefix("./")
 
 
-def open_archive(path: str | Path) -> Archive:
-    """A folder, zip or tar archive at `path`. Raises ArchiveError naming the path."""
+def open_archive(path: str | Path, dicomweb: DicomWebConfig | None = None) -> Archive:
+    """A folder, zip or tar archive at `path`, or a PACS at a dicomweb+http(s):// location (reached
+    with `dicomweb`). Raises ArchiveError naming the path."""
+    if str(path).lower().startswith("dicomweb+"):
+        from core.dicomweb import DicomWebArchive
+
+        return DicomWebArchive(str(path), dicomweb)
     resolved = Path(path).expanduser().resolve()
     if not resolved.exists():
         raise ArchiveError(f"{path}: no such file or folder")

@@ -13,3 +13,7 @@ def configure_logging(level: str) -> None:
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # dicomweb-client logs every request at INFO and its headers (a bearer token) at DEBUG: keep it to
+    # warnings; medsearch reports its requests' outcomes itself. urllib3 would log every URL.
+    for name in ("dicomweb_client", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)

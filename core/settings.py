@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.dicom import WINDOW_PRESETS, RenderOptions, check_window_option, select_frames
+from core.dicomweb import DicomWebConfig, check_viewer_template
 
 DEFAULT_MODEL = "google/medsiglip-448"
 
@@ -59,6 +60,25 @@ class Settings(BaseSettings):
                              "accession numbers.")
     deid_secret: SecretStr | None = Field(default=None, description="Key of the pseudonyms (>= 16 characters).")
 
+    # DICOMweb sources (a PACS): credentials and connection. Never put credentials in the URL.
+    dicomweb_token: SecretStr | None = Field(default=None, description="Bearer token for the DICOMweb server.")
+    dicomweb_username: str | None = Field(default=None, description="Basic-auth user for the DICOMweb server.")
+    dicomweb_password: SecretStr | None = Field(default=None, description="Basic-auth password.")
+    dicomweb_verify_tls: bool = Field(default=True, description="Verify the server's TLS certificate.")
+    dicomweb_ca_bundle: Path | None = Field(default=None, description="CA file or folder to verify it with "
+                                            "(the hospital's own CA).")
+    dicomweb_timeout_s: float = Field(default=30.0, gt=0, description="Seconds to wait for one answer.")
+    dicomweb_retries: int = Field(default=3, ge=0, le=20, description="Further attempts after a timeout, a "
+                                  "lost connection or a 5xx/429 answer, with exponential backoff.")
+    dicomweb_backoff_s: float = Field(default=1.0, ge=0, description="First wait between attempts (doubles).")
+    dicomweb_fetch_threads: int = Field(default=4, ge=1, le=64, description="Instances fetched in parallel.")
+    dicomweb_lookback_days: int = Field(default=1, ge=0, le=3650, description="--since last lists studies "
+                                        "dated from this many days before the last complete run.")
+    viewer_url_template: str | None = Field(
+        default=None, description="Link from a result to its study in the PACS viewer, for example "
+        "https://pacs.example.org/ohif/viewer?StudyInstanceUIDs={study_uid} (placeholders: {study_uid}, "
+        "{series_uid}, {sop_uid}, {dicomweb_url}).")
+
     # Search API.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -100,6 +120,24 @@ class Settings(BaseSettings):
                 raise ValueError("deidentify needs MEDSEARCH_DEID_SECRET: a private key of at least 16 "
                                  "characters (keep it: the same key keeps one patient's pseudonym stable)")
         return self
+
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _viewer_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_viewer_template(value)
+        return value
+
+    def dicomweb_config(self) -> DicomWebConfig:
+        return DicomWebConfig(
+            token=self.dicomweb_token.get_secret_value() if self.dicomweb_token else None,
+            username=self.dicomweb_username,
+            password=self.dicomweb_password.get_secret_value() if self.dicomweb_password else None,
+            verify_tls=self.dicomweb_verify_tls,
+            ca_bundle=str(self.dicomweb_ca_bundle) if self.dicomweb_ca_bundle else None,
+            timeout_s=self.dicomweb_timeout_s, retries=self.dicomweb_retries, backoff_s=self.dicomweb_backoff_s,
+            fetch_threads=self.dicomweb_fetch_threads)
 
     def render_options(self) -> RenderOptions:
         return RenderOptions(window=self.window, presets=self.window_presets,

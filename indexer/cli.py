@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from core.logs import configure_logging
 from core.settings import Settings
 from indexer.errors import IndexerError
 from indexer.runner import Progress, RunResult
+from indexer.scan import Archive
 from storage.errors import StorageError
 
 logger = logging.getLogger("indexer")
@@ -82,7 +85,18 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("archive", type=click.Path(path_type=Path))
+@click.argument("archive", required=False)
+@click.option("--dicomweb", "dicomweb_url", metavar="URL", help="Index a PACS through its DICOMweb service "
+              "(http(s)://HOST:PORT/PATH), instead of ARCHIVE. Same as ARCHIVE dicomweb+URL.")
+@click.option("--since", metavar="DATE|last", help="DICOMweb: only studies dated from DATE (YYYYMMDD or "
+              "YYYY-MM-DD), or 'last': from the last complete run (less MEDSEARCH_DICOMWEB_LOOKBACK_DAYS, "
+              "default 1) - for nightly runs.")
+@click.option("--study-date", metavar="RANGE", help="DICOMweb: study date or range: YYYYMMDD, YYYYMMDD-, "
+              "-YYYYMMDD, YYYYMMDD-YYYYMMDD (or YYYY-MM-DD..YYYY-MM-DD).")
+@click.option("--modality", "modalities", multiple=True, metavar="CODE", help="DICOMweb: studies with this "
+              "modality (ModalitiesInStudy); repeat or separate with commas for several.")
+@click.option("--qido", "qido", multiple=True, metavar="KEY=VALUE", help="DICOMweb: any other QIDO-RS study "
+              "matching key (DICOM keyword or tag), for example StudyDescription=*CHEST*; repeatable.")
 @click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder (created if missing). "
               "[env MEDSEARCH_DB_DIR; default ./medsearch-db]")
 @click.option("--model", help="Hugging Face hub id or local folder of a SigLIP/CLIP checkpoint. "
@@ -113,13 +127,16 @@ def main() -> None:
 @click.option("--local-files-only", is_flag=True, default=None, help="Never contact the model hub.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal].")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def run(archive: Path, db_dir: Path | None, model: str | None, model_revision: str | None,
+def run(archive: str | None, dicomweb_url: str | None, since: str | None, study_date: str | None,
+        modalities: tuple[str, ...], qido: tuple[str, ...], db_dir: Path | None, model: str | None,
+        model_revision: str | None,
         batch_size: int | None, device: str | None, manifest: Path | None, max_image_pixels: int | None,
         window: str | None, frames: str | None, deidentify: bool | None, workers: int | None,
         precision: str | None, quantize: str | None, prune: bool, new_generation: bool,
         checkpoint_seconds: float | None,
         local_files_only: bool | None, progress: bool | None, log_level: str | None) -> None:
-    """Index every DICOM, PNG and JPEG image in ARCHIVE (a folder, .zip or .tar[.gz]).
+    """Index every DICOM, PNG and JPEG image in ARCHIVE (a folder, .zip or .tar[.gz]), or in a PACS
+    (ARCHIVE dicomweb+http(s)://HOST:PORT/PATH, or --dicomweb URL).
 
     DICOM files are recognised by content, with or without the .dcm suffix. A manifest.csv at the
     archive's root gives PNG/JPEG images their patient_id, labels, report and extra columns.
@@ -128,9 +145,27 @@ def run(archive: Path, db_dir: Path | None, model: str | None, model_revision: s
     exact duplicates and moved files are recorded as further sources without encoding them again.
     A run killed at any moment can simply be run again: nothing is lost or indexed twice.
 
+    A PACS is read as a DICOMweb client does: studies found with QIDO-RS (narrowed by --since,
+    --study-date, --modality, --qido), instances fetched with WADO-RS as stored (no transcoding).
+    Instances already indexed are never fetched again, and studies whose instance count has not
+    changed are not even listed; a nightly cron job runs --since last. Credentials come from
+    MEDSEARCH_DICOMWEB_TOKEN (bearer) or MEDSEARCH_DICOMWEB_USERNAME / _PASSWORD (basic); TLS
+    certificates are verified (MEDSEARCH_DICOMWEB_CA_BUNDLE for a hospital CA). Timeouts, lost
+    connections and 5xx answers are retried with backoff; what still fails is fetched next run.
+
     Exit status: 0 when the run completed, 1 when nothing in ARCHIVE could be indexed, 2 when the
-    archive, the model or the database cannot be used, 130 when interrupted.
+    archive, the PACS, the model or the database cannot be used, 130 when interrupted.
     """
+    if dicomweb_url is not None:
+        if archive is not None:
+            raise click.UsageError("give ARCHIVE or --dicomweb URL, not both")
+        archive = dicomweb_url if dicomweb_url.lower().startswith("dicomweb+") else "dicomweb+" + dicomweb_url
+    if archive is None:
+        raise click.UsageError("missing ARCHIVE (a folder, .zip or .tar[.gz]) or --dicomweb URL")
+    remote = archive.lower().startswith("dicomweb+")
+    if not remote and (since or study_date or modalities or qido):
+        raise click.UsageError("--since, --study-date, --modality and --qido select studies in a PACS: "
+                               "they need a DICOMweb source (dicomweb+http://... or --dicomweb URL)")
     try:
         settings = load_settings(db_dir=db_dir, model=model, model_revision=model_revision, batch_size=batch_size,
                                  device=device, max_image_pixels=max_image_pixels, window=window, frames=frames,
@@ -140,11 +175,20 @@ def run(archive: Path, db_dir: Path | None, model: str | None, model_revision: s
     except ValidationError as exc:
         raise click.UsageError(settings_error(exc)) from None
     configure_logging(settings.log_level)
-    sys.exit(_run(archive, settings, manifest, progress, prune, new_generation))
+    pacs = PacsOptions(since, study_date, modalities, qido) if remote else None
+    sys.exit(_run(archive, settings, manifest, progress, prune, new_generation, pacs))
 
 
-def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress: bool | None, prune: bool,
-         new_generation: bool = False) -> int:
+@dataclass(frozen=True)
+class PacsOptions:
+    since: str | None = None
+    study_date: str | None = None
+    modalities: tuple[str, ...] = ()
+    qido: tuple[str, ...] = ()
+
+
+def _run(archive_path: str | Path, settings: Settings, manifest: Path | None, progress: bool | None, prune: bool,
+         new_generation: bool = False, pacs: PacsOptions | None = None) -> int:
     from core.encoder import HFEncoder, PreprocessorSpec
     from indexer.load import LoadOptions, LoadPool
     from indexer.runner import run_indexing
@@ -153,8 +197,22 @@ def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress
 
     show_progress = sys.stderr.isatty() if progress is None else progress
     pool = None
+    started_on = date.today()
+    remote: Any = None
+    archive: Archive
     try:
-        archive = open_archive(archive_path)
+        if pacs is not None:
+            from core.dicomweb import DicomWebArchive
+            from indexer.pacs import build_query
+
+            query = build_query(pacs.study_date, pacs.modalities, pacs.qido)
+            if prune and (not query.complete or pacs.since):
+                raise IndexerError("--prune removes what the PACS no longer has, so it needs a listing of every "
+                                   "study: run it without --since, --study-date, --modality and --qido")
+            archive = remote = DicomWebArchive(str(archive_path), settings.dicomweb_config(), query)
+            remote.check()
+        else:
+            archive = open_archive(archive_path)
         options = LoadOptions(render=settings.render_options(), deid_secret=(
             settings.deid_secret.get_secret_value() if settings.deidentify and settings.deid_secret else None))
         # decoding workers start first, so that their start-up overlaps the model's loading
@@ -178,6 +236,13 @@ def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress
                         database_url=settings.database_url) as store:
             from tqdm.contrib.logging import logging_redirect_tqdm
 
+            if remote is not None and pacs is not None:
+                from indexer.pacs import apply_since
+
+                click.echo(f"{remote.base_url}: "
+                           + apply_since(remote, store.repository, pacs.since, settings.dicomweb_lookback_days),
+                           err=True)
+
             with logging_redirect_tqdm():
                 result = run_indexing(
                     archive, store, encoder, batch_size=settings.batch_size,
@@ -186,6 +251,11 @@ def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress
                     progress=TqdmProgress if show_progress else None, workers=settings.worker_count,
                     checkpoint_seconds=settings.checkpoint_seconds, prune=prune,
                 )
+            if remote is not None and pacs is not None and not result.interrupted:
+                from indexer.pacs import marks_progress, write_mark
+
+                if marks_progress(remote, pacs.study_date):
+                    write_mark(store.repository, remote.key, started_on)
             grown = store.maybe_grow_index()
             if grown is not None:
                 click.echo(f"index grew to {grown.kind} ({grown.why}): recall@10 {grown.recall_at_10:.3f}")
@@ -200,6 +270,16 @@ def _run(archive_path: Path, settings: Settings, manifest: Path | None, progress
         if pool is not None:
             pool.close()
     print_summary(result, settings.db_dir)
+    if remote is not None:
+        stats = remote.stats
+        rate = stats.instances_fetched / result.seconds if result.seconds > 0 else 0.0
+        click.echo(f"PACS: {stats.studies} studies matched, {stats.studies_listed} new or changed (listed), "
+                   f"{stats.studies_unchanged} unchanged (not listed), {stats.studies_vanished} vanished; "
+                   f"{stats.instances_fetched} instances fetched ({stats.bytes_fetched / 1e6:.1f} MB, "
+                   f"{rate:.1f} instances/s), {stats.fetch_failures} to fetch again next run")
+        if stats.studies == 0:
+            click.echo("the PACS has no study matching the query: nothing to do")
+            return EXIT_OK
     if new_generation and not result.interrupted:
         finish_generation(settings.db_dir, folder)
         click.echo(f"generation {folder.relative_to(settings.db_dir)} is now the one in use")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from core.deid import pseudonym
@@ -77,6 +77,23 @@ def _read_manifest(archive: Archive, entries: list[Entry], manifest_bytes: bytes
     return {}
 
 
+class _KnownEntries(Mapping[str, Entry]):
+    """What the database knows of each path, as entries (made on access: no copy of a huge state)."""
+
+    def __init__(self, known: dict[str, FileState]) -> None:
+        self._known = known
+
+    def __getitem__(self, path: str) -> Entry:
+        state = self._known[path]
+        return Entry(path, state.size or 0, state.mtime)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._known)
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
 class _Batch:
     """Files whose outcomes wait to be written together (whole files only)."""
 
@@ -111,14 +128,14 @@ def run_indexing(
     caller; otherwise `workers` processes are started here and stopped at the end."""
     options = options or LoadOptions()
     started = time.perf_counter()
-    entries = archive.entries()  # listed once: a folder of millions of files is walked once
-    manifest = _read_manifest(archive, entries, manifest_bytes)
     store.bind_model(encoder.fingerprint.to_dict())
     deid = f"on, key {pseudonym('key-check', options.deid_secret, 'key')}" if options.deid_secret else "off"
     store.repository.ensure_meta(
         "deidentify", deid, "every run into one index must use the same de-identification setting and key: "
         "rerun with the setting this index was built with, or use another --db folder")
     known = store.repository.archive_state(archive.key)
+    entries = archive.entries(_KnownEntries(known))  # listed once: a folder of millions of files is walked once
+    manifest = _read_manifest(archive, entries, manifest_bytes)
     run_id = store.repository.start_run(archive.key, encoder.fingerprint.key)
     result = RunResult(run_id=run_id, archive=archive.key)
     stages = result.stage_seconds
@@ -127,6 +144,7 @@ def run_indexing(
     if pool is None:
         pool = LoadPool(workers, options, encoder.preprocessor_spec, local=encoder.preprocess)
     last_checkpoint = time.monotonic()
+    failed_run = False
 
     def unchanged(entry: Entry) -> bool:
         state = known.get(entry.path)
@@ -219,13 +237,16 @@ def run_indexing(
     except KeyboardInterrupt:
         result.interrupted = True
         raise
+    except BaseException:
+        failed_run = True
+        raise
     finally:
         if own_pool:
             pool.close()
         bar.close()
         store.checkpoint()
         result.seconds = time.perf_counter() - started
-        status = "interrupted" if result.interrupted else "completed"
+        status = "interrupted" if result.interrupted else "failed" if failed_run else "completed"
         store.repository.finish_run(run_id, status=status, indexed=result.indexed,
                                     skipped=result.skipped + result.unchanged, failed=result.failed,
                                     seconds=result.seconds)

@@ -14,6 +14,7 @@ from PIL import Image
 from core.encoder import HFEncoder
 from core.random_model import build_random_siglip
 from indexer.sample import pydicom_test_files
+from tests.pacs import orthanc, proxy  # noqa: F401 (fixtures: a real Orthanc PACS, a proxy in front)
 
 # Real DICOM files from pydicom's test data that decode with the installed (non-GPL) decoders,
 # covering CT, MR, US, NM, RGB, palette, YBR, big-endian, deflate, RLE, JPEG, JPEG-LS, JPEG 2000

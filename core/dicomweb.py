@@ -1,0 +1,526 @@
+"""A PACS as an archive: studies found with QIDO-RS, instances fetched with WADO-RS (dicomweb-client).
+
+Location: ``dicomweb+http://HOST:PORT/dicom-web`` (or ``dicomweb+https://...``); the archive's key in
+the database is that location, and each instance's path is its WADO-RS path
+``studies/{study}/series/{series}/instances/{sop}``, so a source's URL is ``BASE/PATH``.
+
+What makes reruns cheap: a DICOM instance never changes under its SOP Instance UID, so an instance
+already fetched is never fetched again; and a study whose instance count on the server
+(NumberOfStudyRelatedInstances) equals the number of its instances already settled in the database
+is not even listed. "Settled" entries carry mtime 0.0; an instance that could not be fetched for a
+passing reason (timeout, server error, connection lost) is recorded with mtime None and fetched
+again next run.
+
+Credentials come from settings (bearer token or basic auth), never from the URL: URLs are stored
+and logged. TLS certificates are verified unless the configuration says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from io import BytesIO
+from typing import Any
+from urllib.parse import urlsplit
+
+from core.archives import Entry, ReadItem
+from core.errors import ArchiveError
+
+logger = logging.getLogger(__name__)
+
+SCHEME_PREFIX = "dicomweb+"
+SETTLED = 0.0  # mtime of an instance fetched (or judged) for good; None: fetch again next run
+_ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)  # the stored bytes, never transcoded by the server
+_STUDY_UID, _SERIES_UID, _SOP_UID = "0020000D", "0020000E", "00080018"
+_STUDY_INSTANCES, _STUDY_DATE = "00201208", "00080020"
+_TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class DicomWebConfig:
+    """How to talk to the server. Secrets are plain strings here: keep this object out of logs."""
+
+    token: str | None = None  # bearer token
+    username: str | None = None  # basic auth
+    password: str | None = None
+    verify_tls: bool = True
+    ca_bundle: str | None = None  # a CA file or folder (the hospital's own CA)
+    timeout_s: float = 30.0
+    retries: int = 3  # further attempts after a passing failure, with exponential backoff
+    backoff_s: float = 1.0
+    fetch_threads: int = 4
+    page_size: int = 1000  # QIDO-RS results per request
+    give_up_after: int = 20  # consecutive unreachable fetches before the run stops
+
+    def __repr__(self) -> str:
+        return (f"DicomWebConfig(auth={'bearer' if self.token else 'basic' if self.username else 'none'}, "
+                f"verify_tls={self.verify_tls}, timeout_s={self.timeout_s}, retries={self.retries})")
+
+
+@dataclass(frozen=True)
+class StudyQuery:
+    """Which studies to index: QIDO-RS matching keys. Empty: every study on the server."""
+
+    study_date: str | None = None  # YYYYMMDD, YYYYMMDD-, -YYYYMMDD or YYYYMMDD-YYYYMMDD
+    modalities: tuple[str, ...] = ()  # ModalitiesInStudy; several: one query each, results merged
+    attributes: tuple[tuple[str, str], ...] = ()  # any other QIDO-RS key (keyword or tag) and value
+
+    @property
+    def complete(self) -> bool:
+        """True when the query covers every study (so studies not listed are gone from the server)."""
+        return self.study_date is None and not self.modalities and not self.attributes
+
+    def describe(self) -> str:
+        parts = [f"StudyDate={self.study_date}"] if self.study_date else []
+        parts += [f"ModalitiesInStudy={','.join(self.modalities)}"] if self.modalities else []
+        parts += [f"{key}={value}" for key, value in self.attributes]
+        return " ".join(parts) or "every study"
+
+
+def check_date_range(value: str) -> str:
+    """A QIDO-RS date or date range from YYYYMMDD / YYYY-MM-DD dates: D, D-, -D, D-D (compact dates) or
+    D..D, D.., ..D (either form). ValueError says what is accepted."""
+    text = value.strip()
+    if ".." in text:
+        start, _, end = text.partition("..")
+        bounds = [start.strip(), end.strip()]
+    elif re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        bounds = [text]
+    elif "-" in text:
+        start, _, end = text.partition("-")
+        bounds = [start.strip(), end.strip()]
+    else:
+        bounds = [text]
+    dates = [bound.replace("-", "") for bound in bounds]
+    if not any(dates) or not all(_is_date(date) for date in dates if date):
+        raise ValueError(f"{value!r} is not a date or date range: use YYYYMMDD (or YYYY-MM-DD), YYYYMMDD- "
+                         "(from), -YYYYMMDD (until), YYYYMMDD-YYYYMMDD, or YYYY-MM-DD..YYYY-MM-DD")
+    if len(dates) == 2 and dates[0] and dates[1] and dates[0] > dates[1]:
+        raise ValueError(f"{value!r}: the range ends before it starts")
+    return "-".join(dates)
+
+
+def _is_date(text: str) -> bool:
+    try:
+        datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        return False
+    return len(text) == 8
+
+
+def is_dicomweb(location: str) -> bool:
+    return str(location).lower().startswith(SCHEME_PREFIX)
+
+
+def split_location(location: str) -> tuple[str, str]:
+    """(key, base URL) of a ``dicomweb+http(s)://`` location, or ArchiveError naming what is wrong."""
+    text = str(location).strip()
+    if not is_dicomweb(text):
+        raise ArchiveError(f"{location}: a DICOMweb location starts with dicomweb+http:// or dicomweb+https://")
+    url = text[len(SCHEME_PREFIX):].rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ArchiveError(f"{location}: not a DICOMweb location; expected dicomweb+http://HOST:PORT/PATH, "
+                           "for example dicomweb+http://pacs.example.org:8042/dicom-web")
+    if parts.username or parts.password:
+        raise ArchiveError(f"{parts.scheme}://{parts.hostname}: credentials do not belong in the URL (URLs are "
+                           "stored and logged): set MEDSEARCH_DICOMWEB_TOKEN, or MEDSEARCH_DICOMWEB_USERNAME and "
+                           "MEDSEARCH_DICOMWEB_PASSWORD")
+    if parts.query or parts.fragment:
+        raise ArchiveError(f"{location}: give the service root without a query; filters are options "
+                           "(--study-date, --modality, --qido KEY=VALUE)")
+    return SCHEME_PREFIX + url, url
+
+
+def instance_path(study: str, series: str, sop: str) -> str:
+    return f"studies/{study}/series/{series}/instances/{sop}"
+
+
+def parse_instance_path(path: str) -> tuple[str, str, str] | None:
+    parts = path.split("/")
+    if len(parts) == 6 and parts[0] == "studies" and parts[2] == "series" and parts[4] == "instances":
+        return parts[1], parts[3], parts[5]
+    return None
+
+
+def instance_url(archive_key: str, path: str) -> str | None:
+    """The WADO-RS URL of a source recorded from a DICOMweb archive; None for other archives."""
+    if not is_dicomweb(archive_key) or parse_instance_path(path) is None:
+        return None
+    return f"{archive_key[len(SCHEME_PREFIX):]}/{path}"
+
+
+VIEWER_FIELDS = ("study_uid", "series_uid", "sop_uid", "dicomweb_url")
+
+
+def check_viewer_template(template: str) -> None:
+    """ValueError unless `template` is an http(s) URL whose placeholders are all known."""
+    if not template.lower().startswith(("http://", "https://")):
+        raise ValueError(f"{template!r}: the viewer URL template must start with http:// or https://")
+    try:
+        template.format(**{name: "x" for name in VIEWER_FIELDS})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"{template!r}: unknown placeholder {exc}; known: "
+                         + ", ".join("{" + name + "}" for name in VIEWER_FIELDS)) from None
+
+
+def viewer_url(template: str | None, archive_key: str, source: Mapping[str, Any]) -> str | None:
+    """The template filled in for a source recorded from a DICOMweb archive; None for other sources."""
+    if not template or not is_dicomweb(archive_key) or not source.get("study_uid"):
+        return None
+    from urllib.parse import quote
+
+    values = {name: quote(str(source.get(name) or ""), safe="") for name in VIEWER_FIELDS}
+    values["dicomweb_url"] = quote(archive_key[len(SCHEME_PREFIX):], safe="")
+    return template.format(**values)
+
+
+class _UnavailableError(Exception):
+    """A fetch failed for a passing reason (timeout, connection, 5xx): worth trying again later."""
+
+
+@dataclass
+class ListingStats:
+    studies: int = 0  # studies the query matched
+    studies_listed: int = 0  # new or changed: their instances were listed
+    studies_unchanged: int = 0  # instance counts equal to what is settled: not listed
+    studies_vanished: int = 0  # matched, then gone before their instances could be listed or fetched
+    instances_fetched: int = 0
+    fetch_failures: int = 0  # passing failures: fetched again next run
+    bytes_fetched: int = 0
+    seconds_listing: float = 0.0
+    vanished: set[str] = field(default_factory=set)
+
+
+class DicomWebArchive:
+    """Reads a DICOMweb service like an archive (see the module docstring)."""
+
+    def __init__(self, location: str, config: DicomWebConfig | None = None, query: StudyQuery | None = None,
+                 *, session: Any = None) -> None:
+        self.key, self.base_url = split_location(location)
+        self.config = config or DicomWebConfig()
+        self.query = query or StudyQuery()
+        self.stats = ListingStats()
+        self._client = self._make_client(session)
+        self._lock = threading.Lock()
+        self._consecutive_unreachable = 0
+        self._listed: list[Entry] | None = None
+
+    # -- the client ---------------------------------------------------------------------------------
+    def _make_client(self, session: Any) -> Any:
+        import requests
+        from dicomweb_client.api import DICOMwebClient
+        from requests.adapters import HTTPAdapter
+
+        config = self.config
+        session = session or requests.Session()
+        session.verify = config.ca_bundle or config.verify_tls
+        if not config.verify_tls:
+            logger.warning("TLS certificate verification is OFF for %s", self.base_url)
+        if config.username:
+            session.auth = (config.username, config.password or "")
+        headers = {"Authorization": f"Bearer {config.token}"} if config.token else None
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(2, config.fetch_threads))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        try:
+            client = DICOMwebClient(self.base_url, session=session, headers=headers, timeout=config.timeout_s)
+        except ValueError as exc:
+            raise ArchiveError(f"{self.key}: {exc}") from exc
+        client.set_http_retry_params(retry=False)  # retries are ours: one policy, with clear messages
+        return client
+
+    def _call(self, what: str, url: str, call: Callable[[], Any]) -> Any:
+        """Run one request with retries on passing failures. Raises ArchiveError for failures no retry
+        fixes (credentials, no DICOMweb service here, TLS) and _UnavailableError when retries ran out."""
+        import requests
+
+        attempts = self.config.retries + 1
+        for attempt in range(attempts):
+            try:
+                return call()
+            except requests.exceptions.SSLError as exc:
+                raise ArchiveError(
+                    f"{url}: the TLS certificate could not be verified ({_short(exc)}): set "
+                    "MEDSEARCH_DICOMWEB_CA_BUNDLE to the hospital's CA file (or, for a test server only, "
+                    "MEDSEARCH_DICOMWEB_VERIFY_TLS=false)") from exc
+            except requests.exceptions.HTTPError as exc:
+                status = exc.response.status_code if exc.response is not None else 0
+                if status == 401:
+                    raise ArchiveError(
+                        f"{url}: the PACS refused the credentials (HTTP 401) while {what}: set "
+                        "MEDSEARCH_DICOMWEB_TOKEN, or MEDSEARCH_DICOMWEB_USERNAME and MEDSEARCH_DICOMWEB_PASSWORD, "
+                        "to an account allowed to query and retrieve") from exc
+                if status == 403:
+                    raise ArchiveError(f"{url}: the PACS account may not do this (HTTP 403) while {what}: ask "
+                                       "its administrator for query (QIDO-RS) and retrieve (WADO-RS) rights") from exc
+                if status not in _TRANSIENT_STATUS:
+                    raise
+                error: Exception = exc
+                reason = f"HTTP {status}"
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                error, reason = exc, _short(exc)
+            if attempt + 1 < attempts:
+                wait = self.config.backoff_s * 2**attempt
+                logger.info("%s: %s while %s; trying again in %.1f s", url, reason, what, wait)
+                time.sleep(wait)
+        raise _UnavailableError(f"{reason} while {what} ({attempts} attempts)") from error
+
+    # -- listing ------------------------------------------------------------------------------------
+    def _qido(self, what: str, url: str, call: Callable[[], Any]) -> list[dict[str, Any]]:
+        import requests
+
+        try:
+            result = self._call(what, url, call)
+        except _UnavailableError as exc:
+            raise ArchiveError(f"{url}: cannot reach the PACS: {exc}: check the address and port, that the "
+                               "server runs, and MEDSEARCH_DICOMWEB_TIMEOUT_S; nothing was changed") from exc
+        except requests.exceptions.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            if status in (400, 404, 405):
+                raise ArchiveError(f"{url}: no DICOMweb (QIDO-RS) service answers here (HTTP {status} while "
+                                   f"{what}): check the path, for example /dicom-web, and any --qido key") from exc
+            raise ArchiveError(f"{url}: the PACS answered HTTP {status} while {what}") from exc
+        except (ValueError, requests.exceptions.RequestException) as exc:
+            raise ArchiveError(f"{url}: the PACS sent an answer that is not DICOM JSON while {what}: "
+                               f"{_short(exc)}") from exc
+        if not isinstance(result, list):
+            raise ArchiveError(f"{url}: the PACS sent an answer that is not a list of DICOM JSON objects "
+                               f"while {what}")
+        return result
+
+    def check(self) -> None:
+        """One small QIDO-RS query, so that an unreachable server, refused credentials or a wrong path
+        are reported before anything slow starts. Raises ArchiveError."""
+        self._qido("checking the connection", f"{self.base_url}/studies",
+                   lambda: self._client.search_for_studies(limit=1))
+
+    def _studies(self) -> list[dict[str, Any]]:
+        base = dict(self.query.attributes)
+        if self.query.study_date:
+            base["StudyDate"] = self.query.study_date
+        found: dict[str, dict[str, Any]] = {}
+        for modality in self.query.modalities or (None,):
+            filters = dict(base) | ({"ModalitiesInStudy": modality} if modality else {})
+            answers = self._qido(
+                "listing studies", f"{self.base_url}/studies",
+                lambda filters=filters: self._client.search_for_studies(  # type: ignore[misc]
+                    search_filters=filters or None, fields=["NumberOfStudyRelatedInstances", "StudyDate"],
+                    limit=self.config.page_size, get_remaining=True))
+            for study in answers:
+                uid = _value(study, _STUDY_UID)
+                if uid in found and found[uid] is not study and modality is None:
+                    # one Study Instance UID under two patients (a PACS keeps them apart): the count of
+                    # either is not the study's, so list its instances
+                    found[uid] = {_STUDY_UID: study[_STUDY_UID], _STUDY_DATE: study.get(_STUDY_DATE)}
+                elif uid:
+                    found.setdefault(uid, study)
+        return sorted(found.values(), key=lambda s: (_value(s, _STUDY_DATE) or "", _value(s, _STUDY_UID)))
+
+    def entries(self, known: Mapping[str, Entry] | None = None) -> list[Entry]:
+        """Every instance of every study the query matches. Known instances keep their known size and
+        time (they are not fetched again); studies whose settled instances are all there are not listed."""
+        started = time.perf_counter()
+        known = known or {}
+        by_study: dict[str, list[Entry]] = defaultdict(list)
+        for path, entry in known.items():
+            parsed = parse_instance_path(path)
+            if parsed:
+                by_study[parsed[0]].append(entry)
+        studies = self._studies()
+        self.stats.studies = len(studies)
+        result: list[Entry] = []
+        for study in studies:
+            uid = _value(study, _STUDY_UID) or ""
+            count = _int(_value(study, _STUDY_INSTANCES))
+            mine = by_study.get(uid, [])
+            settled = sum(1 for entry in mine if entry.mtime is not None)
+            if count is not None and count == settled:
+                self.stats.studies_unchanged += 1
+                result.extend(mine)
+                continue
+            instances = self._instances(uid)
+            if instances is None:  # vanished since the study list: keep what we know
+                result.extend(mine)
+                continue
+            self.stats.studies_listed += 1
+            for series, sop in instances:
+                path = instance_path(uid, series, sop)
+                result.append(known.get(path) or Entry(path, 0, None))
+        self.stats.seconds_listing = time.perf_counter() - started
+        self._listed = result
+        logger.info("%s: %d studies match (%s): %d new or changed, %d unchanged", self.key, len(studies),
+                    self.query.describe(), self.stats.studies_listed, self.stats.studies_unchanged)
+        return result
+
+    def _instances(self, study: str) -> list[tuple[str, str]] | None:
+        url = f"{self.base_url}/studies/{study}/instances"
+        try:
+            answers = self._qido(f"listing the instances of study {study}", url,
+                                 lambda: self._client.search_for_instances(
+                                     study_instance_uid=study, fields=["SeriesInstanceUID"],
+                                     limit=self.config.page_size, get_remaining=True))
+        except ArchiveError as exc:
+            if "HTTP 404" not in str(exc):
+                raise
+            answers = []
+        pairs = [(_value(a, _SERIES_UID) or "", _value(a, _SOP_UID) or "") for a in answers]
+        pairs = [(series, sop) for series, sop in pairs if series and sop]
+        if not pairs:
+            logger.warning("%s: study %s was listed but has no instances any more (deleted or moved during "
+                           "the run)", self.key, study)
+            self.stats.studies_vanished += 1
+            self.stats.vanished.add(study)
+            return None
+        return sorted(pairs)
+
+    # -- fetching -----------------------------------------------------------------------------------
+    def read(self, path: str) -> bytes:
+        """One instance's bytes as stored on the server. OSError (with the reason) when it cannot be had."""
+        parsed = parse_instance_path(path)
+        if parsed is None:
+            raise OSError(f"{path}: not an instance path (studies/S/series/R/instances/I)")
+        try:
+            return self._fetch(*parsed)
+        except _UnavailableError as exc:
+            raise OSError(str(exc)) from exc
+        except ArchiveError as exc:
+            raise OSError(str(exc)) from exc
+
+    def local_path(self, path: str) -> str | None:
+        return None
+
+    def _fetch(self, study: str, series: str, sop: str) -> bytes:
+        import pydicom
+        import requests
+
+        url = f"{self.base_url}/{instance_path(study, series, sop)}"
+        try:
+            dataset = self._call("fetching an instance", url, lambda: self._client.retrieve_instance(
+                study, series, sop, media_types=_ANY_TRANSFER_SYNTAX))
+        except requests.exceptions.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            if status in (404, 410):
+                raise _GoneError(f"the PACS no longer has this instance (HTTP {status}: deleted or moved after it was "
+                            "listed)") from exc
+            raise _CorruptError(f"the PACS answered HTTP {status}") from exc
+        except (_UnavailableError, ArchiveError):
+            raise
+        except Exception as exc:  # the client parses the part: anything it raises means unreadable data
+            raise _CorruptError(f"the PACS sent data that is not a readable DICOM instance: {_short(exc)}") from exc
+        buffer = BytesIO()
+        try:
+            pydicom.dcmwrite(buffer, dataset, enforce_file_format=False)
+        except Exception as exc:
+            raise _CorruptError(f"the PACS sent an instance that cannot be written back: {_short(exc)}") from exc
+        return buffer.getvalue()
+
+    def _fetch_entry(self, entry: Entry) -> ReadItem:
+        study, series, sop = parse_instance_path(entry.path) or ("", "", "")
+        if study in self.stats.vanished:
+            return Entry(entry.path, 0, None), OSError("the study was removed from the PACS during the run")
+        try:
+            data = self._fetch(study, series, sop)
+        except _UnavailableError as exc:
+            with self._lock:
+                self._consecutive_unreachable += 1
+                self.stats.fetch_failures += 1
+                stop = self._consecutive_unreachable >= self.config.give_up_after
+            if stop:
+                raise ArchiveError(f"{self.base_url}: the PACS stopped answering ({exc}; {self.config.give_up_after} "
+                                   "fetches in a row failed): everything fetched so far is kept; rerun to "
+                                   "continue") from exc
+            return Entry(entry.path, 0, None), OSError(f"{exc}; it will be fetched again next run")
+        except _GoneError as exc:
+            if self._study_gone(study):
+                return Entry(entry.path, 0, None), OSError("the study was removed from the PACS during the run")
+            return Entry(entry.path, 0, None), OSError(str(exc))
+        except _CorruptError as exc:
+            with self._lock:
+                self._consecutive_unreachable = 0
+            return Entry(entry.path, 0, SETTLED), OSError(str(exc))
+        with self._lock:
+            self._consecutive_unreachable = 0
+            self.stats.instances_fetched += 1
+            self.stats.bytes_fetched += len(data)
+        return Entry(entry.path, len(data), SETTLED), data
+
+    def _study_gone(self, study: str) -> bool:
+        with self._lock:
+            if study in self.stats.vanished:
+                return True
+        try:
+            answers = self._qido(f"checking study {study}", f"{self.base_url}/studies",
+                                 lambda: self._client.search_for_studies(search_filters={"StudyInstanceUID": study}))
+        except ArchiveError:
+            return False
+        if answers:
+            return False
+        with self._lock:
+            if study not in self.stats.vanished:
+                self.stats.vanished.add(study)
+                self.stats.studies_vanished += 1
+                logger.warning("%s: study %s was removed from the PACS during the run", self.key, study)
+        return True
+
+    def iter_read(self, wanted: Callable[[Entry], bool] | None = None) -> Iterator[ReadItem]:
+        """Each entry of the last listing (a new one if none) in order with its bytes or the reason it
+        could not be fetched; None for entries not wanted. Fetches run on `fetch_threads` threads with a
+        bounded read-ahead."""
+        items = self._listed if self._listed is not None else self.entries()
+        ahead: deque[tuple[Entry, Future[ReadItem] | None]] = deque()
+        limit = max(1, self.config.fetch_threads) * 4
+        with ThreadPoolExecutor(max_workers=max(1, self.config.fetch_threads),
+                                thread_name_prefix="dicomweb-fetch") as pool:
+            try:
+                for entry in items:
+                    take = wanted is None or wanted(entry)
+                    ahead.append((entry, pool.submit(self._fetch_entry, entry) if take else None))
+                    while len(ahead) > limit or (ahead and ahead[0][1] is None):
+                        yield _settle(ahead.popleft())
+                while ahead:
+                    yield _settle(ahead.popleft())
+            finally:
+                for _, future in ahead:
+                    if future is not None:
+                        future.cancel()
+
+
+class _GoneError(Exception):
+    pass
+
+
+class _CorruptError(Exception):
+    pass
+
+
+def _settle(item: tuple[Entry, Future[ReadItem] | None]) -> ReadItem:
+    entry, future = item
+    return (entry, None) if future is None else future.result()
+
+
+def _value(item: Mapping[str, Any], tag: str) -> Any:
+    values = (item.get(tag) or {}).get("Value") or []
+    return values[0] if values else None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    for pattern in ("Connection refused", "timed out", "Name or service not known", "certificate verify failed"):
+        if pattern in text:
+            return pattern.lower()
+    return text if len(text) < 200 else text[:200] + "..."
