@@ -67,7 +67,8 @@ def build_service(settings: Settings, encoder: Encoder | None = None, store: Sto
     return SearchService(encoder, store, render=settings.render_options(), device=device,
                          text_cache_size=settings.text_cache_size, preview_cache_size=settings.preview_cache_size,
                          review_min_probability=settings.review_min_probability,
-                         review_max_entropy=settings.review_max_entropy)
+                         review_max_entropy=settings.review_max_entropy,
+                         viewer_url_template=settings.viewer_url_template, dicomweb=settings.dicomweb_config())
 
 
 class ServiceHolder:

@@ -54,6 +54,8 @@ class AccessControl:
         for source in shown.get("sources", []):
             source["patient_id"] = pseudonym(source.get("patient_id"), secret, "patient")
             source["accession_number"] = pseudonym(source.get("accession_number"), secret, "accession")
+            source.pop("url", None)  # a link into the PACS leads to the patient's record
+            source.pop("viewer_url", None)
         return shown
 
 

@@ -101,6 +101,11 @@ class Source(BaseModel):
     series_uid: str | None = None
     sop_uid: str | None = None
     accession_number: str | None = None
+    url: str | None = Field(default=None, description="For an image indexed from a PACS: the WADO-RS URL of "
+                            "its DICOM instance (not shown to researchers).")
+    viewer_url: str | None = Field(default=None, description="For an image indexed from a PACS: its study in "
+                                   "the PACS viewer, when MEDSEARCH_VIEWER_URL_TEMPLATE is set (not shown to "
+                                   "researchers).")
 
 
 class ImageMetadataOut(BaseModel):

@@ -17,8 +17,9 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 from PIL import Image
 
-from core.archives import open_archive
+from core.archives import Archive, open_archive
 from core.dicom import RenderOptions
+from core.dicomweb import DicomWebConfig, instance_url, is_dicomweb, viewer_url
 from core.encoder import Encoder, l2_normalise
 from core.errors import ImageError, MedsearchError
 from core.images import LoadedImage, load_image_bytes, load_image_frames
@@ -116,7 +117,12 @@ class Classification:
 class SearchService:
     def __init__(self, encoder: Encoder, store: Store, *, render: RenderOptions, device: str = "cpu",
                  text_cache_size: int = 1024, preview_cache_size: int = 256,
-                 review_min_probability: float = 0.5, review_max_entropy: float = 0.85) -> None:
+                 review_min_probability: float = 0.5, review_max_entropy: float = 0.85,
+                 viewer_url_template: str | None = None, dicomweb: DicomWebConfig | None = None) -> None:
+        self.viewer_url_template = viewer_url_template
+        self.dicomweb = dicomweb
+        self._archives: dict[str, Archive] = {}
+        self._archives_lock = threading.Lock()
         self.encoder = encoder
         self.store = store
         self.render = render
@@ -196,11 +202,30 @@ class SearchService:
                 if key in groups:
                     continue
                 groups.add(key)
-            kept.append((score, row))
+            kept.append((score, self._link(row)))
         return kept
 
     def get_image(self, image_id: int) -> dict[str, Any] | None:
-        return self.store.repository.get_images([image_id]).get(image_id)
+        row = self.store.repository.get_images([image_id]).get(image_id)
+        return None if row is None else self._link(row)
+
+    def _link(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Back-references of sources indexed from a PACS: the instance's WADO-RS URL and the study in
+        the PACS viewer (when a viewer URL template is configured)."""
+        for source in row["sources"]:
+            source["url"] = instance_url(source["archive"], source["path"])
+            source["viewer_url"] = viewer_url(self.viewer_url_template, source["archive"], source)
+        return row
+
+    def _archive(self, key: str) -> Archive:
+        """The archive a source was recorded from; a PACS is opened once (it keeps its connections),
+        files afresh each time (a zip may have been replaced)."""
+        if not is_dicomweb(key):
+            return open_archive(key)
+        with self._archives_lock:
+            if key not in self._archives:
+                self._archives[key] = open_archive(key, dicomweb=self.dicomweb)
+            return self._archives[key]
 
     # -- zero-shot classification ---------------------------------------------------------------------
     def classify(self, image: LoadedImage, prompts: dict[str, str], neighbours: int = 10) -> Classification:
@@ -245,7 +270,7 @@ class SearchService:
             raise UnknownImageError(image_id)
         source = row["sources"][0]
         try:
-            data = open_archive(source["archive"]).read(source["path"])
+            data = self._archive(source["archive"]).read(source["path"])
             options = RenderOptions(window=self.render.window, presets=self.render.presets,
                                     percentiles=self.render.percentiles, frames=f"frame:{source['frame_index']}",
                                     max_pixels=self.render.max_pixels)

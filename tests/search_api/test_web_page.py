@@ -138,3 +138,27 @@ def test_with_keys_the_page_asks_for_one_then_works(browser, api_settings: Setti
             page.wait_for_function("() => [...document.querySelectorAll('.result img')].slice(0, 3)"
                                    ".every(img => img.complete && img.naturalWidth > 0)")
             assert page.locator(".result").count() >= 10
+
+
+def test_a_result_from_the_pacs_links_to_its_viewer(browser, orthanc, encoder: HFEncoder, tiny_model_dir: Path,
+                                                   tmp_path: Path):
+    from tests.search_api.test_pacs_links import index_pacs, pacs_settings
+
+    settings = pacs_settings(orthanc, tmp_path / "db", tiny_model_dir)
+    index_pacs(settings, orthanc, encoder)
+    for url in serve(settings, encoder, AccessControl(None, open_mode=True)):
+        for page in browser_page(browser, url):
+            page.fill("#query", "ct")
+            page.press("#query", "Enter")
+            page.wait_for_selector(".result a.pacs")
+            href = page.locator(".result a.pacs").first.get_attribute("href")
+            assert href.startswith("https://viewer.example.org/ohif/viewer?StudyInstanceUIDs=1.2.826.")
+            page.wait_for_function("() => [...document.querySelectorAll('.result img')]"
+                                   ".every(img => img.complete && img.naturalWidth > 0)")  # previews via WADO-RS
+            page.locator(".result .meta").first.click()
+            page.wait_for_selector("#case", state="visible")
+            links = page.locator("#case-meta td.pacs a")
+            assert links.count() == 2 and "WADO-RS" in links.nth(1).inner_text()
+            assert links.nth(1).get_attribute("href").startswith(orthanc.dicomweb + "/studies/")
+            page.screenshot(path=str(Path(os.environ.get("MEDSEARCH_SCREENSHOT_DIR", tmp_path)) / "pacs-case.png"),
+                            full_page=True)
