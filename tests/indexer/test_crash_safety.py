@@ -3,6 +3,7 @@ with a clean run's: nothing lost, nothing twice, FAISS, rows and embeddings cons
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import requests
 
 from storage.store import Store
 from tests.conftest import dicom_file
@@ -43,7 +45,7 @@ def make_archive(root: Path) -> Path:
     return root
 
 
-def index_command(archive: Path, db: Path, model: Path) -> list[str]:
+def index_command(archive: Path | str, db: Path, model: Path) -> list[str]:
     return [sys.executable, "-m", "indexer.cli", "run", str(archive), "--db", str(db), "--model", str(model),
             "--batch-size", "1", "--workers", "0", "--checkpoint-seconds", "0", "--no-progress",
             "--log-level", "ERROR"]
@@ -110,3 +112,44 @@ def test_kill_nine_at_twenty_points_then_rerun_equals_a_clean_run(tiny_model_dir
     with Store.open(killed_db) as store:
         statuses = [run.status for run in store.repository.list_runs()]
     assert statuses.count("killed") == len(killed_at) and statuses[-1] == "completed"
+
+
+@pytest.mark.timeout(600)
+def test_kill_nine_during_a_pacs_run_then_rerun_equals_a_clean_run(orthanc, tiny_model_dir: Path, tmp_path: Path):
+    """The same guarantee when the archive is a PACS (a real Orthanc): fetched, written, killed, rerun."""
+    from tests.pacs import PASSWORD, USER
+
+    for path in sorted(make_archive(tmp_path / "files").iterdir()):
+        with contextlib.suppress(requests.HTTPError):  # Orthanc refuses the truncated and the text file
+            orthanc.upload(path)
+    env = {**os.environ, "MEDSEARCH_DICOMWEB_USERNAME": USER, "MEDSEARCH_DICOMWEB_PASSWORD": PASSWORD,
+           "MEDSEARCH_DICOMWEB_FETCH_THREADS": "1"}
+    source = "dicomweb+" + orthanc.dicomweb
+    clean_db, killed_db = tmp_path / "clean", tmp_path / "killed"
+    clean = subprocess.run(index_command(source, clean_db, tiny_model_dir), capture_output=True, text=True,
+                           timeout=300, check=False, env=env)
+    assert clean.returncode == 0, clean.stderr
+    total = sources_written(clean_db)
+    assert total == FILES  # one instance per SOP Instance UID in a PACS: the copies were not stored twice
+
+    killed_at = []
+    for i in range(6):
+        target = max(round(total * (i + 1) / 7), sources_written(killed_db) + 1)
+        process = subprocess.Popen(index_command(source, killed_db, tiny_model_dir), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, env=env)
+        while process.poll() is None and sources_written(killed_db) < target:
+            time.sleep(0.002)
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            killed_at.append(sources_written(killed_db))
+        process.wait()
+    assert len(killed_at) >= 4, f"only {len(killed_at)} kills landed mid-run: {killed_at}"
+    final = subprocess.run(index_command(source, killed_db, tiny_model_dir), capture_output=True, text=True,
+                           timeout=300, check=False, env=env)
+    assert final.returncode == 0, final.stderr
+    clean_sources, clean_vectors = state(clean_db)
+    killed_sources, killed_vectors = state(killed_db)
+    assert killed_sources == clean_sources
+    assert clean_vectors.keys() == killed_vectors.keys()
+    for pixels, vector in clean_vectors.items():
+        assert np.allclose(vector, killed_vectors[pixels], atol=1e-5)
