@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from io import BytesIO
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 SCHEME_PREFIX = "dicomweb+"
 SETTLED = 0.0  # mtime of an instance fetched (or judged) for good; None: fetch again next run
-_ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)  # the stored bytes, never transcoded by the server
+_ACCEPT_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'  # as stored, not transcoded
 _STUDY_UID, _SERIES_UID, _SOP_UID = "0020000D", "0020000E", "00080018"
 _STUDY_INSTANCES, _STUDY_DATE = "00201208", "00080020"
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -192,6 +191,7 @@ class ListingStats:
     studies_listed: int = 0  # new or changed: their instances were listed
     studies_unchanged: int = 0  # instance counts equal to what is settled: not listed
     studies_vanished: int = 0  # matched, then gone before their instances could be listed or fetched
+    studies_failed: int = 0  # could not be listed (listed again next run)
     instances_fetched: int = 0
     fetch_failures: int = 0  # passing failures: fetched again next run
     bytes_fetched: int = 0
@@ -212,6 +212,7 @@ class DicomWebArchive:
         self._lock = threading.Lock()
         self._consecutive_unreachable = 0
         self._listed: list[Entry] | None = None
+        self._listing_errors: dict[str, str] = {}  # "studies/UID" -> why its instances could not be listed
 
     # -- the client ---------------------------------------------------------------------------------
     def _make_client(self, session: Any) -> Any:
@@ -231,10 +232,15 @@ class DicomWebArchive:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         try:
-            client = DICOMwebClient(self.base_url, session=session, headers=headers, timeout=config.timeout_s)
+            # permissive: real archives hold UIDs that break the standard's syntax (letters, >64 characters)
+            client = DICOMwebClient(self.base_url, session=session, headers=headers, timeout=config.timeout_s,
+                                    permissive_uid=True)
         except ValueError as exc:
             raise ArchiveError(f"{self.key}: {exc}") from exc
         client.set_http_retry_params(retry=False)  # retries are ours: one policy, with clear messages
+        if not all(hasattr(client, name) for name in ("_http_get", "_decode_multipart_message")):
+            raise ArchiveError("this dicomweb-client version lacks the request and multipart helpers medsearch "
+                               "uses to fetch instances as stored: install the version pyproject.toml names")
         return client
 
     def _call(self, what: str, url: str, call: Callable[[], Any]) -> Any:
@@ -346,7 +352,15 @@ class DicomWebArchive:
                 self.stats.studies_unchanged += 1
                 result.extend(mine)
                 continue
-            instances = self._instances(uid)
+            try:
+                instances = self._instances(uid)
+            except _ListingError as exc:  # this study cannot be listed now: say so, go on with the others
+                self.stats.studies_failed += 1
+                path = f"studies/{uid}"
+                self._listing_errors[path] = str(exc)
+                result.extend(mine)
+                result.append(Entry(path, 0, None))
+                continue
             if instances is None:  # vanished since the study list: keep what we know
                 result.extend(mine)
                 continue
@@ -361,18 +375,29 @@ class DicomWebArchive:
         return result
 
     def _instances(self, study: str) -> list[tuple[str, str]] | None:
+        """(series, sop) UIDs of a study's instances; None when the study is gone. Raises _ListingError
+        when this study cannot be listed (and ArchiveError when nothing can: credentials, TLS)."""
+        import requests
+
+        if "/" in study:
+            raise _ListingError(f"the Study Instance UID {study!r} contains '/': it cannot be addressed by DICOMweb")
         url = f"{self.base_url}/studies/{study}/instances"
+        what = f"listing the instances of study {study}"
         try:
-            answers = self._qido(f"listing the instances of study {study}", url,
-                                 lambda: self._client.search_for_instances(
-                                     study_instance_uid=study, fields=["SeriesInstanceUID"],
-                                     limit=self.config.page_size, get_remaining=True))
-        except ArchiveError as exc:
-            if "HTTP 404" not in str(exc):
-                raise
+            answers = self._call(what, url, lambda: self._client.search_for_instances(
+                study_instance_uid=study, fields=["SeriesInstanceUID"], limit=self.config.page_size,
+                get_remaining=True))
+        except _UnavailableError as exc:
+            raise _ListingError(f"{exc}; it will be listed again next run") from exc
+        except requests.exceptions.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            if status not in (404, 410):
+                raise _ListingError(f"the PACS answered HTTP {status} while {what}") from exc
             answers = []
+        except (ValueError, TypeError, KeyError, requests.exceptions.RequestException) as exc:
+            raise _ListingError(f"the PACS sent an answer that cannot be read while {what}: {_short(exc)}") from exc
         pairs = [(_value(a, _SERIES_UID) or "", _value(a, _SOP_UID) or "") for a in answers]
-        pairs = [(series, sop) for series, sop in pairs if series and sop]
+        pairs = [(series, sop) for series, sop in pairs if series and sop and "/" not in series + sop]
         if not pairs:
             logger.warning("%s: study %s was listed but has no instances any more (deleted or moved during "
                            "the run)", self.key, study)
@@ -398,31 +423,38 @@ class DicomWebArchive:
         return None
 
     def _fetch(self, study: str, series: str, sop: str) -> bytes:
-        import pydicom
+        """The instance's bytes exactly as the PACS stores them (no transcoding, no re-encoding), so that
+        files without a file meta header, which a viewer still reads, are read here as from a folder."""
         import requests
 
         url = f"{self.base_url}/{instance_path(study, series, sop)}"
         try:
-            dataset = self._call("fetching an instance", url, lambda: self._client.retrieve_instance(
-                study, series, sop, media_types=_ANY_TRANSFER_SYNTAX))
+            parts = self._call("fetching an instance", url, lambda: self._retrieve_raw(url))
         except requests.exceptions.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
             if status in (404, 410):
-                raise _GoneError(f"the PACS no longer has this instance (HTTP {status}: deleted or moved after it was "
-                            "listed)") from exc
+                raise _GoneError(f"the PACS no longer has this instance (HTTP {status}: deleted or moved after "
+                                 "it was listed)") from exc
             raise _CorruptError(f"the PACS answered HTTP {status}") from exc
         except (_UnavailableError, ArchiveError):
             raise
-        except Exception as exc:  # the client parses the part: anything it raises means unreadable data
-            raise _CorruptError(f"the PACS sent data that is not a readable DICOM instance: {_short(exc)}") from exc
-        buffer = BytesIO()
-        try:
-            pydicom.dcmwrite(buffer, dataset, enforce_file_format=False)
-        except Exception as exc:
-            raise _CorruptError(f"the PACS sent an instance that cannot be written back: {_short(exc)}") from exc
-        return buffer.getvalue()
+        except (ValueError, requests.exceptions.RequestException) as exc:
+            raise _CorruptError(f"the PACS sent an answer that is not a DICOM instance: {_short(exc)}") from exc
+        if len(parts) != 1 or not parts[0]:
+            raise _CorruptError(f"the PACS sent {len(parts)} parts for one instance")
+        return bytes(parts[0])
+
+    def _retrieve_raw(self, url: str) -> list[bytes]:
+        """WADO-RS Retrieve Instance through dicomweb-client's request and multipart decoding, without
+        its dcmread (which refuses files that lack a file meta header)."""
+        response = self._client._http_get(url, headers={"Accept": _ACCEPT_STORED})
+        if response.headers.get("Content-Type", "").startswith("application/dicom"):
+            return [response.content]  # a server that sends the part bare (tolerated by the client too)
+        return list(self._client._decode_multipart_message(response, stream=False))
 
     def _fetch_entry(self, entry: Entry) -> ReadItem:
+        if entry.path in self._listing_errors:
+            return Entry(entry.path, 0, None), OSError(f"cannot list this study: {self._listing_errors[entry.path]}")
         study, series, sop = parse_instance_path(entry.path) or ("", "", "")
         if study in self.stats.vanished:
             return Entry(entry.path, 0, None), OSError("the study was removed from the PACS during the run")
@@ -491,6 +523,10 @@ class DicomWebArchive:
                 for _, future in ahead:
                     if future is not None:
                         future.cancel()
+
+
+class _ListingError(Exception):
+    pass
 
 
 class _GoneError(Exception):

@@ -274,7 +274,9 @@ def _run(archive_path: str | Path, settings: Settings, manifest: Path | None, pr
         stats = remote.stats
         rate = stats.instances_fetched / result.seconds if result.seconds > 0 else 0.0
         click.echo(f"PACS: {stats.studies} studies matched, {stats.studies_listed} new or changed (listed), "
-                   f"{stats.studies_unchanged} unchanged (not listed), {stats.studies_vanished} vanished; "
+                   f"{stats.studies_unchanged} unchanged (not listed), {stats.studies_vanished} vanished"
+                   + (f", {stats.studies_failed} could not be listed (again next run)" if stats.studies_failed else "")
+                   + "; "
                    f"{stats.instances_fetched} instances fetched ({stats.bytes_fetched / 1e6:.1f} MB, "
                    f"{rate:.1f} instances/s), {stats.fetch_failures} to fetch again next run")
         if stats.studies == 0:

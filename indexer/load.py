@@ -138,21 +138,29 @@ class LoadPool:
     """Runs `load` over tasks in order, `workers` processes ahead of the consumer (0: in this process)."""
 
     def __init__(self, workers: int, options: LoadOptions, spec: PreprocessorSpec,
-                 local: Callable[[list[np.ndarray]], np.ndarray] | None = None) -> None:
+                 local: Callable[[list[np.ndarray]], np.ndarray] | None = None, eager: bool = True) -> None:
+        """`eager`: start the workers now, so that their imports overlap whatever the caller does next
+        (loading the model); otherwise at the first file that needs decoding (a rerun with nothing new
+        starts none)."""
         self._workers = workers
         self._options = options
         self._spec = spec
         self._local = local
         self._executor: ProcessPoolExecutor | None = None
-        if workers > 0:
-            self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_init_worker, initargs=(options, spec))
-            for _ in range(workers):  # start them now: their imports overlap whatever the caller does next
+        if workers > 0 and eager:
+            self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_init_worker, initargs=(self._options, self._spec))
+            for _ in range(self._workers):
                 self._executor.submit(int)
+        return self._executor
 
     def map(self, tasks: Iterable[Task | Outcome]) -> Iterator[Outcome]:
         """Outcomes in task order. Items that already are Outcomes pass through in place."""
-        if self._executor is None:
+        if self._workers == 0:
             local = self._local or ImagePreprocessor.load(self._spec)
             for task in tasks:
                 yield task if isinstance(task, Outcome) else load(task, self._options, local)
@@ -160,7 +168,7 @@ class LoadPool:
         window: deque[Future[Outcome] | Outcome] = deque()
         limit = max(4, self._workers * 8)  # bounded read-ahead: memory stays flat on huge archives
         for task in tasks:
-            window.append(task if isinstance(task, Outcome) else self._executor.submit(_load_in_worker, task))
+            window.append(task if isinstance(task, Outcome) else self._start().submit(_load_in_worker, task))
             while len(window) > limit:
                 yield self._result(window.popleft())
         while window:

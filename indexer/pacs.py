@@ -91,4 +91,4 @@ def marks_progress(archive: DicomWebArchive, study_date_option: str | None) -> b
     listed again next time)."""
     query = archive.query
     return (study_date_option is None and not query.modalities and not query.attributes
-            and archive.stats.fetch_failures == 0)
+            and archive.stats.fetch_failures == 0 and archive.stats.studies_failed == 0)

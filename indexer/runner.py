@@ -142,7 +142,7 @@ def run_indexing(
     bar = progress(len(entries)) if progress else Progress()
     own_pool = pool is None
     if pool is None:
-        pool = LoadPool(workers, options, encoder.preprocessor_spec, local=encoder.preprocess)
+        pool = LoadPool(workers, options, encoder.preprocessor_spec, local=encoder.preprocess, eager=False)
     last_checkpoint = time.monotonic()
     failed_run = False
 

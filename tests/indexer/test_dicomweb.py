@@ -26,7 +26,7 @@ from tests.conftest import dicom_file
 from tests.pacs import PASSWORD, USER, Faults, Orthanc, Proxy
 
 FIRST = ["MR2_UNCI.dcm", "RG1_UNCI.dcm", "US1_UNCI.dcm", "emri_small.dcm", "OBXXXX1A.dcm", "SC_rgb.dcm",
-         "color-pl.dcm", "liver.dcm"]
+         "color-pl.dcm", "liver.dcm", "OT-PAL-8-face.dcm"]  # the last: no file meta header
 LATER = ["RG3_UNCI.dcm", "693_UNCI.dcm", "JPEG-LL.dcm", "gdcm-US-ALOKA-16.dcm", "vlut_04.dcm", "mlut_18.dcm",
          "MR-SIEMENS-DICOM-WithOverlays.dcm"]
 FAST = DicomWebConfig(retries=0, timeout_s=10, backoff_s=0.01, fetch_threads=4)
@@ -102,6 +102,7 @@ def test_pacs_run_then_only_new_studies_are_fetched(orthanc: Orthanc, proxy: Pro
                        f"{row['source']['sop_uid']}"
         for name in ("pixel_sha256", "modality", "patient_id", "study_uid", "study_date", "rows", "columns"):
             assert row[name] == twin[name], name
+        assert row["source"]["file_sha256"] == twin["source"]["file_sha256"]  # the bytes as stored, untouched
 
     # new studies and one more instance in an existing study: only they are fetched
     before = pacs_paths(orthanc)
