@@ -96,6 +96,19 @@ def indexing_section(results: list[dict], lines: list[str]) -> None:
     lines += ["", "![indexing](indexing.png)", ""]
 
 
+def pacs_section(results: list[dict], lines: list[str]) -> None:
+    lines += ["## PACS (Orthanc on loopback) against a folder, same files", "",
+              "| model | instances | folder files/s | PACS instances/s | PACS / folder | fetch only inst/s | "
+              "rerun, nothing new (full / --since last) | nightly command wall clock |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['model'].split('/')[-1]} | {r['instances']} | {r['folder_run']['files_per_s']} | "
+                     f"{r['pacs_run']['instances_per_s']} | {r['pacs_over_folder']} | "
+                     f"{r['fetch_only']['instances_per_s']} | {r['nightly_nothing_new_full_listing_s']} s / "
+                     f"{r['nightly_nothing_new_since_last_s']} s | {r['nightly_command_nothing_new_wall_s']} s |")
+    lines.append("")
+
+
 def main() -> None:
     lines = ["# medsearch benchmarks", ""]
     machine = None
@@ -109,6 +122,10 @@ def main() -> None:
     if indexing:
         machine = machine or indexing[0]["machine"]
         indexing_section(indexing, lines)
+    pacs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("pacs_*.json"))]
+    if pacs:
+        machine = machine or pacs[0]["machine"]
+        pacs_section(pacs, lines)
     if machine:
         lines[1:1] = ["", f"{machine['date']}, {machine['cores']} cores ({machine['cpu']}), Python "
                       f"{machine['python']}, " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)

@@ -383,10 +383,11 @@ def remove(db_dir: Path | None, path_prefix: str | None, archive: str | None, pa
     configure_logging("WARNING")
     with _open_store(db_dir) as store:
         if archive is not None:
+            from core.dicomweb import is_dicomweb, split_location
             from indexer.scan import open_archive
 
             try:
-                archive = open_archive(archive).key
+                archive = split_location(archive)[0] if is_dicomweb(archive) else open_archive(archive).key
             except MedsearchError:  # the archive is gone: remove what was indexed from its path
                 archive = str(Path(archive).expanduser().resolve())
         sources = store.repository.select_sources(archive=archive, path_prefix=path_prefix,
