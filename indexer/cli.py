@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -215,15 +216,24 @@ def _run(archive_path: str | Path, settings: Settings, manifest: Path | None, pr
             archive = open_archive(archive_path)
         options = LoadOptions(render=settings.render_options(), deid_secret=(
             settings.deid_secret.get_secret_value() if settings.deidentify and settings.deid_secret else None))
-        # decoding workers start first, so that their start-up overlaps the model's loading
-        spec = PreprocessorSpec(settings.model, settings.model_revision, local_files_only=settings.local_files_only)
-        pool = LoadPool(settings.worker_count, options, spec) if settings.worker_count else None
-        encoder = HFEncoder.load(settings.model, revision=settings.model_revision, device=settings.device,
-                                 local_files_only=settings.local_files_only, precision=settings.precision,
-                                 quantize=settings.quantize)
-        if encoder.fingerprint.random_weights:
-            click.echo(f"WARNING: {settings.model} has RANDOM weights (a test model): search results will be "
-                       "meaningless.", err=True)
+
+        def load_model() -> HFEncoder:
+            nonlocal pool
+            # decoding workers start first, so that their start-up overlaps the model's loading
+            spec = PreprocessorSpec(settings.model, settings.model_revision,
+                                    local_files_only=settings.local_files_only)
+            pool = LoadPool(settings.worker_count, options, spec) if settings.worker_count else None
+            loaded = HFEncoder.load(settings.model, revision=settings.model_revision, device=settings.device,
+                                    local_files_only=settings.local_files_only, precision=settings.precision,
+                                    quantize=settings.quantize)
+            if loaded.fingerprint.random_weights:
+                click.echo(f"WARNING: {settings.model} has RANDOM weights (a test model): search results will be "
+                           "meaningless.", err=True)
+            return loaded
+
+        # a PACS is listed before the model loads: a nightly run with nothing new never loads it
+        list_first = remote is not None and not new_generation
+        encoder = None if list_first else load_model()
         folder = settings.db_dir
         if new_generation and settings.database_url:
             raise IndexerError("--new-generation keeps each generation's database in its own folder: it needs the "
@@ -243,14 +253,26 @@ def _run(archive_path: str | Path, settings: Settings, manifest: Path | None, pr
                            + apply_since(remote, store.repository, pacs.since, settings.dicomweb_lookback_days),
                            err=True)
 
-            with logging_redirect_tqdm():
-                result = run_indexing(
-                    archive, store, encoder, batch_size=settings.batch_size,
-                    options=options, pool=pool,
-                    manifest_bytes=manifest.read_bytes() if manifest else None,
-                    progress=TqdmProgress if show_progress else None, workers=settings.worker_count,
-                    checkpoint_seconds=settings.checkpoint_seconds, prune=prune,
-                )
+            listed = None
+            if list_first:
+                from indexer.runner import list_pending, record_idle_run
+
+                t0 = time.perf_counter()
+                listed, pending = list_pending(archive, store)
+                if pending == 0 and not prune:
+                    result = record_idle_run(store, archive, listed, time.perf_counter() - t0)
+                    click.echo("nothing new on the PACS: the model was not loaded", err=True)
+                else:
+                    encoder = load_model()
+            if encoder is not None:
+                with logging_redirect_tqdm():
+                    result = run_indexing(
+                        archive, store, encoder, batch_size=settings.batch_size,
+                        options=options, pool=pool,
+                        manifest_bytes=manifest.read_bytes() if manifest else None,
+                        progress=TqdmProgress if show_progress else None, workers=settings.worker_count,
+                        checkpoint_seconds=settings.checkpoint_seconds, prune=prune, entries=listed,
+                    )
             if remote is not None and pacs is not None and not result.interrupted:
                 from indexer.pacs import marks_progress, write_mark
 

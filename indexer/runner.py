@@ -77,6 +77,27 @@ def _read_manifest(archive: Archive, entries: list[Entry], manifest_bytes: bytes
     return {}
 
 
+def _unchanged(state: FileState | None, entry: Entry) -> bool:
+    return state is not None and state.size == entry.size and state.mtime == entry.mtime and (
+        entry.mtime is not None)
+
+
+def list_pending(archive: Archive, store: Store) -> tuple[list[Entry], int]:
+    """The archive's listing against what `store` knows, and how many entries need reading. Lets a
+    caller skip loading a model when nothing is new (a nightly run over a PACS)."""
+    known = store.repository.archive_state(archive.key)
+    entries = archive.entries(_KnownEntries(known))
+    return entries, sum(1 for entry in entries if not _unchanged(known.get(entry.path), entry))
+
+
+def record_idle_run(store: Store, archive: Archive, entries: list[Entry], seconds: float) -> RunResult:
+    """Record a run that found nothing to read (every entry unchanged)."""
+    run_id = store.repository.start_run(archive.key, None)
+    store.repository.finish_run(run_id, status="completed", indexed=0, skipped=len(entries), failed=0,
+                                seconds=seconds)
+    return RunResult(run_id=run_id, archive=archive.key, unchanged=len(entries), seconds=seconds)
+
+
 class _KnownEntries(Mapping[str, Entry]):
     """What the database knows of each path, as entries (made on access: no copy of a huge state)."""
 
@@ -120,12 +141,14 @@ def run_indexing(
     workers: int = 0,
     prune: bool = False,
     pool: LoadPool | None = None,
+    entries: list[Entry] | None = None,
 ) -> RunResult:
     """Index every image of `archive` into `store`. Raises ManifestError, FingerprintMismatchError
     or StorageError before anything is written when the run cannot start.
 
     `pool`: decoding workers the caller started (for example while the model loaded), closed by the
-    caller; otherwise `workers` processes are started here and stopped at the end."""
+    caller; otherwise `workers` processes are started here and stopped at the end.
+    `entries`: the archive's listing, when the caller made it already (see `list_pending`)."""
     options = options or LoadOptions()
     started = time.perf_counter()
     store.bind_model(encoder.fingerprint.to_dict())
@@ -134,7 +157,8 @@ def run_indexing(
         "deidentify", deid, "every run into one index must use the same de-identification setting and key: "
         "rerun with the setting this index was built with, or use another --db folder")
     known = store.repository.archive_state(archive.key)
-    entries = archive.entries(_KnownEntries(known))  # listed once: a folder of millions of files is walked once
+    if entries is None:  # listed once: a folder of millions of files is walked once
+        entries = archive.entries(_KnownEntries(known))
     manifest = _read_manifest(archive, entries, manifest_bytes)
     run_id = store.repository.start_run(archive.key, encoder.fingerprint.key)
     result = RunResult(run_id=run_id, archive=archive.key)
@@ -147,9 +171,7 @@ def run_indexing(
     failed_run = False
 
     def unchanged(entry: Entry) -> bool:
-        state = known.get(entry.path)
-        return state is not None and state.size == entry.size and state.mtime == entry.mtime and (
-            entry.mtime is not None)
+        return _unchanged(known.get(entry.path), entry)
 
     def tasks() -> Iterator[Task | Outcome]:
         t0 = time.perf_counter()

@@ -283,6 +283,7 @@ def test_nightly_cli_runs_with_since_last(orthanc: Orthanc, tiny_model_dir: Path
 
     quiet = cli("dicomweb+" + orthanc.dicomweb, "--since", "last", env=env)
     assert quiet.returncode == 0 and "0 instances fetched" in quiet.stdout
+    assert "the model was not loaded" in quiet.stderr and "RANDOM" not in quiet.stderr
 
     wrong = cli("dicomweb+" + orthanc.dicomweb, env={**env, "MEDSEARCH_DICOMWEB_PASSWORD": "nope"})
     assert wrong.returncode == 2 and "MEDSEARCH_DICOMWEB_USERNAME" in wrong.stderr
