@@ -139,7 +139,7 @@ def main() -> None:
             nightly_run = run(nightly, root / "pacs-db")
             pool.close()
 
-            # what cron sees: the whole command (process start, model load, listing), nothing new
+            # what cron sees: the whole command (process start, listing; the model loads only if something is new)
             env = {**os.environ, "MEDSEARCH_DICOMWEB_USERNAME": USER, "MEDSEARCH_DICOMWEB_PASSWORD": PASSWORD}
             command = [sys.executable, "-m", "indexer.cli", "run", url, "--since", "last", "--db",
                        str(root / "pacs-db"), "--model", args.model, "--no-progress", "--log-level", "WARNING"]
@@ -180,7 +180,7 @@ def main() -> None:
     print(f"nightly run after one new 10-instance study: {nightly_run.seconds:.3f} s, "
           f"{nightly_run.indexed} indexed")
     print(f"the nightly command (medsearch-index run ... --since last), nothing new, wall clock: "
-          f"{cron_seconds:.1f} s (process start, model load, one QIDO-RS query)")
+          f"{cron_seconds:.1f} s (process start and one QIDO-RS listing; no model load when nothing is new)")
     print(f"-> {write_result('pacs_' + Path(args.model).name, figures)}")
 
 
