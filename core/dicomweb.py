@@ -29,6 +29,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
+
 from core.archives import Entry, ReadItem
 from core.errors import ArchiveError
 
@@ -216,15 +218,19 @@ class DicomWebArchive:
 
     # -- the client ---------------------------------------------------------------------------------
     def _make_client(self, session: Any) -> Any:
-        import requests
         from dicomweb_client.api import DICOMwebClient
         from requests.adapters import HTTPAdapter
 
         config = self.config
-        session = session or requests.Session()
+        session = session or _Session()
         session.verify = config.ca_bundle or config.verify_tls
+        if isinstance(session, _Session) and (config.ca_bundle or not config.verify_tls):
+            session.pinned_verify = session.verify
         if not config.verify_tls:
             logger.warning("TLS certificate verification is OFF for %s", self.base_url)
+            import urllib3  # said once here, not once per request
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         if config.username:
             session.auth = (config.username, config.password or "")
         headers = {"Authorization": f"Bearer {config.token}"} if config.token else None
@@ -246,8 +252,6 @@ class DicomWebArchive:
     def _call(self, what: str, url: str, call: Callable[[], Any]) -> Any:
         """Run one request with retries on passing failures. Raises ArchiveError for failures no retry
         fixes (credentials, no DICOMweb service here, TLS) and _UnavailableError when retries ran out."""
-        import requests
-
         attempts = self.config.retries + 1
         for attempt in range(attempts):
             try:
@@ -281,8 +285,6 @@ class DicomWebArchive:
 
     # -- listing ------------------------------------------------------------------------------------
     def _qido(self, what: str, url: str, call: Callable[[], Any]) -> list[dict[str, Any]]:
-        import requests
-
         try:
             result = self._call(what, url, call)
         except _UnavailableError as exc:
@@ -377,8 +379,6 @@ class DicomWebArchive:
     def _instances(self, study: str) -> list[tuple[str, str]] | None:
         """(series, sop) UIDs of a study's instances; None when the study is gone. Raises _ListingError
         when this study cannot be listed (and ArchiveError when nothing can: credentials, TLS)."""
-        import requests
-
         if "/" in study:
             raise _ListingError(f"the Study Instance UID {study!r} contains '/': it cannot be addressed by DICOMweb")
         url = f"{self.base_url}/studies/{study}/instances"
@@ -425,8 +425,6 @@ class DicomWebArchive:
     def _fetch(self, study: str, series: str, sop: str) -> bytes:
         """The instance's bytes exactly as the PACS stores them (no transcoding, no re-encoding), so that
         files without a file meta header, which a viewer still reads, are read here as from a folder."""
-        import requests
-
         url = f"{self.base_url}/{instance_path(study, series, sop)}"
         try:
             parts = self._call("fetching an instance", url, lambda: self._retrieve_raw(url))
@@ -523,6 +521,21 @@ class DicomWebArchive:
                 for _, future in ahead:
                     if future is not None:
                         future.cancel()
+
+
+class _Session(requests.Session):
+    """A session whose configured CA bundle (or verification off) is not overridden by
+    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the environment, as plain requests would do; proxies from
+    the environment still apply."""
+
+    pinned_verify: bool | str | None = None
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+                                   ) -> dict[str, Any]:
+        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if self.pinned_verify is not None and verify is None:
+            merged["verify"] = self.pinned_verify
+        return merged
 
 
 class _ListingError(Exception):

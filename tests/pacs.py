@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -116,7 +117,7 @@ class Faults:
 class Proxy:
     """A threaded HTTP proxy to Orthanc that records every GET path and injects `faults`."""
 
-    def __init__(self, orthanc: Orthanc, faults: Faults | None = None) -> None:
+    def __init__(self, orthanc: Orthanc, faults: Faults | None = None, tls: tuple[Path, Path] | None = None) -> None:
         self.orthanc = orthanc
         self.faults = faults or Faults()
         self.requests: list[str] = []
@@ -134,7 +135,13 @@ class Proxy:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:  # (certificate, key): HTTPS, as a hospital gateway would serve
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         self.dicomweb = f"{self.url}/dicom-web"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
@@ -214,3 +221,14 @@ def proxy(orthanc: Orthanc):
     front = Proxy(orthanc)
     yield front
     front.stop()
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by nobody a client trusts (openssl, part of Debian)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
+                    str(cert)], check=True, capture_output=True)
+    return cert, key

@@ -23,7 +23,7 @@ from indexer.runner import run_indexing
 from indexer.sample import pydicom_data_files
 from storage.store import Store
 from tests.conftest import dicom_file
-from tests.pacs import PASSWORD, USER, Faults, Orthanc, Proxy
+from tests.pacs import PASSWORD, USER, Faults, Orthanc, Proxy, self_signed_certificate
 
 FIRST = ["MR2_UNCI.dcm", "RG1_UNCI.dcm", "US1_UNCI.dcm", "emri_small.dcm", "OBXXXX1A.dcm", "SC_rgb.dcm",
          "color-pl.dcm", "liver.dcm", "OT-PAL-8-face.dcm"]  # the last: no file meta header
@@ -294,3 +294,20 @@ def test_nightly_cli_runs_with_since_last(orthanc: Orthanc, tiny_model_dir: Path
     assert folder_with_since.returncode == 2 and "DICOMweb source" in folder_with_since.stderr
     with Store.open(tmp_path / "db") as store:
         assert store.repository.count_sources() == 4 and store.verify() == []
+
+
+def test_tls_is_verified_unless_told_otherwise(orthanc: Orthanc, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    orthanc.upload(synthetic_study(date(2023, 3, 3), 1)[0])
+    cert, key = self_signed_certificate(tmp_path)
+    gateway = Proxy(orthanc, tls=(cert, key))
+    try:
+        location = "dicomweb+" + gateway.dicomweb
+        assert location.startswith("dicomweb+https://")
+        with pytest.raises(ArchiveError, match="TLS certificate could not be verified.*MEDSEARCH_DICOMWEB_CA_BUNDLE"):
+            DicomWebArchive(location, FAST).check()
+        assert len(DicomWebArchive(location, DicomWebConfig(ca_bundle=str(cert))).entries()) == 1
+        with caplog.at_level("WARNING"):
+            assert len(DicomWebArchive(location, DicomWebConfig(verify_tls=False)).entries()) == 1
+        assert "TLS certificate verification is OFF" in caplog.text
+    finally:
+        gateway.stop()
