@@ -311,3 +311,37 @@ def test_tls_is_verified_unless_told_otherwise(orthanc: Orthanc, tmp_path: Path,
         assert "TLS certificate verification is OFF" in caplog.text
     finally:
         gateway.stop()
+
+
+def test_a_pacs_that_stops_answering_stops_the_run_and_the_rerun_finishes(orthanc: Orthanc, proxy: Proxy,
+                                                                          encoder: HFEncoder, tmp_path: Path):
+    for seed in range(3):
+        for data in synthetic_study(date(2022, 7, 7), instances=10, seed=seed):
+            orthanc.upload(data)
+    fetches = []
+
+    def fail_after_five(path: str) -> None:
+        if "/instances/" not in path:  # listings pass
+            return
+        fetches.append(path)
+        if len(fetches) == 5:
+            orthanc.stop()  # the PACS goes down mid-run; the proxy answers 502 from now on
+
+    proxy.faults = Faults(hook=fail_after_five)
+    config = DicomWebConfig(retries=1, backoff_s=0.01, fetch_threads=1)
+    with Store.open(tmp_path / "db", create=True) as store:
+        with pytest.raises(ArchiveError, match="stopped answering.*rerun to continue"):
+            run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, config), store, encoder, batch_size=2)
+        assert store.repository.list_runs()[-1].status == "failed"
+        kept = store.repository.count_sources()
+        assert 1 <= kept <= 5
+
+        proxy.orthanc = Orthanc(orthanc.folder)  # back, same storage
+        proxy.faults = Faults()
+        proxy.requests.clear()
+        try:
+            again = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, config), store, encoder)
+        finally:
+            proxy.orthanc.stop()
+        assert again.failed == 0 and len(proxy.fetched()) == 30 - kept
+        assert store.repository.count_sources() == 30 and store.verify() == []
