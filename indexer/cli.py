@@ -67,7 +67,8 @@ def print_summary(result: RunResult, db: Path, max_issues: int = 20) -> None:
         + f" in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s)"
     )
     stages = ", ".join(f"{name} {secs:.1f} s" for name, secs in sorted(result.stage_seconds.items()))
-    click.echo(f"stage times: {stages}")
+    if stages:
+        click.echo(f"stage times: {stages}")
     shown = [issue for issue in result.issues if issue.kind == "failed"][:max_issues]
     for issue in shown:
         click.echo(f"  failed  {issue.reason}")

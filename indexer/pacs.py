@@ -12,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import replace
 from datetime import date, timedelta
+
+from pydicom.datadict import tag_for_keyword
 
 from core.dicomweb import DicomWebArchive, StudyQuery, check_date_range
 from indexer.errors import IndexerError
@@ -45,7 +48,12 @@ def parse_qido(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
         if not sep or not key.strip() or not value.strip():
             raise IndexerError(f"--qido {pair!r}: expected KEY=VALUE with a DICOM keyword or tag, for example "
                                "--qido StudyDescription=*CHEST* or --qido 00081030=*CHEST*")
-        out.append((key.strip(), value.strip()))
+        key = key.strip()
+        if not re.fullmatch(r"[0-9A-Fa-f]{8}", key) and tag_for_keyword(key) is None:
+            raise IndexerError(f"--qido {pair!r}: {key!r} is not a DICOM keyword or an 8-digit hex tag "
+                               "(keywords are case-sensitive, for example StudyDescription, PatientID, "
+                               "InstitutionName)")
+        out.append((key, value.strip()))
     return tuple(out)
 
 
@@ -76,8 +84,8 @@ def apply_since(archive: DicomWebArchive, repository: Repository, since: str | N
                 f"less {lookback_days} day(s) of look-back)")
     try:
         day = check_date_range(since)
-    except ValueError as exc:
-        raise IndexerError(f"--since: {exc}") from None
+    except ValueError:
+        raise IndexerError(f"--since {since!r}: give a date (YYYYMMDD or YYYY-MM-DD) or 'last'") from None
     if "-" in day:
         raise IndexerError(f"--since {since!r}: give one date (YYYYMMDD or YYYY-MM-DD) or 'last'; for a range "
                            "use --study-date")

@@ -345,3 +345,16 @@ def test_a_pacs_that_stops_answering_stops_the_run_and_the_rerun_finishes(orthan
             proxy.orthanc.stop()
         assert again.failed == 0 and len(proxy.fetched()) == 30 - kept
         assert store.repository.count_sources() == 30 and store.verify() == []
+
+
+def test_query_options_are_checked():
+    from indexer.errors import IndexerError
+    from indexer.pacs import build_query
+
+    query = build_query("2024-01-01..2024-06-30", ("ct, mr",), ("StudyDescription=*CHEST*", "00080080=NORTH"))
+    assert query.study_date == "20240101-20240630" and query.modalities == ("CT", "MR")
+    assert query.attributes == (("StudyDescription", "*CHEST*"), ("00080080", "NORTH")) and not query.complete
+    for bad, says in [(("x", (), ()), "--study-date"), ((None, (), ("NoSuchKey=1",)), "not a DICOM keyword"),
+                      ((None, (), ("StudyDescription",)), "KEY=VALUE")]:
+        with pytest.raises(IndexerError, match=says):
+            build_query(*bad)
