@@ -322,14 +322,18 @@ class DicomWebArchive:
                 lambda filters=filters: self._client.search_for_studies(  # type: ignore[misc]
                     search_filters=filters or None, fields=["NumberOfStudyRelatedInstances", "StudyDate"],
                     limit=self.config.page_size, get_remaining=True))
+            seen: set[str] = set()
             for study in answers:
                 uid = _value(study, _STUDY_UID)
-                if uid in found and found[uid] is not study and modality is None:
-                    # one Study Instance UID under two patients (a PACS keeps them apart): the count of
-                    # either is not the study's, so list its instances
+                if not uid:
+                    continue
+                if uid in seen:
+                    # one Study Instance UID twice in one answer (under two patients, which a PACS keeps
+                    # apart): neither count is the study's, so its instances are always listed
                     found[uid] = {_STUDY_UID: study[_STUDY_UID], _STUDY_DATE: study.get(_STUDY_DATE)}
-                elif uid:
-                    found.setdefault(uid, study)
+                else:
+                    found.setdefault(uid, study)  # several --modality queries may each find it
+                seen.add(uid)
         return sorted(found.values(), key=lambda s: (_value(s, _STUDY_DATE) or "", _value(s, _STUDY_UID)))
 
     def entries(self, known: Mapping[str, Entry] | None = None) -> list[Entry]:
