@@ -75,6 +75,29 @@ def state(db: Path) -> tuple[set, dict]:
         return sources, by_pixels
 
 
+def assert_same_state(clean_db: Path, killed_db: Path) -> None:
+    """Same sources (path, frame, file and pixel hashes), same images, same vectors."""
+    clean_sources, clean_vectors = state(clean_db)
+    killed_sources, killed_vectors = state(killed_db)
+    assert killed_sources == clean_sources
+    assert clean_vectors.keys() == killed_vectors.keys()
+    for pixels, vector in clean_vectors.items():
+        assert np.allclose(vector, killed_vectors[pixels], atol=1e-5)
+
+
+def kill_at(command: list[str], db: Path, target: int, env: dict[str, str] | None = None) -> int | None:
+    """Start `command`, SIGKILL it once `db` holds `target` sources; the count then, or None if it ended."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    while process.poll() is None and sources_written(db) < target:
+        time.sleep(0.002)
+    killed = None
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
+        killed = sources_written(db)
+    process.wait()
+    return killed
+
+
 @pytest.mark.timeout(900)
 def test_kill_nine_at_twenty_points_then_rerun_equals_a_clean_run(tiny_model_dir: Path, tmp_path: Path):
     archive = make_archive(tmp_path / "archive")
@@ -89,26 +112,16 @@ def test_kill_nine_at_twenty_points_then_rerun_equals_a_clean_run(tiny_model_dir
     killed_at = []
     for target in kill_points:
         target = max(target, sources_written(killed_db) + 1)
-        process = subprocess.Popen(index_command(archive, killed_db, tiny_model_dir), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        while process.poll() is None and sources_written(killed_db) < target:
-            time.sleep(0.002)
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            killed_at.append(sources_written(killed_db))
-        process.wait()
+        killed = kill_at(index_command(archive, killed_db, tiny_model_dir), killed_db, target)
+        if killed is not None:
+            killed_at.append(killed)
     assert len(killed_at) >= KILLS - 2, f"only {len(killed_at)} kills landed mid-run: {killed_at}"
     assert min(killed_at) < total / 4 and max(killed_at) > total * 3 / 4  # spread over the whole run
 
     final = subprocess.run(index_command(archive, killed_db, tiny_model_dir), capture_output=True, text=True,
                            timeout=300, check=False)
     assert final.returncode == 0, final.stderr
-    clean_sources, clean_vectors = state(clean_db)
-    killed_sources, killed_vectors = state(killed_db)
-    assert killed_sources == clean_sources
-    assert clean_vectors.keys() == killed_vectors.keys()
-    for pixels, vector in clean_vectors.items():
-        assert np.allclose(vector, killed_vectors[pixels], atol=1e-5)
+    assert_same_state(clean_db, killed_db)
     with Store.open(killed_db) as store:
         statuses = [run.status for run in store.repository.list_runs()]
     assert statuses.count("killed") == len(killed_at) and statuses[-1] == "completed"
@@ -135,21 +148,11 @@ def test_kill_nine_during_a_pacs_run_then_rerun_equals_a_clean_run(orthanc, tiny
     killed_at = []
     for i in range(6):
         target = max(round(total * (i + 1) / 7), sources_written(killed_db) + 1)
-        process = subprocess.Popen(index_command(source, killed_db, tiny_model_dir), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, env=env)
-        while process.poll() is None and sources_written(killed_db) < target:
-            time.sleep(0.002)
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            killed_at.append(sources_written(killed_db))
-        process.wait()
+        killed = kill_at(index_command(source, killed_db, tiny_model_dir), killed_db, target, env)
+        if killed is not None:
+            killed_at.append(killed)
     assert len(killed_at) >= 4, f"only {len(killed_at)} kills landed mid-run: {killed_at}"
     final = subprocess.run(index_command(source, killed_db, tiny_model_dir), capture_output=True, text=True,
                            timeout=300, check=False, env=env)
     assert final.returncode == 0, final.stderr
-    clean_sources, clean_vectors = state(clean_db)
-    killed_sources, killed_vectors = state(killed_db)
-    assert killed_sources == clean_sources
-    assert clean_vectors.keys() == killed_vectors.keys()
-    for pixels, vector in clean_vectors.items():
-        assert np.allclose(vector, killed_vectors[pixels], atol=1e-5)
+    assert_same_state(clean_db, killed_db)
