@@ -183,7 +183,11 @@ def viewer_url(template: str | None, archive_key: str, source: Mapping[str, Any]
     return template.format(**values)
 
 
-class _UnavailableError(Exception):
+class _FetchError(Exception):
+    """A request for one study or instance failed; the run goes on (see the subclasses)."""
+
+
+class _UnavailableError(_FetchError):
     """A fetch failed for a passing reason (timeout, connection, 5xx): worth trying again later."""
 
 
@@ -418,9 +422,7 @@ class DicomWebArchive:
             raise OSError(f"{path}: not an instance path (studies/S/series/R/instances/I)")
         try:
             return self._fetch(*parsed)
-        except _UnavailableError as exc:
-            raise OSError(str(exc)) from exc
-        except ArchiveError as exc:
+        except (_FetchError, ArchiveError) as exc:
             raise OSError(str(exc)) from exc
 
     def local_path(self, path: str) -> str | None:
@@ -438,8 +440,6 @@ class DicomWebArchive:
                 raise _GoneError(f"the PACS no longer has this instance (HTTP {status}: deleted or moved after "
                                  "it was listed)") from exc
             raise _CorruptError(f"the PACS answered HTTP {status}") from exc
-        except (_UnavailableError, ArchiveError):
-            raise
         except (ValueError, requests.exceptions.RequestException) as exc:
             raise _CorruptError(f"the PACS sent an answer that is not a DICOM instance: {_short(exc)}") from exc
         if len(parts) != 1 or not parts[0]:
@@ -542,15 +542,15 @@ class _Session(requests.Session):
         return merged
 
 
-class _ListingError(Exception):
+class _ListingError(_FetchError):
     pass
 
 
-class _GoneError(Exception):
+class _GoneError(_FetchError):
     pass
 
 
-class _CorruptError(Exception):
+class _CorruptError(_FetchError):
     pass
 
 

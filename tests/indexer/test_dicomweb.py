@@ -194,6 +194,10 @@ def test_a_study_deleted_mid_run_and_a_corrupt_instance(orthanc: Orthanc, proxy:
         corrupt = [r for p, r in reasons.items() if bad.SOPInstanceUID in p]
         assert len(corrupt) == 1 and "pixel" in corrupt[0].lower()
         assert result.indexed == 6 and result.failed == 4  # the run went on for everything else
+        deleted_instance = next(p for p in reasons if doomed in p)
+        with pytest.raises(OSError, match="no longer has"):  # as the API's preview meets it
+            DicomWebArchive("dicomweb+" + orthanc.dicomweb, DicomWebConfig(username=USER, password=PASSWORD)
+                            ).read(deleted_instance)
 
         proxy.faults = Faults()
         proxy.requests.clear()
