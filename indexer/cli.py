@@ -254,14 +254,14 @@ def _run(archive_path: str | Path, settings: Settings, manifest: Path | None, pr
                            + apply_since(remote, store.repository, pacs.since, settings.dicomweb_lookback_days),
                            err=True)
 
-            listed = None
+            listing = None
             if list_first:
-                from indexer.runner import list_pending, record_idle_run
+                from indexer.runner import list_archive, record_idle_run
 
                 t0 = time.perf_counter()
-                listed, pending = list_pending(archive, store)
-                if pending == 0 and not prune:
-                    result = record_idle_run(store, archive, listed, time.perf_counter() - t0)
+                listing = list_archive(archive, store)
+                if listing.pending == 0 and not prune:
+                    result = record_idle_run(store, archive, listing, time.perf_counter() - t0)
                     click.echo("nothing new on the PACS: the model was not loaded", err=True)
                 else:
                     encoder = load_model()
@@ -272,7 +272,7 @@ def _run(archive_path: str | Path, settings: Settings, manifest: Path | None, pr
                         options=options, pool=pool,
                         manifest_bytes=manifest.read_bytes() if manifest else None,
                         progress=TqdmProgress if show_progress else None, workers=settings.worker_count,
-                        checkpoint_seconds=settings.checkpoint_seconds, prune=prune, entries=listed,
+                        checkpoint_seconds=settings.checkpoint_seconds, prune=prune, listing=listing,
                     )
             if remote is not None and pacs is not None and not result.interrupted:
                 from indexer.pacs import marks_progress, write_mark

@@ -82,20 +82,32 @@ def _unchanged(state: FileState | None, entry: Entry) -> bool:
         entry.mtime is not None)
 
 
-def list_pending(archive: Archive, store: Store) -> tuple[list[Entry], int]:
-    """The archive's listing against what `store` knows, and how many entries need reading. Lets a
-    caller skip loading a model when nothing is new (a nightly run over a PACS)."""
+@dataclass
+class Listing:
+    """An archive's entries and what the store knew of each path when they were listed."""
+
+    entries: list[Entry]
+    known: dict[str, FileState]
+
+    @property
+    def pending(self) -> int:
+        """Entries that need reading: new, changed, or failed for a passing reason."""
+        return sum(1 for entry in self.entries if not _unchanged(self.known.get(entry.path), entry))
+
+
+def list_archive(archive: Archive, store: Store) -> Listing:
+    """List `archive` against what `store` knows. Lets a caller that holds the store see whether
+    anything is new before loading a model (a nightly run over a PACS), then pass it to run_indexing."""
     known = store.repository.archive_state(archive.key)
-    entries = archive.entries(_KnownEntries(known))
-    return entries, sum(1 for entry in entries if not _unchanged(known.get(entry.path), entry))
+    return Listing(archive.entries(_KnownEntries(known)), known)
 
 
-def record_idle_run(store: Store, archive: Archive, entries: list[Entry], seconds: float) -> RunResult:
+def record_idle_run(store: Store, archive: Archive, listing: Listing, seconds: float) -> RunResult:
     """Record a run that found nothing to read (every entry unchanged)."""
     run_id = store.repository.start_run(archive.key, None)
-    store.repository.finish_run(run_id, status="completed", indexed=0, skipped=len(entries), failed=0,
+    store.repository.finish_run(run_id, status="completed", indexed=0, skipped=len(listing.entries), failed=0,
                                 seconds=seconds)
-    return RunResult(run_id=run_id, archive=archive.key, unchanged=len(entries), seconds=seconds)
+    return RunResult(run_id=run_id, archive=archive.key, unchanged=len(listing.entries), seconds=seconds)
 
 
 class _KnownEntries(Mapping[str, Entry]):
@@ -141,14 +153,14 @@ def run_indexing(
     workers: int = 0,
     prune: bool = False,
     pool: LoadPool | None = None,
-    entries: list[Entry] | None = None,
+    listing: Listing | None = None,
 ) -> RunResult:
     """Index every image of `archive` into `store`. Raises ManifestError, FingerprintMismatchError
     or StorageError before anything is written when the run cannot start.
 
     `pool`: decoding workers the caller started (for example while the model loaded), closed by the
     caller; otherwise `workers` processes are started here and stopped at the end.
-    `entries`: the archive's listing, when the caller made it already (see `list_pending`)."""
+    `listing`: the archive's listing, when the caller made it already with this store (`list_archive`)."""
     options = options or LoadOptions()
     started = time.perf_counter()
     store.bind_model(encoder.fingerprint.to_dict())
@@ -156,9 +168,8 @@ def run_indexing(
     store.repository.ensure_meta(
         "deidentify", deid, "every run into one index must use the same de-identification setting and key: "
         "rerun with the setting this index was built with, or use another --db folder")
-    known = store.repository.archive_state(archive.key)
-    if entries is None:  # listed once: a folder of millions of files is walked once
-        entries = archive.entries(_KnownEntries(known))
+    listing = listing or list_archive(archive, store)  # listed once: a folder of millions of files is walked once
+    entries, known = listing.entries, listing.known
     manifest = _read_manifest(archive, entries, manifest_bytes)
     run_id = store.repository.start_run(archive.key, encoder.fingerprint.key)
     result = RunResult(run_id=run_id, archive=archive.key)
