@@ -261,6 +261,10 @@ class DicomWebArchive:
             try:
                 return call()
             except requests.exceptions.SSLError as exc:
+                if "certificate verify failed" not in str(exc):
+                    raise ArchiveError(
+                        f"{url}: the TLS handshake failed ({_short(exc)}): check that the server speaks https on "
+                        "this port (\"wrong version number\" means it speaks plain http)") from exc
                 raise ArchiveError(
                     f"{url}: the TLS certificate could not be verified ({_short(exc)}): set "
                     "MEDSEARCH_DICOMWEB_CA_BUNDLE to the hospital's CA file (or, for a test server only, "
@@ -573,7 +577,8 @@ def _int(value: Any) -> int | None:
 
 def _short(exc: BaseException) -> str:
     text = str(exc)
-    for pattern in ("Connection refused", "timed out", "Name or service not known", "certificate verify failed"):
+    for pattern in ("Connection refused", "timed out", "Name or service not known", "certificate verify failed",
+                    "wrong version number"):
         if pattern in text:
             return pattern.lower()
     return text if len(text) < 200 else text[:200] + "..."
