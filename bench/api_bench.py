@@ -25,7 +25,7 @@ from bench.common import write_result
 from core.settings import Settings
 from indexer.sample import pydicom_test_files
 from search_api.app import build_service, create_app
-from search_api.auth import AccessControl
+from search_api.auth import AccessControl, Principal
 from search_api.routes import image_parts, model_info
 from search_api.schemas import SearchResponse, SearchResult
 
@@ -54,12 +54,14 @@ def bench_model(model: Path, repeat: int, work: Path) -> dict[str, object]:
     text_vector = encoder.encode_texts(["x"])
     image = service.load_query_image(upload, "q")
     pairs = store.search(text_vector, 10)[0]
-    rows = store.repository.get_images([i for i, _ in pairs])
+    rows = service.repository.get_images([i for i, _ in pairs])
 
     info = model_info(service)
+    access, clinician = AccessControl(None, open_mode=True), Principal("bench", "clinician")
 
     def serialise(_: int) -> None:
-        results = [SearchResult(rank=n + 1, score=s, **image_parts(rows[i])) for n, (i, s) in enumerate(pairs)]
+        results = [SearchResult(rank=n + 1, score=s, **image_parts(rows[i], service, access, clinician))
+                   for n, (i, s) in enumerate(pairs)]
         SearchResponse(query_kind="text", k=10, results=results, model=info, warning=info.warning).model_dump_json()
 
     parts = {
@@ -67,19 +69,20 @@ def bench_model(model: Path, repeat: int, work: Path) -> dict[str, object]:
         "encode_text": median_ms(lambda i: encoder.encode_texts([f"{TEXTS[i % 5]} {i}"]), repeat),
         "encode_image": median_ms(lambda i: encoder.encode_images([image.pixels]), repeat),
         "vector_search": median_ms(lambda i: store.search(text_vector, 10), repeat),
-        "metadata_fetch": median_ms(lambda i: store.repository.get_images([i for i, _ in pairs]), repeat),
+        "metadata_fetch": median_ms(lambda i: service.repository.get_images([i for i, _ in pairs]), repeat),
         "serialisation": median_ms(serialise, repeat),
         "text_cache_hit": median_ms(lambda i: service.text_vector("chest x-ray"), repeat),
     }
     service.text_vector("chest x-ray")
-    with TestClient(create_app(settings, service=service, access=AccessControl(None, open_mode=True))) as client:
+    app = create_app(settings, service=service, access=AccessControl(None, open_mode=True))
+    with TestClient(app, base_url="http://localhost") as client:
         parts["request_text"] = median_ms(lambda i: client.post(
             "/search/text", json={"query": f"{TEXTS[i % 5]} {i}", "k": 10}), repeat)
         parts["request_text_cached"] = median_ms(lambda i: client.post(
             "/search/text", json={"query": "chest x-ray", "k": 10}), repeat)
         parts["request_image"] = median_ms(lambda i: client.post(
             "/search/image", files={"file": ("q.dcm", upload)}, data={"k": "10"}), repeat)
-    store.close()
+    service.close()
     return {"model": model.name, "dim": encoder.dim, "vectors": store.ntotal, "median_ms": parts}
 
 

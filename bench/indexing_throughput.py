@@ -33,7 +33,7 @@ from indexer.load import LoadOptions, LoadPool
 from indexer.runner import run_indexing
 from indexer.sample import pydicom_test_files
 from indexer.scan import open_archive
-from storage.store import Store
+from storage.opening import open_index
 
 SOURCES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "US1_J2KR.dcm", "image_dfl.dcm"]
 
@@ -83,9 +83,11 @@ def main() -> None:
         bare_vectors = np.vstack([encoder.encode_pixel_values(batch) for batch in batches])
         bare = len(files) / (time.perf_counter() - started)
 
-        with Store.open(work / "db", create=True) as store:
-            first = run_indexing(open_archive(archive), store, encoder, batch_size=args.batch_size, pool=pool)
-            rerun = run_indexing(open_archive(archive), store, encoder, batch_size=args.batch_size, pool=pool)
+        with open_index(work / "db", create=True) as (store, repository):
+            first = run_indexing(open_archive(archive), store, repository, encoder, batch_size=args.batch_size,
+                                 pool=pool)
+            rerun = run_indexing(open_archive(archive), store, repository, encoder, batch_size=args.batch_size,
+                                 pool=pool)
             assert first.indexed == len(files), f"expected {len(files)} distinct images, got {first.indexed}"
         end_to_end = first.indexed / first.seconds
         result: dict[str, object] = {

@@ -38,7 +38,7 @@ from indexer.pacs import apply_since, write_mark
 from indexer.runner import run_indexing
 from indexer.sample import pydicom_data_files, pydicom_test_files
 from indexer.scan import open_archive
-from storage.store import Store
+from storage.opening import open_index
 from tests.pacs import PASSWORD, USER, Orthanc, orthanc_missing
 
 
@@ -105,8 +105,9 @@ def main() -> None:
             pool = LoadPool(workers, options, encoder.preprocessor_spec, local=encoder.preprocess)
 
             def run(archive, db: Path):  # type: ignore[no-untyped-def]
-                with Store.open(db, create=True) as store:
-                    return run_indexing(archive, store, encoder, batch_size=args.batch_size, options=options,
+                with open_index(db, create=True) as (store, repository):
+                    return run_indexing(archive, store, repository, encoder, batch_size=args.batch_size,
+                                        options=options,
                                         pool=pool)
 
             warm = root / "warm"  # the decoding workers started, as the CLI has them while the model loads
@@ -124,18 +125,18 @@ def main() -> None:
             fetched = sum(1 for _, data in fetch.iter_read() if isinstance(data, bytes))
             fetch_seconds = time.perf_counter() - t0
 
-            with Store.open(root / "pacs-db") as store:
-                write_mark(store.repository, url, date.today())
+            with open_index(root / "pacs-db") as (_, repository):
+                write_mark(repository, url, date.today())
             rerun_full = run(DicomWebArchive(url, config), root / "pacs-db")
             since = DicomWebArchive(url, config)
-            with Store.open(root / "pacs-db") as store:
-                apply_since(since, store.repository, "last", 1)
+            with open_index(root / "pacs-db") as (_, repository):
+                apply_since(since, repository, "last", 1)
             rerun_since = run(since, root / "pacs-db")
             for data in ct_slices(10, 10_000, date.today()):
                 orthanc.upload(data)
             nightly = DicomWebArchive(url, config)
-            with Store.open(root / "pacs-db") as store:
-                apply_since(nightly, store.repository, "last", 1)
+            with open_index(root / "pacs-db") as (_store, repository):
+                apply_since(nightly, repository, "last", 1)
             nightly_run = run(nightly, root / "pacs-db")
             pool.close()
 

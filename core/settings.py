@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.dicom import WINDOW_PRESETS, RenderOptions, check_window_option, select_frames
 from core.dicomweb import DicomWebConfig, check_viewer_template
+from core.metadata import RESEARCHER_DEFAULT_FIELDS, check_field_names
 
 DEFAULT_MODEL = "google/medsiglip-448"
 
@@ -82,8 +83,18 @@ class Settings(BaseSettings):
     # Search API.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host names the API answers to (a "
+                                     "Host header check against DNS rebinding): names, *.domain, or * for any. "
+                                     "Default: localhost, 127.0.0.1, ::1 and --host. Open mode: loopback only.")
     max_k: int = Field(default=1000, ge=1)
-    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest upload (/search/image, "
+                                  "/classify); larger ones get 413 before they are read.")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest body of every other request.")
+    auth_failure_limit: int = Field(default=10, ge=1, description="Failed authentications per client address and "
+                                    "minute before it gets 429 answers.")
+    researcher_fields: list[str] = Field(
+        default_factory=lambda: list(RESEARCHER_DEFAULT_FIELDS), description="Metadata fields the researcher role "
+        "sees (identifiers are always pseudonyms for it); extra.COLUMN for a manifest column.")
 
     text_cache_size: int = Field(default=1024, ge=0, description="Text queries whose embedding is kept.")
     preview_cache_size: int = Field(default=256, ge=0, description="Rendered previews kept in memory.")
@@ -120,6 +131,11 @@ class Settings(BaseSettings):
                 raise ValueError("deidentify needs MEDSEARCH_DEID_SECRET: a private key of at least 16 "
                                  "characters (keep it: the same key keeps one patient's pseudonym stable)")
         return self
+
+    @field_validator("researcher_fields")
+    @classmethod
+    def _researcher_fields(cls, value: list[str]) -> list[str]:
+        return check_field_names(value)
 
     @field_validator("viewer_url_template")
     @classmethod

@@ -24,9 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from core.csvsafe import csv_text, unescape_cell
 from core.encoder import Encoder
 from indexer.errors import IndexerError
 from indexer.metrics import average_precision, bootstrap_auc_ci, precision_at_k, recall_at_k, roc_auc, roc_curve
+from storage.repository import Repository
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -52,8 +54,9 @@ def parse_labels(data: bytes, source: str) -> list[tuple[str, str, list[str]]]:
                            f"(columns: {', '.join(reader.fieldnames or [])})")
     rows = []
     for line, row in enumerate(reader, start=2):
-        value = (row.get(fields[key]) or "").strip()
-        labels = [x.strip() for x in re.split(r"[;|]", row.get(fields["labels"]) or "") if x.strip()]
+        value = unescape_cell((row.get(fields[key]) or "").strip())
+        labels = [unescape_cell(x.strip()) for x in re.split(r"[;|]", unescape_cell(row.get(fields["labels"]) or ""))
+                  if x.strip()]
         if not value or not labels:
             raise IndexerError(f"{source} line {line}: empty {key} or labels")
         rows.append((key, value, labels))
@@ -72,15 +75,14 @@ def parse_prompts(text: str, source: str) -> dict[str, list[str]]:
     return {str(k): [str(p) for p in (v if isinstance(v, list) else [v])] for k, v in loaded.items()}
 
 
-def match(store: Store, rows: list[tuple[str, str, list[str]]]) -> Labelled:
-    repo = store.repository
-    everything = repo.get_images(repo.image_ids().tolist())
+def match(repository: Repository, rows: list[tuple[str, str, list[str]]]) -> Labelled:
+    everything = repository.get_images(repository.image_ids().tolist())
     by_key: dict[tuple[str, str], int] = {}
-    for image_id, row in everything.items():
-        for source in row["sources"]:
-            by_key.setdefault(("path", source["path"]), image_id)
-            if source.get("sop_uid"):
-                by_key.setdefault(("sop_uid", source["sop_uid"]), image_id)
+    for image_id, image in everything.items():
+        for source in image.sources:
+            by_key.setdefault(("path", source.path), image_id)
+            if source.sop_uid:
+                by_key.setdefault(("sop_uid", source.sop_uid), image_id)
     merged: dict[int, set[str]] = {}
     names: dict[int, str] = {}
     unmatched = 0
@@ -93,20 +95,20 @@ def match(store: Store, rows: list[tuple[str, str, list[str]]]) -> Labelled:
         names.setdefault(found, value)
     ids = sorted(merged)
     return Labelled(np.asarray(ids, dtype=np.int64), [merged[i] for i in ids],
-                    [everything[i].get("patient_id") for i in ids], [names[i] for i in ids], unmatched)
+                    [everything[i].metadata.patient_id for i in ids], [names[i] for i in ids], unmatched)
 
 
-def evaluate(store: Store, encoder: Encoder, rows: list[tuple[str, str, list[str]]],
+def evaluate(store: Store, repository: Repository, encoder: Encoder, rows: list[tuple[str, str, list[str]]],
              prompts: dict[str, list[str]] | None = None, bootstrap: int = 1000) -> dict[str, Any]:
     manifest = store.manifest
     if manifest is None or manifest.fingerprint_key != encoder.fingerprint.key:
         raise IndexerError("the model loaded is not the one this index was built with: evaluate with --model "
                            f"{manifest.model_name if manifest else '?'}")
-    data = match(store, rows)
+    data = match(repository, rows)
     if len(data.image_ids) < 2:
         raise IndexerError(f"only {len(data.image_ids)} labelled image(s) found in the index "
                            f"({data.unmatched} rows matched nothing): nothing to evaluate")
-    _, vectors = store.repository.get_embeddings(data.image_ids.tolist(), encoder.dim)
+    _, vectors = repository.get_embeddings(data.image_ids.tolist(), encoder.dim)
     all_labels = sorted(set().union(*data.labels))
     report: dict[str, Any] = {"model": encoder.fingerprint.to_dict(), "images": len(data.image_ids),
                               "unmatched_rows": data.unmatched, "labels": {}}
@@ -169,7 +171,7 @@ def evaluate(store: Store, encoder: Encoder, rows: list[tuple[str, str, list[str
     report["confusion_matrix"] = {"labels": all_labels, "rows_true_columns_predicted": confusion.tolist()}
 
     # the index in use against exact search over every stored vector, for the labelled queries
-    chunks = list(store.repository.iter_embeddings(encoder.dim))
+    chunks = list(repository.iter_embeddings(encoder.dim))
     all_ids = np.concatenate([c[0] for c in chunks])
     all_vectors = np.vstack([c[1] for c in chunks])
     k = min(10, len(all_ids))
@@ -251,13 +253,11 @@ def format_value(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def labels_from_metadata(store: Store) -> str:
+def labels_from_metadata(repository: Repository) -> str:
     """A labels CSV from the index's own metadata: modality and body region of each image."""
-    repo = store.repository
-    lines = ["path,labels"]
-    for row in repo.get_images(repo.image_ids().tolist()).values():
-        labels = [x for x in (row.get("modality"), row.get("body_part")) if x]
-        if labels and row["sources"]:
-            path = row["sources"][0]["path"]
-            lines.append(f"\"{path}\",\"{';'.join(labels)}\"")
-    return "\n".join(lines) + "\n"
+    rows = []
+    for image in repository.get_images(repository.image_ids().tolist()).values():
+        labels = [x for x in (image.metadata.modality, image.metadata.body_part) if x]
+        if labels and image.sources:
+            rows.append([image.sources[0].path, ";".join(labels)])
+    return csv_text(["path", "labels"], rows)

@@ -123,14 +123,18 @@ _WORKER: dict[str, Any] = {}  # per worker process: its options and preprocessor
 
 
 def _init_worker(options: LoadOptions, spec: PreprocessorSpec) -> None:
+    """Imports only: the model's processor is loaded at the first task, which comes after the main
+    process loaded the model (so it is in the local cache, and a worker never contacts the hub)."""
     import logging
 
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     _WORKER["options"] = options
-    _WORKER["preprocessor"] = ImagePreprocessor.load(spec)
+    _WORKER["spec"] = spec
 
 
 def _load_in_worker(task: Task) -> Outcome:
+    if "preprocessor" not in _WORKER:
+        _WORKER["preprocessor"] = ImagePreprocessor.load(_WORKER["spec"])  # ModelLoadError ends the run
     return load(task, _WORKER["options"], _WORKER["preprocessor"])
 
 

@@ -1,11 +1,12 @@
 """The optional manifest CSV of an archive: metadata for images that carry none (PNG, JPEG).
 
 A file named `manifest.csv` at the archive's root (or one given with --manifest) with a header row.
-Required column: `path` (the image's path inside the archive, forward slashes). Known columns:
-`patient_id`, `patient_sex`, `patient_age`, `modality`, `body_part`, `study_date` (YYYY-MM-DD),
-`study_description`, `series_description`, `study_uid`, `series_uid`, `labels` (several separated
-by `;` or `|`), `report` (or `report_text`). Every other column is kept in the image's `extra`.
-For DICOM images the header wins for the fields it fills; labels, report and extras are added.
+Required column: `path` (the image's path inside the archive, forward slashes). Known columns are the
+metadata fields a manifest may set (core.metadata.MANIFEST_FIELDS), each parsed by its type: text,
+numbers (`patient_age`, `instance_number`), dates YYYY-MM-DD (`study_date`), yes/no
+(`burned_in_annotation`), `labels` (several separated by `;` or `|`) and `report` (or `report_text`).
+Every other column is kept in the image's `extra`. For DICOM images the header wins for the fields it
+fills; labels, report and extras are added.
 """
 
 from __future__ import annotations
@@ -14,18 +15,35 @@ import csv
 import io
 import logging
 import re
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from core.metadata import MANIFEST_FIELDS, ImageMetadata
 from indexer.errors import ManifestError
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.csv"
-TEXT_COLUMNS = ("patient_id", "patient_sex", "modality", "body_part", "study_description",
-                "series_description", "study_uid", "series_uid")
 ALIASES = {"report": "report_text", "file": "path", "filename": "path"}
+TRUE, FALSE = {"yes", "y", "true", "1"}, {"no", "n", "false", "0"}
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in TRUE | FALSE:
+        return value.lower() in TRUE
+    raise ValueError("expected yes or no")
+
+
+# how each column a manifest may set is read: from the field's type in ImageMetadata
+_TYPES = typing.get_type_hints(ImageMetadata)
+PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
+    name: next((parser, what) for kind, parser, what in (
+        (float, float, "a number"), (int, int, "a whole number"), (date, date.fromisoformat, "YYYY-MM-DD"),
+        (bool, _boolean, "yes or no"), (str, str, "text")) if kind in typing.get_args(_TYPES[name]))
+    for name in MANIFEST_FIELDS if name not in ("labels", "extra")}
 
 
 @dataclass
@@ -58,22 +76,16 @@ def parse_manifest(data: bytes, source: str) -> dict[str, ManifestRow]:
                 path = value.replace("\\", "/").removeprefix("./")
             elif not value:
                 continue
-            elif name in TEXT_COLUMNS:
-                row.values[name] = value
-            elif name == "patient_age":
-                try:
-                    row.values[name] = float(value)
-                except ValueError as exc:
-                    raise ManifestError(f"{source} line {line}: patient_age {value!r} is not a number") from exc
-            elif name == "study_date":
-                try:
-                    row.values[name] = date.fromisoformat(value)
-                except ValueError as exc:
-                    raise ManifestError(f"{source} line {line}: study_date {value!r} is not YYYY-MM-DD") from exc
             elif name == "labels":
                 row.labels = [label.strip() for label in re.split(r"[;|]", value) if label.strip()]
             elif name == "report_text":
                 row.report_text = value
+            elif name in PARSERS:
+                parse, what = PARSERS[name]
+                try:
+                    row.values[name] = parse(value)
+                except ValueError as exc:
+                    raise ManifestError(f"{source} line {line}: {name} {value!r} is not {what}") from exc
             else:
                 row.extra[original.strip()] = value
         if not path:

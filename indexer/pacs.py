@@ -37,7 +37,12 @@ def read_mark(repository: Repository, archive_key: str) -> date | None:
 
 
 def write_mark(repository: Repository, archive_key: str, day: date) -> None:
-    repository.set_meta(_mark_key(archive_key), json.dumps({"date": day.isoformat(), "source": archive_key}))
+    repository.set_meta(_mark_key(archive_key), json.dumps({"date": day.isoformat()}))
+
+
+def forget_mark(repository: Repository, archive_key: str) -> None:
+    """When a PACS is removed from the index: no trace of it stays."""
+    repository.set_meta(_mark_key(archive_key), None)
 
 
 def parse_qido(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -93,10 +98,10 @@ def apply_since(archive: DicomWebArchive, repository: Repository, since: str | N
     return f"--since {since}: studies dated from {day}"
 
 
-def marks_progress(archive: DicomWebArchive, study_date_option: str | None) -> bool:
+def marks_progress(archive: DicomWebArchive, narrowed: bool) -> bool:
     """Whether a complete run with this query may move the mark: it must not have been narrowed by
-    anything but --since, and every instance must have been fetched (passing failures must be
-    listed again next time)."""
+    anything but --since (`narrowed`: --study-date was given), and every instance must have been
+    fetched (passing failures must be listed again next time)."""
     query = archive.query
-    return (study_date_option is None and not query.modalities and not query.attributes
+    return (not narrowed and not query.modalities and not query.attributes
             and archive.stats.fetch_failures == 0 and archive.stats.studies_failed == 0)

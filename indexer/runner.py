@@ -19,11 +19,14 @@ from dataclasses import dataclass, field, replace
 from core.deid import pseudonym
 from core.encoder import Encoder
 from indexer.encode import encode_frames
+from indexer.errors import IndexerError
 from indexer.load import LoadOptions, LoadPool, Outcome, Task
 from indexer.manifest import MANIFEST_NAME, ManifestRow, parse_manifest
 from indexer.scan import Archive, Entry, ReadItem
 from indexer.write import commit, plan_batch
-from storage.repository import FileIssue, FileState
+from storage.records import FileIssue, FileState
+from storage.removal import ExclusionMatcher
+from storage.repository import Repository
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -49,7 +52,8 @@ ProgressFactory = Callable[[int], Progress]
 class RunResult:
     run_id: int
     archive: str
-    indexed: int = 0  # new images encoded
+    indexed: int = 0  # new images (one per distinct pixels in a patient's study)
+    encoded: int = 0  # of them, pixels the model had not seen (the others got a copy of a stored vector)
     linked: int = 0  # new sources of images already indexed (duplicates, moved files): not encoded
     unchanged: int = 0  # files left alone
     skipped: int = 0  # not images, objects without pixels
@@ -77,6 +81,12 @@ def _read_manifest(archive: Archive, entries: list[Entry], manifest_bytes: bytes
     return {}
 
 
+def _excluded(exclusions: ExclusionMatcher, archive: Archive, outcome: Outcome) -> int | None:
+    meta = outcome.frames[0].metadata if outcome.frames else None
+    return exclusions.file(archive.key, outcome.entry.path, meta.patient_id if meta else None,
+                           meta.study_uid if meta else None)
+
+
 def _unchanged(state: FileState | None, entry: Entry) -> bool:
     return state is not None and state.size == entry.size and state.mtime == entry.mtime and (
         entry.mtime is not None)
@@ -95,19 +105,26 @@ class Listing:
         return sum(1 for entry in self.entries if not _unchanged(self.known.get(entry.path), entry))
 
 
-def list_archive(archive: Archive, store: Store) -> Listing:
-    """List `archive` against what `store` knows. Lets a caller that holds the store see whether
-    anything is new before loading a model (a nightly run over a PACS), then pass it to run_indexing."""
-    known = store.repository.archive_state(archive.key)
+def list_archive(archive: Archive, repository: Repository) -> Listing:
+    """List `archive` against what the database knows. Lets a caller see whether anything is new before
+    loading a model (a nightly run over a PACS), then pass it to run_indexing."""
+    known = repository.archive_state(archive.key)
     return Listing(archive.entries(_KnownEntries(known)), known)
 
 
-def record_idle_run(store: Store, archive: Archive, listing: Listing, seconds: float) -> RunResult:
+def record_idle_run(repository: Repository, archive: Archive, listing: Listing, seconds: float) -> RunResult:
     """Record a run that found nothing to read (every entry unchanged)."""
-    run_id = store.repository.start_run(archive.key, None)
-    store.repository.finish_run(run_id, status="completed", indexed=0, skipped=len(listing.entries), failed=0,
-                                seconds=seconds)
+    run_id = repository.start_run(archive.key, None)
+    repository.finish_run(run_id, status="completed", indexed=0, unchanged=len(listing.entries), skipped=0,
+                          failed=0, seconds=seconds)
     return RunResult(run_id=run_id, archive=archive.key, unchanged=len(listing.entries), seconds=seconds)
+
+
+def check_not_excluded(archive: Archive, exclusions: ExclusionMatcher) -> None:
+    number = exclusions.archive(archive.key)
+    if number is not None:
+        raise IndexerError(f"{archive.key} was removed from this index (exclusion {number}), so it is not indexed "
+                           f"again: lift that with `medsearch-index exclusions --lift {number}` to index it")
 
 
 class _KnownEntries(Mapping[str, Entry]):
@@ -143,6 +160,7 @@ class _Batch:
 def run_indexing(
     archive: Archive,
     store: Store,
+    repository: Repository,
     encoder: Encoder,
     *,
     batch_size: int = 16,
@@ -163,15 +181,17 @@ def run_indexing(
     `listing`: the archive's listing, when the caller made it already with this store (`list_archive`)."""
     options = options or LoadOptions()
     started = time.perf_counter()
-    store.bind_model(encoder.fingerprint.to_dict())
+    exclusions = repository.exclusion_matcher()
+    check_not_excluded(archive, exclusions)
+    manifest_info = store.bind_model(encoder.fingerprint.to_dict())
     deid = f"on, key {pseudonym('key-check', options.deid_secret, 'key')}" if options.deid_secret else "off"
-    store.repository.ensure_meta(
+    repository.ensure_meta(
         "deidentify", deid, "every run into one index must use the same de-identification setting and key: "
         "rerun with the setting this index was built with, or use another --db folder")
-    listing = listing or list_archive(archive, store)  # listed once: a folder of millions of files is walked once
+    listing = listing or list_archive(archive, repository)  # listed once: millions of files are walked once
     entries, known = listing.entries, listing.known
     manifest = _read_manifest(archive, entries, manifest_bytes)
-    run_id = store.repository.start_run(archive.key, encoder.fingerprint.key)
+    run_id = repository.start_run(archive.key, encoder.fingerprint.key)
     result = RunResult(run_id=run_id, archive=archive.key)
     stages = result.stage_seconds
     bar = progress(len(entries)) if progress else Progress()
@@ -213,13 +233,17 @@ def run_indexing(
         if not batch:
             return
         t0 = time.perf_counter()
-        plan = plan_batch(store, archive.key, [outcome for outcome, _ in batch.items])
+        plan = plan_batch(repository, archive.key, [outcome for outcome, _ in batch.items], manifest_info.dim)
         vectors = encode_frames(encoder, plan.to_encode)
         t1 = time.perf_counter()
         replaced = [sid for _, state in batch.items if state is not None for sid in state.source_ids]
-        commit(store, plan, vectors, run_id=run_id, replaced=replaced, touched=batch.touched, issues=batch.issues)
+        commit(store, repository, plan, vectors, run_id=run_id, replaced=replaced, touched=batch.touched,
+               issues=batch.issues)
         result.indexed += len(plan.new)
+        result.encoded += len(plan.to_encode)
         result.linked += len(plan.links) + sum(len(n.sources) - 1 for n in plan.new.values())
+        repository.update_run(run_id, indexed=result.indexed, unchanged=result.unchanged, skipped=result.skipped,
+                              failed=result.failed)
         stages["encode"] += t1 - t0
         stages["write"] += time.perf_counter() - t1
         if time.monotonic() - last_checkpoint >= checkpoint_seconds:
@@ -234,9 +258,9 @@ def run_indexing(
         if kind == "failed":
             result.failed += 1
             logger.warning("failed: %s", reason)
-        else:
+        else:  # skipped, or excluded (a removed patient, study or file)
             result.skipped += 1
-            logger.info("skipped: %s", reason)
+            logger.info("%s: %s", kind, reason)
 
     try:
         for outcome in pool.map(tasks()):
@@ -249,6 +273,11 @@ def run_indexing(
                     batch.issues.append(replace(state.issue, size=entry.size, mtime=entry.mtime))
                 elif state is not None:
                     batch.touched.extend((sid, entry.size, entry.mtime) for sid in state.source_ids)
+            elif outcome.status == "frames" and (number := _excluded(exclusions, archive, outcome)) is not None:
+                record(entry, "excluded", f"{archive.key}/{entry.path}: excluded: removed from this index earlier "
+                       f"(exclusion {number}; `medsearch-index exclusions` lists them)", outcome.sha256)
+                if state is not None and state.source_ids:
+                    batch.items.append((Outcome(entry, "gone"), state))
             elif outcome.status == "frames":
                 batch.items.append((outcome, state if state and state.source_ids else None))
                 batch.frames += len(outcome.frames)
@@ -280,9 +309,8 @@ def run_indexing(
         store.checkpoint()
         result.seconds = time.perf_counter() - started
         status = "interrupted" if result.interrupted else "failed" if failed_run else "completed"
-        store.repository.finish_run(run_id, status=status, indexed=result.indexed,
-                                    skipped=result.skipped + result.unchanged, failed=result.failed,
-                                    seconds=result.seconds)
+        repository.finish_run(run_id, status=status, indexed=result.indexed, unchanged=result.unchanged,
+                              skipped=result.skipped, failed=result.failed, seconds=result.seconds)
     missing = set(manifest) - {entry.path for entry in entries}
     if missing:
         logger.warning("%d manifest rows name files not found in the archive, e.g. %s",

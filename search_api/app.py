@@ -18,13 +18,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response as StarletteResponse
 
 from core.encoder import Encoder, HFEncoder
+from core.errors import MedsearchError
 from core.settings import Settings
 from search_api.auth import AccessControl
+from search_api.errors import SearchError, http_error
+from search_api.gate import LOOPBACK_HOSTS, SECURITY_HEADERS, FailureLimiter, Gate, HostPolicy
 from search_api.routes import router
 from search_api.schemas import RANDOM_MODEL_WARNING
 from search_api.service import SearchService
 from storage.access import AccessStore
-from storage.store import Store, current_generation
+from storage.errors import StorageError
+from storage.layout import current_generation
+from storage.opening import OpenIndex, open_index
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +42,16 @@ class StartupError(Exception):
     the one the index was built with."""
 
 
-def build_service(settings: Settings, encoder: Encoder | None = None, store: Store | None = None) -> SearchService:
-    """Open the store and load the encoder (unless given), and check that they belong together."""
+def build_service(settings: Settings, encoder: Encoder | None = None, index: OpenIndex | None = None) -> SearchService:
+    """Open the database folder read-only and load the encoder (unless given), and check that they
+    belong together."""
     from core.errors import ModelLoadError
-    from storage.errors import StorageError
 
     try:
-        store = store or Store.open(settings.db_dir, read_only=True, database_url=settings.database_url)
+        index = index or open_index(settings.db_dir, read_only=True, database_url=settings.database_url)
     except StorageError as exc:
         raise StartupError(str(exc)) from exc
+    store, repository = index
     manifest = store.manifest
     model_name = settings.model
     if "model" not in settings.model_fields_set and manifest is not None:
@@ -56,15 +62,17 @@ def build_service(settings: Settings, encoder: Encoder | None = None, store: Sto
             loaded = HFEncoder.load(model_name, revision=settings.model_revision, device=settings.device,
                                     local_files_only=settings.local_files_only)
         except ModelLoadError as exc:
+            index.close()
             raise StartupError(str(exc)) from exc
         device, encoder = loaded.device, loaded
     if manifest is not None and manifest.fingerprint_key != encoder.fingerprint.key:
+        index.close()
         raise StartupError(
             f"the index in {settings.db_dir} was built with {manifest.model_name} (fingerprint "
             f"{manifest.fingerprint_key}); the loaded model {encoder.fingerprint.name} has fingerprint "
             f"{encoder.fingerprint.key}. Serve it with the model it was built with (--model)."
         )
-    return SearchService(encoder, store, render=settings.render_options(), device=device,
+    return SearchService(encoder, store, repository, render=settings.render_options(), device=device,
                          text_cache_size=settings.text_cache_size, preview_cache_size=settings.preview_cache_size,
                          review_min_probability=settings.review_min_probability,
                          review_max_entropy=settings.review_max_entropy,
@@ -104,16 +112,9 @@ class ServiceHolder:
         logger.info("a new index generation is complete: switching to it")
         # the new generation's own model, unless --model pinned one (then build_service checks it)
         old, self.service = self.service, build_service(self.settings)
-        old.store.close()
+        old.close()
 
 
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
-}
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
                "script-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
                "form-action 'self'")
@@ -122,9 +123,18 @@ PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'
 def build_access(settings: Settings, open_mode: bool) -> AccessControl:
     """Open mode (loopback demo), or the key store of the database folder."""
     if open_mode:
-        return AccessControl(store=None, open_mode=True)
+        return AccessControl(store=None, open_mode=True, researcher_fields=settings.researcher_fields)
     store = AccessStore.open(settings.db_dir, settings.access_database_url)
-    return AccessControl(store=store, pseudonym_secret=store.pseudonym_secret())
+    return AccessControl(store=store, pseudonym_secret=store.pseudonym_secret(),
+                         researcher_fields=settings.researcher_fields)
+
+
+def host_policy(settings: Settings, open_mode: bool) -> HostPolicy:
+    """Open mode answers loopback names only; otherwise MEDSEARCH_ALLOWED_HOSTS, by default the
+    loopback names and the address served on."""
+    if open_mode:
+        return HostPolicy(LOOPBACK_HOSTS)
+    return HostPolicy(settings.allowed_hosts or [*LOOPBACK_HOSTS, settings.host])
 
 
 def create_app(settings: Settings | None = None, service: SearchService | None = None,
@@ -148,7 +158,7 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
             yield
         finally:
             if own and holder.service is not None:
-                holder.service.store.close()
+                holder.service.close()
 
     app = FastAPI(title="medsearch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
@@ -182,4 +192,13 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
                   for err in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": detail})
 
+    async def our_error(_request: Request, exc: Exception) -> JSONResponse:
+        status, body = http_error(exc)
+        return JSONResponse(status_code=status, content=body)
+
+    for root in (SearchError, MedsearchError, StorageError):  # every package's error root, mapped once
+        app.add_exception_handler(root, our_error)
+    app.add_middleware(Gate, access=access, hosts=host_policy(settings, access.open_mode),
+                       max_upload_bytes=settings.max_upload_bytes, max_body_bytes=settings.max_body_bytes,
+                       failures=FailureLimiter(settings.auth_failure_limit))
     return app

@@ -1,31 +1,37 @@
-"""Authentication, roles, redaction and audit for the API.
+"""Who is calling, what their role may do, and the audit record of what they did.
 
-Roles: admin (everything, and the audit log), clinician (sees patient identifiers), researcher
-(patient IDs and accession numbers replaced by keyed pseudonyms; reports and identifying extra
-columns removed). No key: 401; a role without the right: 403. Open mode (no keys, every caller a
-clinician) exists only on loopback, for the demo.
+Roles: admin (everything, and the audit log), clinician (sees patient identifiers), researcher (an
+allow-list of fields, pseudonyms for every identifier: search_api/redact.py). The key is checked by
+the gate (search_api/gate.py) before any request body is read; routes read the caller from the
+request. Open mode (no keys, every caller a clinician) exists only on loopback, for the demo.
 """
 
 from __future__ import annotations
 
-import copy
-import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Annotated, Any
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from core.deid import IDENTIFYING_COLUMN, pseudonym
+from search_api.errors import status_of
+from search_api.redact import RESEARCHER_FIELDS, Redactor
 from storage.access import AccessStore
 
-logger = logging.getLogger(__name__)
+KEY_PREFIX = "msk_"
 
 
 @dataclass(frozen=True)
 class Principal:
     key_id: str
     role: str
+
+
+def key_id_of(plain: str) -> str:
+    """The public id part of a presented key (msk_<id>_<secret>), for the audit log; never the secret."""
+    parts = plain.split("_")
+    return parts[1][:16] if len(parts) >= 3 and parts[0] + "_" == KEY_PREFIX else ""
 
 
 @dataclass
@@ -35,52 +41,40 @@ class AccessControl:
     store: AccessStore | None
     open_mode: bool = False
     pseudonym_secret: str = ""
+    researcher_fields: Iterable[str] = RESEARCHER_FIELDS
+    redactor: Redactor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.redactor = Redactor(self.pseudonym_secret or secrets.token_hex(32), self.researcher_fields)
+
+    def authenticate(self, plain: str) -> Principal | None:
+        if self.open_mode:
+            return Principal("open", "clinician")
+        info = self.store.authenticate(plain) if self.store is not None and plain else None
+        return Principal(info.id, info.role) if info is not None else None
 
     def record(self, principal: Principal, action: str, kind: str | None, ids: Sequence[int],
-               status: int = 200) -> None:
+               status: int = 200, client: str | None = None) -> None:
         if self.store is not None:
-            self.store.record(principal.key_id, principal.role, action, kind, ids, status)
-
-    def redact(self, principal: Principal, row: dict[str, Any]) -> dict[str, Any]:
-        """The row as this caller may see it."""
-        if principal.role != "researcher":
-            return row
-        shown = copy.deepcopy(row)
-        secret = self.pseudonym_secret
-        shown["patient_id"] = pseudonym(row.get("patient_id"), secret, "patient")
-        shown["accession_number"] = pseudonym(row.get("accession_number"), secret, "accession")
-        shown["report_text"] = None
-        shown["extra"] = {k: v for k, v in (row.get("extra") or {}).items() if not IDENTIFYING_COLUMN.search(k)}
-        for source in shown.get("sources", []):
-            source["patient_id"] = pseudonym(source.get("patient_id"), secret, "patient")
-            source["accession_number"] = pseudonym(source.get("accession_number"), secret, "accession")
-            source.pop("url", None)  # a link into the PACS leads to the patient's record
-            source.pop("viewer_url", None)
-        return shown
+            self.store.record(principal.key_id, principal.role, action, kind, ids, status, client)
 
 
-def unauthorized(message: str) -> HTTPException:
-    return HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"},
-                         detail=[{"loc": ["header", "authorization"], "msg": message, "type": "unauthorized"}])
-
-
-def authenticate(request: Request) -> Principal:
+def get_access(request: Request) -> AccessControl:
     access: AccessControl = request.app.state.access
-    if access.open_mode:
-        return Principal("open", "clinician")
-    header = request.headers.get("authorization", "")
-    key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-    if not key:
-        raise unauthorized("an API key is required: send 'Authorization: Bearer <key>' (or X-API-Key)")
-    assert access.store is not None
-    info = access.store.authenticate(key)
-    if info is None:
-        raise unauthorized("the API key is invalid or revoked")
-    return Principal(info.id, info.role)
+    return access
+
+
+def caller(request: Request) -> Principal:
+    """The caller the gate authenticated (it answered 401 before the route otherwise)."""
+    principal: Principal | None = request.scope.get("state", {}).get("principal")
+    if principal is None:
+        raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"}, detail=[{
+            "loc": ["header", "authorization"], "msg": "an API key is required", "type": "unauthorized"}])
+    return principal
 
 
 def require(*roles: str) -> Callable[..., Principal]:
-    def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    def check(principal: Annotated[Principal, Depends(caller)]) -> Principal:
         if principal.role not in roles:
             raise HTTPException(status_code=403, detail=[{
                 "loc": ["header", "authorization"], "type": "forbidden",
@@ -89,11 +83,35 @@ def require(*roles: str) -> Callable[..., Principal]:
     return check
 
 
-def get_access(request: Request) -> AccessControl:
-    access: AccessControl = request.app.state.access
-    return access
+@dataclass
+class Audit:
+    """What a route did, filled in by the route and recorded by the dependency when it ends."""
+
+    action: str
+    kind: str | None = None
+    ids: list[int] = field(default_factory=list)
 
 
-CallerDep = Annotated[Principal, Depends(authenticate)]
+def audited(action: str) -> Callable[..., Iterator[Audit]]:
+    """A dependency that records the request in the audit log when it ends: key id, role, action,
+    query kind, result ids and the status it ended with (never the query itself)."""
+    def dependency(access: Annotated[AccessControl, Depends(get_access)],
+                   principal: Annotated[Principal, Depends(caller)]) -> Iterator[Audit]:
+        entry = Audit(action)
+        try:
+            yield entry
+        except Exception as exc:
+            status = exc.status_code if isinstance(exc, HTTPException) else status_of(exc)
+            access.record(principal, action, entry.kind, entry.ids, status)
+            raise
+        access.record(principal, action, entry.kind, entry.ids)
+    return dependency
+
+
+CallerDep = Annotated[Principal, Depends(caller)]
 AdminDep = Annotated[Principal, Depends(require("admin"))]
 AccessDep = Annotated[AccessControl, Depends(get_access)]
+SearchAudit = Annotated[Audit, Depends(audited("search"))]
+ViewAudit = Annotated[Audit, Depends(audited("view"))]
+PreviewAudit = Annotated[Audit, Depends(audited("preview"))]
+ClassifyAudit = Annotated[Audit, Depends(audited("classify"))]

@@ -5,16 +5,39 @@ from __future__ import annotations
 import ipaddress
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
+from core.errors import MedsearchError
 from core.logs import configure_logging
 from core.settings import Settings
 from storage.errors import StorageError
 
 logger = logging.getLogger("search_api")
+
+
+@contextmanager
+def exit_on_errors() -> Iterator[None]:
+    """The one place where error roots become a line on stderr and exit status 2 (a full disk says so)."""
+    try:
+        yield
+    except (StorageError, MedsearchError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def load_settings(**options: Any) -> Settings:
+    try:
+        return Settings(**{key: value for key, value in options.items() if value is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
+        raise click.UsageError(problems) from None
 
 
 def is_loopback(host: str) -> bool:
@@ -56,10 +79,14 @@ def serve(open_mode: bool, **options: Any) -> None:
 
     from search_api.app import StartupError, build_access, build_service, create_app
 
-    settings = Settings(**{key: value for key, value in options.items() if value is not None})
+    settings = load_settings(**options)
     if open_mode and not is_loopback(settings.host):
         click.echo(f"error: --open serves patient data without authentication and is refused on {settings.host}; "
                    "bind to 127.0.0.1, or create API keys (medsearch-api keys create)", err=True)
+        sys.exit(2)
+    if not open_mode and settings.host in ("0.0.0.0", "::") and not settings.allowed_hosts:
+        click.echo(f"error: serving on every address ({settings.host}) needs MEDSEARCH_ALLOWED_HOSTS: the host "
+                   "names clients use (for example medsearch.hospital.org), or * to accept any", err=True)
         sys.exit(2)
     configure_logging(settings.log_level)
     try:
@@ -69,7 +96,7 @@ def serve(open_mode: bool, **options: Any) -> None:
             raise StartupError(f"no API keys for {settings.db_dir}: create one with `medsearch-api keys create "
                                f"--db {settings.db_dir} --role clinician --name NAME`, or serve a loopback demo "
                                "with --open")
-    except (StartupError, StorageError) as exc:
+    except (StartupError, StorageError, MedsearchError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     if open_mode:
@@ -88,12 +115,13 @@ def keys() -> None:
 def _access(db_dir: Path | None) -> Any:
     from storage.access import AccessStore
 
-    settings = Settings(db_dir=db_dir) if db_dir else Settings()
+    settings = load_settings(db_dir=db_dir)
     if settings.access_database_url is None and not settings.db_dir.is_dir():
         click.echo(f"error: no medsearch database in {settings.db_dir}: the folder does not exist (index an "
                    "archive first with `medsearch-index run ARCHIVE --db FOLDER`, or fix --db)", err=True)
         sys.exit(2)
-    return AccessStore.open(settings.db_dir, settings.access_database_url)
+    with exit_on_errors():
+        return AccessStore.open(settings.db_dir, settings.access_database_url)
 
 
 @keys.command("create")
@@ -105,7 +133,8 @@ def _access(db_dir: Path | None) -> Any:
 def keys_create(db_dir: Path | None, role: str, name: str) -> None:
     """Create a key and print it once: it is stored hashed and cannot be shown again."""
     store = _access(db_dir)
-    info, plain = store.create_key(name, role)
+    with exit_on_errors():
+        info, plain = store.create_key(name, role)
     click.echo(f"key {info.id} ({info.role}, {info.name}) created; store it now, it is not shown again:")
     click.echo(plain)
 
@@ -114,7 +143,9 @@ def keys_create(db_dir: Path | None, role: str, name: str) -> None:
 @click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder.")
 def keys_list(db_dir: Path | None) -> None:
     """List keys (never their secrets)."""
-    for info in _access(db_dir).list_keys():
+    with exit_on_errors():
+        found = _access(db_dir).list_keys()
+    for info in found:
         state = f"revoked {info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "active"
         click.echo(f"{info.id}  {info.role:10} {state:24} {info.created_at:%Y-%m-%d %H:%M}  {info.name}")
 
@@ -124,7 +155,9 @@ def keys_list(db_dir: Path | None) -> None:
 @click.argument("key_id")
 def keys_revoke(db_dir: Path | None, key_id: str) -> None:
     """Revoke a key by its id (the part after msk_)."""
-    if not _access(db_dir).revoke(key_id):
+    with exit_on_errors():
+        revoked = _access(db_dir).revoke(key_id)
+    if not revoked:
         click.echo(f"error: no active key {key_id}", err=True)
         sys.exit(1)
     click.echo(f"key {key_id} revoked")
@@ -137,20 +170,21 @@ def keys_revoke(db_dir: Path | None, key_id: str) -> None:
 @click.option("--out", type=click.File("w"), default="-", help="File to write [default: standard output].")
 def audit(db_dir: Path | None, since: Any, fmt: str, out: Any) -> None:
     """Export the audit log: every search, view, preview and classification with key id, role, time,
-    query kind and result ids (never query texts or images)."""
-    import csv
+    query kind and result ids (never query texts or images), and failed authentications with the
+    client address. CSV cells that would start a spreadsheet formula are escaped."""
     import json
 
-    records = _access(db_dir).audit(since=since)
+    from core.csvsafe import write_csv
+
+    fields = ["id", "at", "key_id", "role", "action", "query_kind", "result_ids", "status", "client"]
+    with exit_on_errors():
+        records = list(_access(db_dir).audit(since=since))
     if fmt == "jsonl":
         for record in records:
             out.write(json.dumps(record) + "\n")
         return
-    writer = csv.DictWriter(out, fieldnames=["id", "at", "key_id", "role", "action", "query_kind", "result_ids",
-                                             "status"])
-    writer.writeheader()
-    for record in records:
-        writer.writerow({**record, "result_ids": " ".join(map(str, record["result_ids"]))})
+    write_csv(out, fields, ([*(record[name] for name in fields[:6]), " ".join(map(str, record["result_ids"])),
+                             record["status"], record["client"]] for record in records))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,7 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -23,24 +23,14 @@ from core.dicomweb import DicomWebConfig, instance_url, is_dicomweb, viewer_url
 from core.encoder import Encoder, l2_normalise
 from core.errors import ImageError, MedsearchError
 from core.images import LoadedImage, load_image_bytes, load_image_frames
-from storage.repository import ImageFilter
+from search_api.errors import PreviewError, UnknownImageError
+from storage.records import ImageFilter, StoredImage, StoredSource
+from storage.repository import Repository
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
 K = TypeVar("K")
 V = TypeVar("V")
-
-
-class UnknownImageError(MedsearchError):
-    """A query named an image id that is not indexed."""
-
-    def __init__(self, image_id: int) -> None:
-        super().__init__(f"no image with id {image_id}")
-        self.image_id = image_id
-
-
-class PreviewError(MedsearchError):
-    """The file recorded for an image can no longer be read or rendered."""
 
 
 class LRUCache(Generic[K, V]):
@@ -93,7 +83,15 @@ class Hit:
     rank: int
     score: float
     probability: float | None  # SigLIP's calibrated probability, for single text queries
-    image: dict[str, Any]
+    image: StoredImage
+
+
+@dataclass(frozen=True)
+class SourceLinks:
+    """Back-references of a source indexed from a PACS (None for files)."""
+
+    url: str | None  # the instance's WADO-RS URL
+    viewer_url: str | None  # its study in the PACS viewer, when a template is configured
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,8 @@ class Classification:
 
 
 class SearchService:
-    def __init__(self, encoder: Encoder, store: Store, *, render: RenderOptions, device: str = "cpu",
+    def __init__(self, encoder: Encoder, store: Store, repository: Repository, *, render: RenderOptions,
+                 device: str = "cpu",
                  text_cache_size: int = 1024, preview_cache_size: int = 256,
                  review_min_probability: float = 0.5, review_max_entropy: float = 0.85,
                  viewer_url_template: str | None = None, dicomweb: DicomWebConfig | None = None) -> None:
@@ -125,12 +124,19 @@ class SearchService:
         self._archives_lock = threading.Lock()
         self.encoder = encoder
         self.store = store
+        self.repository = repository
         self.render = render
         self.device = device
         self.text_cache: LRUCache[str, np.ndarray] = LRUCache(text_cache_size)
         self.preview_cache: LRUCache[tuple[int, int], bytes] = LRUCache(preview_cache_size)
         self.review_min_probability = review_min_probability
         self.review_max_entropy = review_max_entropy
+
+    def close(self) -> None:
+        try:
+            self.store.close()
+        finally:
+            self.repository.close()
 
     # -- query vectors --------------------------------------------------------------------------------
     def load_query_image(self, data: bytes, source: str) -> LoadedImage:
@@ -169,7 +175,7 @@ class SearchService:
     def search(self, parts: Sequence[QueryPart], options: SearchOptions) -> list[Hit]:
         vector = self.query_vector(parts)
         calibrated = len(parts) == 1 and parts[0].text is not None and parts[0].weight > 0
-        allowed = None if options.filters.empty else self.store.repository.filter_image_ids(options.filters)
+        allowed = None if options.filters.empty else self.repository.filter_image_ids(options.filters)
         if allowed is not None and options.exclude:
             allowed = np.setdiff1d(allowed, np.asarray(options.exclude, dtype=np.int64))
         need = options.offset + options.k
@@ -186,36 +192,37 @@ class SearchService:
                     probability=self.probability(score) if calibrated else None, image=row)
                 for i, (score, row) in enumerate(kept[options.offset:need])]
 
-    def _collect(self, pairs: list[tuple[int, float]], options: SearchOptions) -> list[tuple[float, dict[str, Any]]]:
+    def _collect(self, pairs: list[tuple[int, float]], options: SearchOptions) -> list[tuple[float, StoredImage]]:
         excluded = set(options.exclude)
         floor = -2.0 if options.min_score is None else options.min_score
         pairs = [(i, s) for i, s in pairs if i not in excluded and s >= floor]
-        rows = self.store.repository.get_images([image_id for image_id, _ in pairs])
-        kept: list[tuple[float, dict[str, Any]]] = []
+        images = self.repository.get_images([image_id for image_id, _ in pairs])
+        kept: list[tuple[float, StoredImage]] = []
         groups: set[str] = set()
         for image_id, score in pairs:
-            row = rows.get(image_id)
-            if row is None or not row["sources"]:  # deleted between the vector search and the row fetch
+            image = images.get(image_id)
+            if image is None or not image.sources:  # deleted between the vector search and the row fetch
                 continue
             if options.group_by:
-                key = row.get("study_uid" if options.group_by == "study" else "patient_id") or f"image:{image_id}"
+                meta = image.metadata
+                key = (meta.study_uid if options.group_by == "study" else meta.patient_id) or f"image:{image_id}"
                 if key in groups:
                     continue
                 groups.add(key)
-            kept.append((score, self._link(row)))
+            kept.append((score, image))
         return kept
 
-    def get_image(self, image_id: int) -> dict[str, Any] | None:
-        row = self.store.repository.get_images([image_id]).get(image_id)
-        return None if row is None else self._link(row)
+    def get_image(self, image_id: int) -> StoredImage | None:
+        """The image with at least one source, or None."""
+        image = self.repository.get_images([image_id]).get(image_id)
+        return image if image is not None and image.sources else None
 
-    def _link(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Back-references of sources indexed from a PACS: the instance's WADO-RS URL and the study in
+    def links(self, source: StoredSource) -> SourceLinks:
+        """Back-references of a source indexed from a PACS: the instance's WADO-RS URL and the study in
         the PACS viewer (when a viewer URL template is configured)."""
-        for source in row["sources"]:
-            source["url"] = instance_url(source["archive"], source["path"])
-            source["viewer_url"] = viewer_url(self.viewer_url_template, source["archive"], source)
-        return row
+        identifiers = {"study_uid": source.study_uid, "series_uid": source.series_uid, "sop_uid": source.sop_uid}
+        return SourceLinks(instance_url(source.archive, source.path),
+                           viewer_url(self.viewer_url_template, source.archive, identifiers))
 
     def _archive(self, key: str) -> Archive:
         """The archive a source was recorded from; a PACS is opened once (it keeps its connections),
@@ -251,10 +258,10 @@ class SearchService:
             reasons.append(f"normalised entropy {entropy:.2f} > {self.review_max_entropy}")
         votes: Counter[str] = Counter()
         found = self.store.search(vector[None, :], neighbours)[0] if neighbours else []
-        rows = self.store.repository.get_images([image_id for image_id, _ in found])
-        for row in rows.values():
-            votes.update(set(row.get("labels") or []))
-        counted = len(rows)
+        neighbour_images = self.repository.get_images([image_id for image_id, _ in found])
+        for neighbour in neighbour_images.values():
+            votes.update(set(neighbour.metadata.labels))
+        counted = len(neighbour_images)
         return Classification(scores, entropy, bool(reasons), reasons,
                               [(label, n, n / counted) for label, n in votes.most_common()], counted)
 
@@ -265,18 +272,21 @@ class SearchService:
         return self.preview_cache.get((image_id, size), lambda: self._render_preview(image_id, size))
 
     def _render_preview(self, image_id: int, size: int) -> bytes:
-        row = self.get_image(image_id)
-        if row is None or not row["sources"]:
-            raise UnknownImageError(image_id)
-        source = row["sources"][0]
+        image = self.get_image(image_id)
+        if image is None:
+            raise UnknownImageError(image_id, loc=("path", "image_id"))
+        source = image.sources[0]
         try:
-            data = self._archive(source["archive"]).read(source["path"])
+            data = self._archive(source.archive).read(source.path)
             options = RenderOptions(window=self.render.window, presets=self.render.presets,
-                                    percentiles=self.render.percentiles, frames=f"frame:{source['frame_index']}",
+                                    percentiles=self.render.percentiles, frames=f"frame:{source.frame_index}",
                                     max_pixels=self.render.max_pixels)
-            pixels = load_image_frames(data, source["path"], options)[0].pixels
+            pixels = load_image_frames(data, source.path, options)[0].pixels
         except (OSError, MedsearchError, ImageError) as exc:
-            raise PreviewError(f"the file recorded for image {image_id} cannot be read any more: {exc}") from exc
+            logger.warning("preview of image %d: its file cannot be read any more (%s)", image_id,
+                           type(exc).__name__)
+            raise PreviewError(f"the file recorded for image {image_id} cannot be read any more",
+                               ("path", "image_id")) from exc
         picture = Image.fromarray(pixels)
         picture.thumbnail((size, size))
         buffer = io.BytesIO()

@@ -1,7 +1,8 @@
 """Who may call the API, and what they did: API keys (stored hashed) and the audit log.
 
 Kept in DIR/access.sqlite (or another database URL), beside the index generations, so that keys and
-the audit trail survive a switch to a new generation. Keys look like `msk_<id>_<secret>`; only the
+the audit trail survive a switch to a new generation. Its schema changes through Alembic migrations
+(storage/migrations/access), applied when it is opened. Keys look like `msk_<id>_<secret>`; only the
 SHA-256 of the whole key is stored (the secret is 256 random bits, so a plain hash is enough).
 """
 
@@ -20,9 +21,10 @@ from typing import Any, Literal
 from sqlalchemy import DateTime, Integer, String, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from storage.db import make_engine, session_factory, sqlite_url
+from storage.db import database_errors, make_engine, session_factory, sqlite_url
 from storage.errors import StorageError
-from storage.repository import utcnow
+from storage.meta import utcnow
+from storage.migrate import ACCESS, upgrade
 
 Role = Literal["admin", "clinician", "researcher"]
 ROLES: tuple[Role, ...] = ("admin", "clinician", "researcher")
@@ -53,6 +55,7 @@ class AuditRow(AccessBase):
     query_kind: Mapped[str | None] = mapped_column(String(32))  # text, image, similar, composite...
     result_ids: Mapped[str] = mapped_column(Text)  # JSON list of image ids
     status: Mapped[int] = mapped_column(Integer)
+    client: Mapped[str | None] = mapped_column(String(64))  # the caller's address (failed logins)
 
 
 class AccessMetaRow(AccessBase):
@@ -79,17 +82,17 @@ class AccessStore:
 
     def __init__(self, url: str) -> None:
         self._engine = make_engine(url)
-        try:
-            AccessBase.metadata.create_all(self._engine)
-        except Exception as exc:
-            raise StorageError(f"the access database {url} is unusable: {exc}") from exc
+        upgrade(self._engine, ACCESS)
         self._sessions = session_factory(self._engine)
 
     @classmethod
     def open(cls, root: str | Path, database_url: str | None = None) -> AccessStore:
         root = Path(root)
         if database_url is None:
-            root.mkdir(parents=True, exist_ok=True)
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create {root}: {exc.strerror or exc}") from exc
         return cls(database_url or sqlite_url(root / ACCESS_DATABASE))
 
     def close(self) -> None:
@@ -103,17 +106,17 @@ class AccessStore:
         key_id = secrets.token_hex(4)
         plain = f"msk_{key_id}_{secrets.token_urlsafe(32)}"
         now = utcnow()
-        with self._sessions() as session, session.begin():
+        with database_errors(self._engine), self._sessions() as session, session.begin():
             session.add(ApiKeyRow(id=key_id, name=name, role=role, key_sha256=_hash(plain), created_at=now))
         return KeyInfo(key_id, name, role, now, None), plain
 
     def list_keys(self) -> list[KeyInfo]:
-        with self._sessions() as session:
+        with database_errors(self._engine), self._sessions() as session:
             rows = session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at)).all()
             return [KeyInfo(r.id, r.name, r.role, r.created_at, r.revoked_at) for r in rows]  # type: ignore[arg-type]
 
     def revoke(self, key_id: str) -> bool:
-        with self._sessions() as session, session.begin():
+        with database_errors(self._engine), self._sessions() as session, session.begin():
             row = session.get(ApiKeyRow, key_id)
             if row is None or row.revoked_at is not None:
                 return False
@@ -121,7 +124,7 @@ class AccessStore:
             return True
 
     def has_active_keys(self) -> bool:
-        with self._sessions() as session:
+        with database_errors(self._engine), self._sessions() as session:
             return session.scalar(select(ApiKeyRow.id).where(ApiKeyRow.revoked_at.is_(None)).limit(1)) is not None
 
     def authenticate(self, plain: str) -> KeyInfo | None:
@@ -130,7 +133,7 @@ class AccessStore:
         parts = plain.split("_")
         if len(parts) < 3 or parts[0] != "msk":
             return None
-        with self._sessions() as session:
+        with database_errors(self._engine), self._sessions() as session:
             row = session.get(ApiKeyRow, parts[1])
             if row is None or not hmac.compare_digest(row.key_sha256, _hash(plain)) or row.revoked_at is not None:
                 return None
@@ -138,7 +141,7 @@ class AccessStore:
 
     def pseudonym_secret(self) -> str:
         """The key of the pseudonyms shown to researchers: made once, kept here."""
-        with self._sessions() as session, session.begin():
+        with database_errors(self._engine), self._sessions() as session, session.begin():
             row = session.get(AccessMetaRow, "pseudonym_secret")
             if row is None:
                 row = AccessMetaRow(key="pseudonym_secret", value=secrets.token_hex(32))
@@ -147,10 +150,11 @@ class AccessStore:
 
     # -- audit ----------------------------------------------------------------------------------------
     def record(self, key_id: str, role: str, action: str, query_kind: str | None, result_ids: Sequence[int],
-               status: int = 200) -> None:
-        with self._sessions() as session, session.begin():
+               status: int = 200, client: str | None = None) -> None:
+        with database_errors(self._engine), self._sessions() as session, session.begin():
             session.add(AuditRow(at=utcnow(), key_id=key_id, role=role, action=action, query_kind=query_kind,
-                                 result_ids=json.dumps([int(i) for i in result_ids]), status=status))
+                                 result_ids=json.dumps([int(i) for i in result_ids]), status=status,
+                                 client=client))
 
     def audit(self, since: datetime | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
         query = select(AuditRow).order_by(AuditRow.id)
@@ -158,8 +162,8 @@ class AccessStore:
             query = query.where(AuditRow.at >= since)
         if limit is not None:
             query = query.limit(limit)
-        with self._sessions() as session:
+        with database_errors(self._engine), self._sessions() as session:
             for row in session.scalars(query):
                 yield {"id": row.id, "at": row.at.isoformat(), "key_id": row.key_id, "role": row.role,
                        "action": row.action, "query_kind": row.query_kind,
-                       "result_ids": json.loads(row.result_ids), "status": row.status}
+                       "result_ids": json.loads(row.result_ids), "status": row.status, "client": row.client}

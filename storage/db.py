@@ -1,25 +1,21 @@
-"""Engine creation (SQLite in WAL mode with a busy timeout) and schema versioning."""
+"""Engine creation (SQLite in WAL mode with a busy timeout and secure deletion) and the translation of
+database failures into StorageError with a sentence a person can act on."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, select
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.errors import SchemaVersionError, StorageError
-from storage.models import SCHEMA_VERSION, Base, Meta
-
-logger = logging.getLogger(__name__)
+from storage.errors import DiskFullError, StorageError
 
 BUSY_TIMEOUT_MS = 30_000
-
-# version -> function upgrading a database from version-1 to version. None so far.
-MIGRATIONS: dict[int, Callable[[Engine], None]] = {}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -28,12 +24,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # deleted rows are overwritten, so that a removed patient leaves no bytes behind in the file
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL, a busy timeout and foreign keys."""
-    engine = create_engine(url, future=True)
+    """An engine for `url`; SQLite gets WAL, a busy timeout, foreign keys and secure deletion."""
+    engine = create_engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -43,30 +41,33 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def init_schema(engine: Engine) -> None:
-    """Create the tables of a new database, or check and migrate an existing one."""
-    try:
-        existing = set(inspect(engine).get_table_names())
-        if "meta" not in existing:
-            Base.metadata.create_all(engine)
-            with Session(engine) as session, session.begin():
-                session.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            return
-        with Session(engine) as session:
-            row = session.scalar(select(Meta).where(Meta.key == "schema_version"))
-            version = int(row.value) if row else 0
-        if version > SCHEMA_VERSION:
-            raise SchemaVersionError(f"database schema version {version} is newer than this medsearch "
-                                     f"understands ({SCHEMA_VERSION}): upgrade medsearch")
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            logger.info("migrating database schema to version %d", target)
-            MIGRATIONS[target](engine)
-            with Session(engine) as session, session.begin():
-                session.merge(Meta(key="schema_version", value=str(target)))
-        Base.metadata.create_all(engine)  # tables added since, if any
-    except (OperationalError, DatabaseError) as exc:
-        raise StorageError(f"database {engine.url.database} is unusable: {exc.orig}") from exc
-
-
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL, PostgreSQL's disk_full (53100), or ENOSPC/EDQUOT from the OS."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    original = getattr(exc, "orig", None)
+    text = str(original if original is not None else exc).lower()
+    return ("database or disk is full" in text or "no space left on device" in text
+            or getattr(original, "sqlstate", None) == "53100")
+
+
+def describe_database_error(engine: Engine, exc: BaseException) -> str:
+    where = engine.url.database if engine.dialect.name == "sqlite" else engine.url.render_as_string(True)
+    if is_disk_full(exc):
+        return f"the disk holding the database {where} is full: free space and run the command again"
+    original = getattr(exc, "orig", None) or exc
+    return f"the database {where} is unusable: {original}"
+
+
+@contextmanager
+def database_errors(engine: Engine) -> Iterator[None]:
+    """Turn SQLAlchemy's failures into StorageError (DiskFullError for a full disk), naming the database."""
+    try:
+        yield
+    except (OperationalError, DatabaseError) as exc:
+        error = DiskFullError if is_disk_full(exc) else StorageError
+        raise error(describe_database_error(engine, exc)) from exc

@@ -1,4 +1,5 @@
-"""Typed exceptions raised by storage."""
+"""Typed exceptions raised by storage: one root, StorageError, that the CLIs and the API map to exit
+codes and HTTP errors."""
 
 from __future__ import annotations
 
@@ -17,3 +18,11 @@ class SchemaVersionError(StorageError):
 
 class DimensionMismatchError(StorageError):
     """Vectors of the wrong dimension for this index."""
+
+
+class DiskFullError(StorageError):
+    """A write failed because the disk (or the database's quota) is full; what was committed is kept."""
+
+
+class WriterLockedError(StorageError):
+    """Another process is writing to the same database folder."""

@@ -1,4 +1,8 @@
-"""SQLAlchemy 2 ORM models. API schemas live in search_api/schemas.py, never here."""
+"""SQLAlchemy 2 ORM models of the index database. API schemas live in search_api/schemas.py, never here.
+
+The schema changes only through Alembic migrations (storage/migrations/index/versions): a change here
+without a migration fails tests/storage/test_migrations.py, which compares the two.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,13 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
-
 
 class Base(DeclarativeBase):
     pass
 
 
 class Meta(Base):
-    """Key/value facts about the database itself (schema_version)."""
+    """Key/value facts about the database itself (its id, settings runs must agree on, PACS marks)."""
 
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -24,12 +26,14 @@ class Meta(Base):
 
 
 class ImageRow(Base):
-    """One distinct image (pixel content), encoded once. `id` is also its id in the FAISS index.
-    Its metadata comes from the first file it was found in; `sources` lists every file and frame."""
+    """One case image: distinct pixels within one patient and study (`case_key`, see storage.records).
+    `id` is also its id in the FAISS index. Its metadata comes from the first file it was found in;
+    `sources` lists every file and frame with these pixels in this case."""
 
     __tablename__ = "images"
     __table_args__ = (
-        Index("ix_images_pixel_sha256", "pixel_sha256", unique=True),
+        Index("ix_images_case", "pixel_sha256", "case_key", unique=True),
+        Index("ix_images_pixel_sha256", "pixel_sha256"),
         Index("ix_images_patient", "patient_id"),
         Index("ix_images_study", "study_uid"),
         Index("ix_images_modality", "modality"),
@@ -38,6 +42,7 @@ class ImageRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     pixel_sha256: Mapped[str] = mapped_column(String(64))
+    case_key: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))
     study_uid: Mapped[str | None] = mapped_column(String(64))
     series_uid: Mapped[str | None] = mapped_column(String(64))
@@ -130,6 +135,7 @@ class RunRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     status: Mapped[str] = mapped_column(String(16), default="running")
     indexed: Mapped[int] = mapped_column(Integer, default=0)
+    unchanged: Mapped[int] = mapped_column(Integer, default=0)
     skipped: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     seconds: Mapped[float | None] = mapped_column(Float)
@@ -148,3 +154,17 @@ class RunErrorRow(Base):
     size: Mapped[int | None] = mapped_column(Integer)
     mtime: Mapped[float | None] = mapped_column(Float)
     file_sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class ExclusionRow(Base):
+    """A removal that sticks (see storage.records.Exclusion): a keyed hash, never the identifier."""
+
+    __tablename__ = "exclusions"
+    __table_args__ = (Index("ix_exclusions_digest", "kind", "digest", unique=True),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    images: Mapped[int] = mapped_column(Integer, default=0)
+    sources: Mapped[int] = mapped_column(Integer, default=0)
+    note: Mapped[str | None] = mapped_column(Text)

@@ -1,16 +1,17 @@
 """FAISS inner-product indexes whose ids are image ids: exact (Flat) or approximate (IVF-Flat, IVF-PQ,
 HNSW), built and trained from the stored embeddings.
 
-Vectors are L2-normalised upstream, so inner product = cosine. Saved atomically: written to a temp
-file in the same folder, fsynced, then swapped in with os.replace, so a reader never sees half a file.
+Vectors are L2-normalised upstream, so inner product = cosine. Saved atomically (storage.layout), with
+a small header naming the database the index was built from, so that a store never serves an index
+file copied from another database (ids that happen to match would return another patient's image).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import os
-import tempfile
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ import faiss as _faiss
 import numpy as np
 
 from storage.errors import DimensionMismatchError, StorageError
+from storage.layout import write_atomically
 
 logger = logging.getLogger(__name__)
 faiss: Any = _faiss  # its shipped stubs miss most SWIG attributes (DirectMap, hnsw, invlists...)
@@ -27,6 +29,7 @@ IndexKind = Literal["flat", "ivf", "ivfpq", "hnsw"]
 KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "ivfpq", "hnsw")
 FLAT_UP_TO = 200_000  # below this an exact scan answers in milliseconds
 HNSW_M = 32
+MAGIC = b"MEDSRCH\x01"  # then a 4-byte little-endian header length, the JSON header, the FAISS bytes
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,18 @@ class VectorIndex:
         return cls(ivf)
 
     @classmethod
-    def load(cls, path: Path) -> VectorIndex:
+    def load(cls, path: Path) -> tuple[VectorIndex, str | None]:
+        """The index in `path` and the id of the database it was built from (None: a file without the
+        header, written before medsearch marked its index files)."""
         try:
-            return cls(faiss.read_index(str(path)))
+            data = path.read_bytes()
+            owner = None
+            if data.startswith(MAGIC):
+                (length,) = struct.unpack_from("<I", data, len(MAGIC))
+                start = len(MAGIC) + 4
+                owner = json.loads(data[start:start + length])["database_id"]
+                data = data[start + length:]
+            return cls(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))), owner
         except Exception as exc:  # faiss raises RuntimeError on corrupt or truncated files
             raise StorageError(f"cannot read the FAISS index {path}: {exc}") from exc
 
@@ -205,24 +217,16 @@ class VectorIndex:
         scores, ids = self._index.search(queries, k, params=params)
         return scores, ids
 
-    def save(self, path: Path) -> None:
-        """Write atomically: temp file + fsync + os.replace (+ fsync of the folder)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(faiss.serialize_index(self._index).tobytes())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    def save(self, path: Path, owner: str) -> None:
+        """Write atomically, marked with the id of the database (`owner`) it was built from."""
+        header = json.dumps({"database_id": owner, "kind": self.kind, "ntotal": self.ntotal}).encode()
+        body = faiss.serialize_index(self._index)
+
+        def write(handle: Any) -> None:
+            handle.write(MAGIC + struct.pack("<I", len(header)) + header)
+            handle.write(memoryview(body))
+
+        write_atomically(path, write)
 
 
 def recall_at_k(approximate: VectorIndex, exact: VectorIndex, queries: np.ndarray, k: int = 10) -> float:

@@ -13,8 +13,13 @@ from PIL import Image
 
 from core.encoder import HFEncoder
 from core.random_model import build_random_siglip
+from indexer.runner import RunResult, run_indexing
 from indexer.sample import pydicom_test_files
+from indexer.scan import open_archive
+from storage.opening import open_index
+from storage.records import StoredImage
 from tests.pacs import orthanc, proxy  # noqa: F401 (fixtures: a real Orthanc PACS, a proxy in front)
+from tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures: a real PostgreSQL)
 
 # Real DICOM files from pydicom's test data that decode with the installed (non-GPL) decoders,
 # covering CT, MR, US, NM, RGB, palette, YBR, big-endian, deflate, RLE, JPEG, JPEG-LS, JPEG 2000
@@ -37,10 +42,16 @@ BAD_DICOM = {
 }
 
 
-def rows_by_path(repository) -> dict[str, dict]:
-    """Every stored image row, keyed by each of its sources' paths."""
-    rows = repository.get_images(repository.image_ids().tolist())
-    return {source["path"]: row for row in rows.values() for source in row["sources"]}
+def rows_by_path(repository) -> dict[str, StoredImage]:
+    """Every stored image, keyed by each of its sources' paths."""
+    images = repository.get_images(repository.image_ids().tolist())
+    return {source.path: image for image in images.values() for source in image.sources}
+
+
+def index_folder(path: Path, db: Path, encoder: HFEncoder, **options) -> RunResult:
+    """Index an archive into the database folder `db` (created if missing), as a library caller does."""
+    with open_index(db, create=True) as (store, repository):
+        return run_indexing(open_archive(path), store, repository, encoder, **options)
 
 
 def dicom_file(name: str) -> Path:

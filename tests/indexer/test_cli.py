@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from storage.store import Store
+from storage.opening import open_index
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -24,9 +24,9 @@ def test_run_zip_summary_and_exit_codes(archive_dir: Path, tiny_model_dir: Path,
     assert "RANDOM weights" in done.stderr
     assert "indexed" in done.stdout and "failed" in done.stdout and "images/s" in done.stdout
     assert "MR_truncated.dcm" in done.stdout  # a failure is listed with its path
-    with Store.open(db) as store:
-        assert store.repository.count_sources() > 20
-        assert 10 < store.ntotal < store.repository.count_sources()  # MR_small in 8 encodings: one image
+    with open_index(db) as (store, repository):
+        assert repository.count_sources() > 20
+        assert 10 < store.ntotal < repository.count_sources()  # MR_small in 8 encodings: one image
     runs = run_cli("runs", "--db", str(db))
     assert runs.returncode == 0 and "completed" in runs.stdout
 
@@ -82,7 +82,7 @@ def test_another_model_needs_a_new_generation(archive_dir: Path, tiny_model_dir:
     done = run_cli("run", str(small), "--db", str(db), "--model", str(other), "--new-generation")
     assert done.returncode == 0, done.stderr
     assert (db / "CURRENT").read_text() == "generations/1" and not (db / "PENDING").exists()
-    with Store.open(db) as store:
+    with open_index(db) as (store, _repository):
         assert store.manifest is not None and store.manifest.model_name == str(other)
     verify = run_cli("verify", "--db", str(db))
     assert verify.returncode == 0 and "consistent" in verify.stdout

@@ -18,7 +18,7 @@ from core.encoder import HFEncoder
 from indexer.runner import run_indexing
 from indexer.sample import pydicom_data_files, pydicom_test_files
 from indexer.scan import open_archive
-from storage.store import Store
+from storage.opening import open_index
 
 
 def corpus_folders() -> dict[str, Path]:
@@ -55,12 +55,12 @@ def test_every_corpus_file_is_indexed_or_has_a_reason(encoder: HFEncoder, tmp_pa
     if len(folders) < 3:
         pytest.skip("pydicom-data and deid-data are not installed (make install installs them)")
     totals = {"indexed": 0, "skipped": 0, "failed": 0}
-    with Store.open(tmp_path / "db", create=True) as store:
+    with open_index(tmp_path / "db", create=True) as (store, repository):
         for name, folder in folders.items():
             archive = open_archive(folder)
-            result = run_indexing(archive, store, encoder, batch_size=16)
-            rows = store.repository.get_images(store.repository.image_ids().tolist()).values()
-            indexed_paths = {s["path"] for r in rows for s in r["sources"] if s["archive"] == archive.key}
+            result = run_indexing(archive, store, repository, encoder, batch_size=16)
+            rows = repository.get_images(repository.image_ids().tolist()).values()
+            indexed_paths = {s.path for r in rows for s in r.sources if s.archive == archive.key}
             reasons = {issue.path: issue for issue in result.issues}
             for entry in archive.entries():
                 if entry.path.endswith((".pyc", "__init__.py")):
@@ -84,8 +84,8 @@ def test_unreadable_and_looping_files_are_recorded(encoder: HFEncoder, tmp_path:
     os.symlink(folder / "gone.dcm", folder / "dangling.dcm")  # unreadable
     os.symlink(folder, folder / "loop")  # a directory loop, not followed
     (folder / "zero.dcm").write_bytes(b"")
-    with Store.open(tmp_path / "db", create=True) as store:
-        result = run_indexing(open_archive(folder), store, encoder)
+    with open_index(tmp_path / "db", create=True) as (store, repository):
+        result = run_indexing(open_archive(folder), store, repository, encoder)
     reasons = {issue.path: issue for issue in result.issues}
     assert set(reasons) == {"dangling.dcm", "zero.dcm"}
     assert reasons["dangling.dcm"].kind == "failed" and "cannot read" in reasons["dangling.dcm"].reason

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 import requests
 
-from storage.store import Store
+from storage.opening import open_index
 from tests.conftest import dicom_file
 
 FILES = 90
@@ -61,16 +61,16 @@ def sources_written(db: Path) -> int:
 
 def state(db: Path) -> tuple[set, dict]:
     """(sources as (path, frame, file sha, pixel sha), pixel sha -> vector) after checking consistency."""
-    with Store.open(db) as store:
+    with open_index(db) as (store, repository):
         assert store.verify() == []
-        repo = store.repository
+        repo = repository
         rows = repo.get_images(repo.image_ids().tolist())
         ids, vectors = repo.get_embeddings(list(rows), store.dim or 0)
         assert store.ntotal == len(rows) == len(ids)
-        sources = {(s["path"], s["frame_index"], s["file_sha256"], row["pixel_sha256"])
-                   for row in rows.values() for s in row["sources"]}
+        sources = {(s.path, s.frame_index, s.file_sha256, row.pixel_sha256)
+                   for row in rows.values() for s in row.sources}
         assert len(sources) == repo.count_sources()
-        by_pixels = {rows[int(i)]["pixel_sha256"]: v for i, v in zip(ids, vectors, strict=True)}
+        by_pixels = {rows[int(i)].pixel_sha256: v for i, v in zip(ids, vectors, strict=True)}
         assert len(by_pixels) == len(rows)  # no image twice
         return sources, by_pixels
 
@@ -122,8 +122,8 @@ def test_kill_nine_at_twenty_points_then_rerun_equals_a_clean_run(tiny_model_dir
                            timeout=300, check=False)
     assert final.returncode == 0, final.stderr
     assert_same_state(clean_db, killed_db)
-    with Store.open(killed_db) as store:
-        statuses = [run.status for run in store.repository.list_runs()]
+    with open_index(killed_db) as (_store, repository):
+        statuses = [run.status for run in repository.list_runs()]
     assert statuses.count("killed") == len(killed_at) and statuses[-1] == "completed"
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import asdict
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from core.encoder import HFEncoder
 from core.errors import ArchiveError
 from indexer.runner import run_indexing
 from indexer.sample import pydicom_data_files
-from storage.store import Store
+from storage.opening import open_index
 from tests.conftest import dicom_file
 from tests.pacs import PASSWORD, USER, Faults, Orthanc, Proxy, self_signed_certificate
 
@@ -65,10 +66,11 @@ def upload(server: Orthanc, names: list[str]) -> list[str]:
     return [name for name in names if server.upload(data_file(name))["Status"] == "Success"]
 
 
-def sources(store: Store) -> dict[str, dict]:
-    repo = store.repository
-    rows = repo.get_images(repo.image_ids().tolist())
-    return {s["path"]: {**row, "source": s} for row in rows.values() for s in row["sources"]}
+def sources(repository) -> dict[str, dict]:
+    """path -> the image's metadata and pixel hash, with the source of that path under "source"."""
+    images = repository.get_images(repository.image_ids().tolist())
+    return {s.path: {**asdict(image.metadata), "pixel_sha256": image.pixel_sha256, "source": asdict(s)}
+            for image in images.values() for s in image.sources}
 
 
 def pacs_paths(server: Orthanc) -> set[str]:
@@ -79,22 +81,22 @@ def test_pacs_run_then_only_new_studies_are_fetched(orthanc: Orthanc, proxy: Pro
                                                     tmp_path: Path):
     stored = upload(orthanc, FIRST)
     archive = DicomWebArchive("dicomweb+" + proxy.dicomweb, FAST)
-    with Store.open(tmp_path / "db", create=True) as store:
-        first = run_indexing(archive, store, encoder, batch_size=4)
+    with open_index(tmp_path / "db", create=True) as (store, repository):
+        first = run_indexing(archive, store, repository, encoder, batch_size=4)
         held = pacs_paths(orthanc)
         assert first.failed == 0 and first.indexed + first.linked + first.skipped == len(held) == len(stored)
         assert first.indexed >= len(held) - 1  # liver.dcm is a segmentation: skipped, as from a folder
         assert set(proxy.fetched()) == held and len(proxy.fetched()) == len(held)
-        pacs = sources(store)
+        pacs = sources(repository)
 
     # the same files indexed from a folder: same pixels and the same metadata per SOP Instance UID
     folder = tmp_path / "folder"
     folder.mkdir()
     for name in stored:
         (folder / name).write_bytes(data_file(name).read_bytes())
-    with Store.open(tmp_path / "folder-db", create=True) as store:
-        run_indexing(open_archive(folder), store, encoder)
-        local = {row["source"]["sop_uid"]: row for row in sources(store).values()}
+    with open_index(tmp_path / "folder-db", create=True) as (store, repository):
+        run_indexing(open_archive(folder), store, repository, encoder)
+        local = {row["source"]["sop_uid"]: row for row in sources(repository).values()}
     assert len(local) == len(pacs)
     for path, row in pacs.items():
         twin = local[row["source"]["sop_uid"]]
@@ -117,24 +119,25 @@ def test_pacs_run_then_only_new_studies_are_fetched(orthanc: Orthanc, proxy: Pro
     new = pacs_paths(orthanc) - before
     assert len(new) >= len(LATER) // 2
     proxy.requests.clear()
-    with Store.open(tmp_path / "db") as store:
-        second = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, FAST), store, encoder, batch_size=4)
+    with open_index(tmp_path / "db") as (store, repository):
+        second = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, FAST), store, repository, encoder,
+                              batch_size=4)
         assert set(proxy.fetched()) == new and len(proxy.fetched()) == len(new)
         assert second.unchanged == len(before)
         assert second.indexed + second.linked + second.skipped + second.failed == len(new)
         # JPEG-LL.dcm needs a GPL decoder: it fails with that reason, from a PACS as from a folder
         assert all("GPL" in issue.reason for issue in second.issues if issue.kind == "failed")
-        assert set(store.repository.archive_state(archive.key)) == pacs_paths(orthanc)  # each known once
+        assert set(repository.archive_state(archive.key)) == pacs_paths(orthanc)  # each known once
         # the unchanged studies were not even listed: one study query, instance queries for changed ones
         listed_studies = {p.split("/")[3] for p in proxy.listed() if p.split("?")[0].endswith("/instances")}
         assert listed_studies == {p.split("/")[1] for p in new}
 
         # nothing new: one QIDO-RS query, nothing fetched, nothing written
         proxy.requests.clear()
-        count = store.repository.count_sources()
-        third = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, FAST), store, encoder)
+        count = repository.count_sources()
+        third = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, FAST), store, repository, encoder)
         assert proxy.fetched() == [] and all(p.startswith("/dicom-web/studies?") for p in proxy.requests)
-        assert third.indexed == 0 and store.repository.count_sources() == count
+        assert third.indexed == 0 and repository.count_sources() == count
         assert store.verify() == []
 
 
@@ -148,8 +151,8 @@ def test_passing_failures_are_retried_with_backoff_or_fetched_next_run(orthanc: 
     proxy.faults = Faults(fail_status={flaky: 503, broken: 502}, fail_times={flaky: 2, broken: 99},
                           delay={slow: 3.0})
     config = DicomWebConfig(retries=2, backoff_s=0.01, timeout_s=1.0, fetch_threads=2)
-    with Store.open(tmp_path / "db", create=True) as store:
-        result = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, config), store, encoder)
+    with open_index(tmp_path / "db", create=True) as (store, repository):
+        result = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, config), store, repository, encoder)
         reasons = {issue.path.rsplit("/", 1)[1]: issue.reason for issue in result.issues}
         assert flaky not in reasons  # two 503s, then fetched on the third attempt
         assert "HTTP 502" in reasons[broken] and "3 attempts" in reasons[broken]
@@ -159,9 +162,9 @@ def test_passing_failures_are_retried_with_backoff_or_fetched_next_run(orthanc: 
 
         proxy.faults = Faults()
         proxy.requests.clear()
-        again = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, config), store, encoder)
+        again = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, config), store, repository, encoder)
         assert sorted(p.rsplit("/", 1)[1] for p in proxy.fetched()) == sorted([broken, slow])
-        assert again.failed == 0 and again.indexed == 2 and store.repository.count_sources() == len(paths)
+        assert again.failed == 0 and again.indexed == 2 and repository.count_sources() == len(paths)
 
 
 def test_a_study_deleted_mid_run_and_a_corrupt_instance(orthanc: Orthanc, proxy: Proxy, encoder: HFEncoder,
@@ -185,8 +188,8 @@ def test_a_study_deleted_mid_run_and_a_corrupt_instance(orthanc: Orthanc, proxy:
 
     proxy.faults = Faults(hook=delete_doomed)
     one_at_a_time = DicomWebConfig(retries=0, fetch_threads=1)
-    with Store.open(tmp_path / "db", create=True) as store:
-        result = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, one_at_a_time), store, encoder)
+    with open_index(tmp_path / "db", create=True) as (store, repository):
+        result = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, one_at_a_time), store, repository, encoder)
         assert sum(1 for p in proxy.fetched() if doomed in p) == 1  # the rest of the study is not asked for
         reasons = {issue.path: issue.reason for issue in result.issues}
         gone = [r for p, r in reasons.items() if doomed in p]
@@ -201,7 +204,7 @@ def test_a_study_deleted_mid_run_and_a_corrupt_instance(orthanc: Orthanc, proxy:
 
         proxy.faults = Faults()
         proxy.requests.clear()
-        again = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, FAST), store, encoder)
+        again = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, FAST), store, repository, encoder)
         assert proxy.fetched() == []  # the corrupt instance is not fetched again; the deleted study is gone
         assert again.unchanged == 7
 
@@ -212,8 +215,8 @@ def test_bearer_token_and_refused_credentials(orthanc: Orthanc, proxy: Proxy, en
     with pytest.raises(ArchiveError, match="HTTP 401.*MEDSEARCH_DICOMWEB_TOKEN"):
         DicomWebArchive("dicomweb+" + proxy.dicomweb, FAST).check()
     archive = DicomWebArchive("dicomweb+" + proxy.dicomweb, DicomWebConfig(token="s3cret-token", retries=0))
-    with Store.open(tmp_path / "db", create=True) as store:
-        assert run_indexing(archive, store, encoder).indexed == 1
+    with open_index(tmp_path / "db", create=True) as (store, repository):
+        assert run_indexing(archive, store, repository, encoder).indexed == 1
     # basic auth straight to Orthanc, and a wrong password
     DicomWebArchive("dicomweb+" + orthanc.dicomweb, DicomWebConfig(username=USER, password=PASSWORD)).check()
     with pytest.raises(ArchiveError, match="refused the credentials"):
@@ -296,8 +299,8 @@ def test_nightly_cli_runs_with_since_last(orthanc: Orthanc, tiny_model_dir: Path
     assert prune.returncode == 2 and "--prune" in prune.stderr
     folder_with_since = cli(str(tmp_path), "--since", "last", env=env)
     assert folder_with_since.returncode == 2 and "DICOMweb source" in folder_with_since.stderr
-    with Store.open(tmp_path / "db") as store:
-        assert store.repository.count_sources() == 4 and store.verify() == []
+    with open_index(tmp_path / "db") as (store, repository):
+        assert repository.count_sources() == 4 and store.verify() == []
 
 
 def test_tls_is_verified_unless_told_otherwise(orthanc: Orthanc, tmp_path: Path, caplog: pytest.LogCaptureFixture):
@@ -333,22 +336,23 @@ def test_a_pacs_that_stops_answering_stops_the_run_and_the_rerun_finishes(orthan
 
     proxy.faults = Faults(hook=fail_after_five)
     config = DicomWebConfig(retries=1, backoff_s=0.01, fetch_threads=1)
-    with Store.open(tmp_path / "db", create=True) as store:
+    with open_index(tmp_path / "db", create=True) as (store, repository):
         with pytest.raises(ArchiveError, match="stopped answering.*rerun to continue"):
-            run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, config), store, encoder, batch_size=2)
-        assert store.repository.list_runs()[-1].status == "failed"
-        kept = store.repository.count_sources()
+            run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, config), store, repository, encoder,
+                         batch_size=2)
+        assert repository.list_runs()[-1].status == "failed"
+        kept = repository.count_sources()
         assert 1 <= kept <= 5
 
         proxy.orthanc = Orthanc(orthanc.folder)  # back, same storage
         proxy.faults = Faults()
         proxy.requests.clear()
         try:
-            again = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, config), store, encoder)
+            again = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, config), store, repository, encoder)
         finally:
             proxy.orthanc.stop()
         assert again.failed == 0 and len(proxy.fetched()) == 30 - kept
-        assert store.repository.count_sources() == 30 and store.verify() == []
+        assert repository.count_sources() == 30 and store.verify() == []
 
 
 def test_query_options_are_checked():

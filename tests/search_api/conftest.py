@@ -8,18 +8,15 @@ from fastapi.testclient import TestClient
 
 from core.encoder import HFEncoder
 from core.settings import Settings
-from indexer.runner import run_indexing
-from indexer.scan import open_archive
 from search_api.app import build_service, create_app
 from search_api.auth import AccessControl
-from storage.store import Store
+from tests.conftest import index_folder
 
 
 @pytest.fixture(scope="session")
 def indexed_db(archive_dir: Path, encoder: HFEncoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = tmp_path_factory.mktemp("api") / "db"
-    with Store.open(db, create=True) as store:
-        run_indexing(open_archive(archive_dir), store, encoder, batch_size=8)
+    index_folder(archive_dir, db, encoder, batch_size=8)
     return db
 
 
@@ -32,6 +29,6 @@ def api_settings(indexed_db: Path, tiny_model_dir: Path) -> Settings:
 def client(api_settings: Settings, encoder: HFEncoder) -> Iterator[TestClient]:
     service = build_service(api_settings, encoder=encoder)
     app = create_app(api_settings, service=service, access=AccessControl(None, open_mode=True))
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url="http://localhost") as test_client:
         yield test_client
-    service.store.close()
+    service.close()

@@ -13,13 +13,13 @@ from core.encoder import HFEncoder
 from core.random_model import build_random_siglip
 from core.settings import Settings
 from search_api.app import StartupError, build_service
-from storage.store import Store
+from storage.opening import open_index
 from tests.conftest import dicom_file
 
 
 def all_embeddings(db: Path, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    with Store.open(db, read_only=True) as store:
-        chunks = list(store.repository.iter_embeddings(dim))
+    with open_index(db, read_only=True) as (_store, repository):
+        chunks = list(repository.iter_embeddings(dim))
     return np.concatenate([c[0] for c in chunks]), np.vstack([c[1] for c in chunks])
 
 
@@ -68,7 +68,7 @@ def test_image_query_with_png_returns_it_first(client: TestClient, archive_dir: 
 
 def test_get_image_and_health(client: TestClient, indexed_db: Path):
     health = client.get("/health").json()
-    with Store.open(indexed_db, read_only=True) as store:
+    with open_index(indexed_db, read_only=True) as (store, _repository):
         assert health["vectors"] == store.ntotal == health["images"]
     assert health["model"]["dim"] == 32 and health["model"]["random_weights"] is True
     first = client.post("/search/text", json={"query": "ct", "k": 1}).json()["results"][0]

@@ -29,11 +29,12 @@ def keyed(api_settings: Settings, encoder: HFEncoder, tmp_path_factory: pytest.T
     keys = {role: store.create_key(f"{role} test", role)[1] for role in ("admin", "clinician", "researcher")}
     revoked_info, keys["revoked"] = store.create_key("gone", "clinician")
     store.revoke(revoked_info.id)
-    service = build_service(api_settings, encoder=encoder)
+    settings = api_settings.model_copy(update={"auth_failure_limit": 10_000})  # the limit has its own test
+    service = build_service(settings, encoder=encoder)
     access = AccessControl(store=store, pseudonym_secret=store.pseudonym_secret())
-    with TestClient(create_app(api_settings, service=service, access=access)) as client:
+    with TestClient(create_app(settings, service=service, access=access), base_url="http://localhost") as client:
         yield client, keys, store
-    service.store.close()
+    service.close()
 
 
 def call(client: TestClient, endpoint: str, key: str | None):
@@ -140,10 +141,11 @@ def test_headers_cors_and_timeouts(keyed, api_settings: Settings, encoder: HFEnc
     assert "access-control-allow-origin" not in cross.headers  # CORS closed by default
     slow = api_settings.model_copy(update={"request_timeout_s": 1e-6})
     service = build_service(slow, encoder=encoder)
-    with TestClient(create_app(slow, service=service, access=AccessControl(None, open_mode=True))) as fast_fail:
+    app = create_app(slow, service=service, access=AccessControl(None, open_mode=True))
+    with TestClient(app, base_url="http://localhost") as fast_fail:
         response = fast_fail.post("/search/text", json={"query": "ct"})
         assert response.status_code == 503 and response.json()["detail"][0]["type"] == "timeout"
-    service.store.close()
+    service.close()
 
 
 def run_api(*args: str) -> subprocess.CompletedProcess[str]:

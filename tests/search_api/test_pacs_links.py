@@ -18,7 +18,7 @@ from indexer.runner import run_indexing
 from search_api.app import build_service, create_app
 from search_api.auth import AccessControl
 from storage.access import AccessStore
-from storage.store import Store
+from storage.opening import open_index
 from tests.indexer.test_dicomweb import synthetic_study
 from tests.pacs import PASSWORD, USER, Orthanc
 
@@ -37,8 +37,8 @@ def pacs_settings(orthanc: Orthanc, db: Path, tiny_model_dir: Path) -> Settings:
 
 def index_pacs(settings: Settings, orthanc: Orthanc, encoder: HFEncoder) -> None:
     archive = DicomWebArchive("dicomweb+" + orthanc.dicomweb, settings.dicomweb_config())
-    with Store.open(settings.db_dir, create=True) as store:
-        assert run_indexing(archive, store, encoder).indexed == 4
+    with open_index(settings.db_dir, create=True) as (store, repository):
+        assert run_indexing(archive, store, repository, encoder).indexed == 4
 
 
 @pytest.fixture
@@ -50,9 +50,9 @@ def keyed(orthanc: Orthanc, encoder: HFEncoder, tiny_model_dir: Path, tmp_path: 
     keys = {role: access_store.create_key(role, role)[1] for role in ("clinician", "researcher")}
     service = build_service(settings, encoder=encoder)
     access = AccessControl(store=access_store, pseudonym_secret=access_store.pseudonym_secret())
-    with TestClient(create_app(settings, service=service, access=access)) as client:
+    with TestClient(create_app(settings, service=service, access=access), base_url="http://localhost") as client:
         yield client, keys, orthanc
-    service.store.close()
+    service.close()
 
 
 def test_results_link_to_the_pacs_and_previews_come_from_it(keyed):

@@ -16,7 +16,8 @@ from indexer.runner import run_indexing
 from indexer.scan import open_archive
 from search_api.app import create_app
 from search_api.auth import AccessControl
-from storage.store import Store, current_generation, finish_generation, start_generation
+from storage.layout import current_generation, finish_generation, start_generation
+from storage.opening import open_index
 from tests.conftest import dicom_file
 
 
@@ -34,15 +35,16 @@ def test_api_serves_a_finished_run_without_restart(encoder: HFEncoder, tiny_mode
     shutil.copy2(dicom_file("CT_small.dcm"), first / "ct.dcm")
     shutil.copy2(dicom_file("MR_small.dcm"), second / "mr.dcm")
     db = tmp_path / "db"
-    with Store.open(db, create=True) as store:
-        run_indexing(open_archive(first), store, encoder)
+    with open_index(db, create=True) as (store, repository):
+        run_indexing(open_archive(first), store, repository, encoder)
     settings = Settings(db_dir=db, model=str(tiny_model_dir), device="cpu")
-    with TestClient(create_app(settings, access=AccessControl(None, open_mode=True))) as client:
+    app = create_app(settings, access=AccessControl(None, open_mode=True))
+    with TestClient(app, base_url="http://localhost") as client:
         app_holder = client.app.state.services
         app_holder.refresh_seconds = 0.1
         assert client.get("/health").json()["vectors"] == 1
-        with Store.open(db) as store:  # an indexing run while the API serves
-            run_indexing(open_archive(second), store, encoder)
+        with open_index(db) as (store, repository):  # an indexing run while the API serves
+            run_indexing(open_archive(second), store, repository, encoder)
         wait_for(lambda: client.get("/health").json()["vectors"] == 2)
         upload = dicom_file("MR_small.dcm").read_bytes()
         top = client.post("/search/image", files={"file": ("mr", upload)}).json()["results"][0]
@@ -54,18 +56,19 @@ def test_new_generation_switches_model_atomically(encoder: HFEncoder, tiny_model
     archive.mkdir()
     shutil.copy2(dicom_file("CT_small.dcm"), archive / "ct.dcm")
     db = tmp_path / "db"
-    with Store.open(db, create=True) as store:
-        run_indexing(open_archive(archive), store, encoder)
+    with open_index(db, create=True) as (store, repository):
+        run_indexing(open_archive(archive), store, repository, encoder)
     other_model = build_random_siglip(tmp_path / "other-model", seed=3)
     other = HFEncoder.load(str(other_model), device="cpu")
     settings = Settings(db_dir=db, device="cpu")  # no --model: each generation's own
-    with TestClient(create_app(settings, access=AccessControl(None, open_mode=True))) as client:
+    app = create_app(settings, access=AccessControl(None, open_mode=True))
+    with TestClient(app, base_url="http://localhost") as client:
         client.app.state.services.refresh_seconds = 0.1
         before = client.get("/health").json()["model"]["fingerprint"]
         assert before == encoder.fingerprint.key
         folder = start_generation(db)
-        with Store.open(folder, create=True, generation=False) as store:
-            run_indexing(open_archive(archive), store, other)
+        with open_index(folder, create=True, generation=False) as (store, repository):
+            run_indexing(open_archive(archive), store, repository, other)
         time.sleep(0.3)
         assert client.get("/health").json()["model"]["fingerprint"] == before  # not finished: not served
         finish_generation(db, folder)
@@ -77,7 +80,7 @@ def test_new_generation_switches_model_atomically(encoder: HFEncoder, tiny_model
 def test_second_writer_is_refused(tmp_path: Path):
     from storage.errors import StorageError
 
-    with Store.open(tmp_path / "db", create=True), pytest.raises(StorageError, match="another medsearch"):
-        Store.open(tmp_path / "db")
-    with Store.open(tmp_path / "db", read_only=True):  # readers are never blocked
+    with open_index(tmp_path / "db", create=True), pytest.raises(StorageError, match="another medsearch"):
+        open_index(tmp_path / "db")
+    with open_index(tmp_path / "db", read_only=True):  # readers are never blocked
         pass

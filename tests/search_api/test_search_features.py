@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +14,16 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from core.encoder import HFEncoder
-from storage.store import Store
+from storage.opening import open_index
 from tests.conftest import dicom_file
 
 
 def embeddings(db: Path, dim: int) -> tuple[np.ndarray, np.ndarray, dict[int, dict]]:
-    with Store.open(db, read_only=True) as store:
-        repo = store.repository
-        rows = repo.get_images(repo.image_ids().tolist())
-        ids, vectors = repo.get_embeddings(list(rows), dim)
-    return ids, vectors, rows
+    """ids, vectors and each image's metadata as a dict."""
+    with open_index(db, read_only=True) as (_, repository):
+        images = repository.get_images(repository.image_ids().tolist())
+        ids, vectors = repository.get_embeddings(list(images), dim)
+    return ids, vectors, {image_id: asdict(image.metadata) for image_id, image in images.items()}
 
 
 @pytest.mark.parametrize("filters", [{"modality": ["MR"]}, {"modality": ["CT", "OT"], "patient_sex": "O"},

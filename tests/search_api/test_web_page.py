@@ -43,7 +43,7 @@ def serve(api_settings: Settings, encoder: HFEncoder, access: AccessControl) -> 
     yield f"http://127.0.0.1:{port}"
     instance.should_exit = True
     thread.join(timeout=10)
-    service.store.close()
+    service.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage.store import Store
+from storage.opening import open_index
+from storage.records import Selection
 from storage.vector_index import plan_index
 from tests.storage.test_store import fingerprint, records, unit_vectors
 
@@ -19,9 +20,9 @@ def fill(db: Path) -> tuple[Path, np.ndarray, list[int]]:
     centres = rng.normal(size=(30, DIM))
     vectors = (centres[rng.integers(0, 30, N)] + 0.3 * rng.normal(size=(N, DIM))).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    with Store.open(db, create=True) as store:
+    with open_index(db, create=True) as (store, _):
         store.bind_model(fingerprint())
-        ids = store.add(records(N, vectors=vectors))
+        ids = store.write(records(N, vectors=vectors))
     return db, vectors, ids
 
 
@@ -33,7 +34,7 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
 def test_build_each_kind_and_reach_recall(filled, kind: str, tmp_path: Path):
     db, vectors, ids = filled
-    with Store.open(db) as store:
+    with open_index(db) as (store, _repository):
         report = store.build_index(kind)
         assert report.kind == kind and report.vectors == N
         assert report.recall_at_10 >= (0.95 if kind != "ivfpq" else 0.5)
@@ -42,15 +43,15 @@ def test_build_each_kind_and_reach_recall(filled, kind: str, tmp_path: Path):
         hits = store.search(query, 10)[0]
         exact = [ids[i] for i in np.argsort(-(vectors @ query[0]))[:10]]
         assert len(set(h for h, _ in hits) & set(exact)) >= (8 if kind != "ivfpq" else 3)
-    with Store.open(db) as reopened:  # the kind survives a reopen
+    with open_index(db) as (reopened, _):  # the kind survives a reopen
         assert reopened.index_kind == kind and reopened.ntotal == N
 
 
 def test_removal_from_hnsw_rebuilds(filled):
     db, _, _ = filled
-    with Store.open(db) as store:
+    with open_index(db) as (store, repository):
         store.build_index("hnsw")
-        removed = store.remove_sources(store.repository.select_sources(path_prefix="img1"))
+        removed = store.remove_sources(repository.select_source_ids(Selection(path_prefix="img1")))
         assert removed and store.index_kind == "hnsw"
         assert store.ntotal == N - len(removed) and store.verify() == []
         store.build_index("flat")
@@ -68,7 +69,7 @@ def test_auto_plan_by_size_and_memory():
 def test_filtered_top_k_equals_brute_force_filtered_top_k(kind: str, tmp_path: Path):
     db, vectors, ids = fill(tmp_path / "db")
     query = unit_vectors(3, seed=21)
-    with Store.open(db) as store:
+    with open_index(db) as (store, _repository):
         store.build_index(kind)
         allowed = np.asarray(ids[::7], dtype=np.int64)  # a filter that keeps one image in seven
         results = store.search(query, 15, allowed=allowed)

@@ -1,0 +1,107 @@
+"""Build what an indexing run needs from settings, at the entry point: the source, the database folder
+(a new generation if asked), the model loader and the engine, put together as an IndexJob."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.encoder import HFEncoder, PreprocessorSpec
+from core.settings import Settings
+from indexer.errors import IndexerError
+from indexer.job import IndexJob, JobOptions
+from indexer.load import LoadOptions
+from indexer.local_engine import LocalEngine
+from indexer.runner import ProgressFactory
+from indexer.scan import Archive, open_archive
+from storage.layout import start_generation
+from storage.opening import open_index
+from storage.records import Manifest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PacsOptions:
+    """How to narrow the listing of a PACS (the options of `medsearch-index run` for a DICOMweb source)."""
+
+    since: str | None = None
+    study_date: str | None = None
+    modalities: tuple[str, ...] = ()
+    qido: tuple[str, ...] = ()
+
+
+def open_source(location: str, settings: Settings, pacs: PacsOptions | None, prune: bool) -> Archive:
+    """The folder, zip, tar or PACS at `location`; a PACS is asked one small query first, so that an
+    unreachable server or refused credentials are said before anything else happens."""
+    if pacs is None:
+        return open_archive(location)
+    from core.dicomweb import DicomWebArchive
+    from indexer.pacs import build_query
+
+    query = build_query(pacs.study_date, pacs.modalities, pacs.qido)
+    if prune and (not query.complete or pacs.since):
+        raise IndexerError("--prune removes what the PACS no longer has, so it needs a listing of every study: run "
+                           "it without --since, --study-date, --modality and --qido")
+    archive = DicomWebArchive(location, settings.dicomweb_config(), query)
+    archive.check()
+    return archive
+
+
+def resolve_model(name: str) -> str:
+    """A local folder as its absolute path (what the index records), a hub id as it is."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
+def choose_model(settings: Settings, manifest: Manifest | None) -> str:
+    """--model (or MEDSEARCH_MODEL) when given, else the model the index was built with, else the default."""
+    if "model" in settings.model_fields_set or manifest is None:
+        return resolve_model(settings.model)
+    return manifest.model_name
+
+
+def load_encoder(name: str, settings: Settings, say: Callable[[str], None]) -> HFEncoder:
+    encoder = HFEncoder.load(name, revision=settings.model_revision, device=settings.device,
+                             local_files_only=settings.local_files_only, precision=settings.precision,
+                             quantize=settings.quantize)
+    if encoder.fingerprint.random_weights:
+        say(f"WARNING: {name} has RANDOM weights (a test model): search results will be meaningless.")
+    return encoder
+
+
+@contextmanager
+def build_job(source: Archive, settings: Settings, manifest: Path | None, prune: bool, new_generation: bool,
+              pacs: PacsOptions | None, progress: ProgressFactory | None = None,
+              say: Callable[[str], None] = logger.warning) -> Iterator[IndexJob]:
+    """The job over `source` into settings.db_dir (its database open for writing while the job lives).
+    `say`: how to tell the person running it what happens (the CLI prints to stderr)."""
+    folder, root = settings.db_dir, None
+    if new_generation:
+        if settings.database_url:
+            raise IndexerError("--new-generation keeps each generation's database in its own folder: it needs the "
+                               "default SQLite database, not MEDSEARCH_DATABASE_URL")
+        settings.db_dir.mkdir(parents=True, exist_ok=True)
+        folder, root = start_generation(settings.db_dir), settings.db_dir
+        say(f"building a new index generation in {folder}")
+    with open_index(folder, create=True, generation=not new_generation,
+                    database_url=settings.database_url) as (store, repository):
+        recorded = store.manifest
+        model = choose_model(settings, recorded)
+        load = LoadOptions(render=settings.render_options(), deid_secret=(
+            settings.deid_secret.get_secret_value() if settings.deidentify and settings.deid_secret else None))
+        engine = LocalEngine(settings.worker_count, load, PreprocessorSpec(model, settings.model_revision))
+        options = JobOptions(
+            batch_size=settings.batch_size, checkpoint_seconds=settings.checkpoint_seconds, prune=prune,
+            manifest_bytes=manifest.read_bytes() if manifest else None, load=load,
+            since=pacs.since if pacs else None, narrowed=bool(pacs and pacs.study_date),
+            lookback_days=settings.dicomweb_lookback_days, generation_root=root,
+            force_load=recorded is not None and model != recorded.model_name)
+        try:
+            yield IndexJob(source, store, repository, lambda: load_encoder(model, settings, say), engine, options,
+                           progress)
+        finally:
+            engine.close()

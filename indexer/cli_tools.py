@@ -1,0 +1,120 @@
+"""`medsearch-index` commands around the index: eval, sample-archive, contact-sheet, random-model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from core.errors import MedsearchError
+from core.logs import configure_logging
+from indexer.cli_common import exit_on_errors, fail, load_settings, open_db
+
+
+@click.command("eval")
+@click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder.")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV: 'path' (inside its archive) or 'sop_uid', and 'labels' (separated by ; or |).")
+@click.option("--labels-from-metadata", is_flag=True, help="Label each indexed image with its modality and body "
+              "region instead (a check that needs no labelling); the CSV is written to the report folder.")
+@click.option("--prompts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML: 'label: prompt' or 'label: [prompts...]' (default: the label itself).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@click.option("--model", help="Model to encode prompts with [default: the one the index was built with].")
+@click.option("--bootstrap", type=click.IntRange(0, 100_000), default=1000, show_default=True,
+              help="Bootstrap rounds of the AUC confidence intervals.")
+def evaluate_command(db_dir: Path | None, labels_file: Path | None, labels_from_metadata: bool, prompts: Path | None,
+                     out: Path, model: str | None, bootstrap: int) -> None:
+    """Measure retrieval quality on labelled cases: image->image precision@k, recall@k and mAP (the
+    query's own patient left out), text->image recall@k and mAP per label, zero-shot ROC AUC per label
+    with a bootstrap 95% interval, and the index in use against exact search. Writes report.json,
+    report.md and PNG plots (ROC curves, precision@k, confusion matrix) to --out."""
+    from core.encoder import HFEncoder
+    from indexer.evaluate import evaluate, parse_labels, parse_prompts
+    from indexer.evaluate import labels_from_metadata as metadata_labels
+
+    configure_logging("WARNING")
+    if bool(labels_file) == labels_from_metadata:
+        raise click.UsageError("give --labels LABELS.csv or --labels-from-metadata")
+    settings = load_settings(db_dir=db_dir)
+    with open_db(db_dir) as (store, repository), exit_on_errors():
+        manifest = store.manifest
+        name = model or (manifest.model_name if manifest else settings.model)
+        try:
+            encoder = HFEncoder.load(name, device=settings.device, local_files_only=settings.local_files_only)
+        except MedsearchError as exc:
+            fail(f"the model {name} is not available on this machine, so nothing can be evaluated: {exc}")
+        if labels_from_metadata:
+            text = metadata_labels(repository)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "labels.csv").write_text(text)
+            rows = parse_labels(text.encode(), str(out / "labels.csv"))
+        else:
+            assert labels_file is not None
+            rows = parse_labels(labels_file.read_bytes(), str(labels_file))
+        prompt_map = parse_prompts(prompts.read_text(), str(prompts)) if prompts else None
+        report = evaluate(store, repository, encoder, rows, prompt_map, bootstrap=bootstrap)
+    from indexer.evaluate import format_value, write_report
+
+    files = write_report(report, out)
+    if report["model"]["random_weights"]:
+        click.echo("WARNING: the model has RANDOM weights: every figure below is meaningless", err=True)
+    i2i = report["image_to_image"]
+    click.echo(f"{report['images']} labelled images ({report['unmatched_rows']} rows matched nothing)")
+    click.echo(f"image->image: mAP {format_value(i2i['mAP'])}, precision@1/5/10 {format_value(i2i['precision@1'])} / "
+               f"{format_value(i2i['precision@5'])} / {format_value(i2i['precision@10'])}")
+    click.echo(f"text->image mAP {format_value(report['text_to_image_mAP'])}; zero-shot mean AUC "
+               f"{format_value(report['zero_shot_mean_auc'])}")
+    for label, row in report["labels"].items():
+        click.echo(f"  {label:24} positives {row['positives']:4}  AUC {format_value(row['zero_shot_auc'])}")
+    click.echo(f"report: {', '.join(str(f) for f in files)}")
+
+
+@click.command("sample-archive")
+@click.argument("out", type=click.Path(path_type=Path))
+def sample_archive(out: Path) -> None:
+    """Build the sample archive (real DICOM files from pydicom and pydicom-data, a few PNG/JPEG and a
+    manifest.csv) at OUT: a folder, or a .zip / .tar.gz file by its suffix."""
+    from indexer.sample import build_sample_archive
+
+    configure_logging("WARNING")
+    path, counts = build_sample_archive(out)
+    click.echo(f"sample archive {path}: {counts['pydicom']} pydicom files, {counts['pydicom-data']} "
+               f"pydicom-data files, {counts['rendered']} PNG/JPEG with manifest.csv")
+
+
+@click.command("contact-sheet")
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--window", help="As for `run`: auto, header, percentile, a preset name or CENTER/WIDTH.")
+@click.option("--frames", help="As for `run`: middle, first, all or every:N.")
+@click.option("--limit", type=click.IntRange(1), default=400, show_default=True, help="At most this many tiles.")
+def contact_sheet(archive: Path, out: Path, window: str | None, frames: str | None, limit: int) -> None:
+    """Render the images of ARCHIVE as the indexer would, tiled with their names and windows into the
+    PNG file OUT, for a person to check that nothing is inverted, washed out or black."""
+    from indexer.contact_sheet import write_contact_sheet
+    from indexer.scan import open_archive
+
+    configure_logging("WARNING")
+    settings = load_settings(window=window, frames=frames)
+    with exit_on_errors():
+        result = write_contact_sheet(open_archive(archive), out, settings.render_options(), limit=limit)
+    click.echo(f"contact sheet {result.path}: {result.rendered} images, {result.not_rendered} files not rendered")
+
+
+@click.command("random-model")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--shape", type=click.Choice(["tiny", "base", "medsiglip"]), default="tiny", show_default=True,
+              help="tiny: 32-d, 32 px, for tests; base: SigLIP-B/16's architecture; medsiglip: MedSigLIP-448's "
+              "architecture (878M parameters), for benchmarks.")
+def random_model(out: Path, shape: str) -> None:
+    """Write a SigLIP with RANDOM weights to OUT, for offline demos and tests only.
+
+    It loads like any checkpoint folder (--model OUT), but its results are meaningless, and
+    medsearch says so in every answer built on it.
+    """
+    from core.random_model import build_random_siglip
+
+    configure_logging("WARNING")
+    build_random_siglip(out, shape=shape)  # type: ignore[arg-type]  # click checked the choice
+    click.echo(f"random {shape} SigLIP written to {out} (results built on it are meaningless)")

@@ -1,0 +1,119 @@
+"""One indexing run, as the CLI (or any caller) builds it: `IndexJob(...).run() -> JobResult`.
+
+The job lists the source and compares it with what the database holds *before* the model is loaded,
+so a rerun with nothing new (a folder, an archive or a PACS) never loads the model; then it loads the
+model through the loader the entry point gave it, runs the stages on the engine, moves the PACS mark,
+grows the vector index when its size calls for another kind and, for a new generation, switches the
+API to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Protocol
+
+from core.dicomweb import DicomWebArchive, ListingStats
+from core.encoder import Encoder
+from indexer.load import LoadOptions
+from indexer.runner import Listing, ProgressFactory, RunResult, check_not_excluded, list_archive, record_idle_run
+from indexer.scan import Archive
+from storage.index_build import BuildReport
+from storage.layout import finish_generation
+from storage.repository import Repository
+from storage.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """Schedules the stages (load, encode, write) of one run over a listing."""
+
+    def prepare(self) -> None:
+        """Start what can start before the model is loaded (worker processes, a cluster connection)."""
+
+    def run(self, source: Archive, store: Store, repository: Repository, encoder: Encoder, listing: Listing,
+            options: JobOptions, progress: ProgressFactory | None) -> RunResult: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    batch_size: int = 16
+    checkpoint_seconds: float = 30.0
+    prune: bool = False
+    manifest_bytes: bytes | None = None
+    load: LoadOptions = field(default_factory=LoadOptions)
+    since: str | None = None  # DICOMweb: a date or "last"
+    narrowed: bool = False  # DICOMweb: --study-date, --modality or --qido narrowed the listing
+    lookback_days: int = 1
+    generation_root: Path | None = None  # a new generation: switch the API to it when the run completes
+    force_load: bool = False  # another model than the index's was asked for: load it (and let it be refused)
+
+
+@dataclass
+class JobResult:
+    run: RunResult
+    vectors: int
+    model_loaded: bool
+    grown: BuildReport | None = None
+    pacs: ListingStats | None = None
+    switched_to: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class IndexJob:
+    def __init__(self, source: Archive, store: Store, repository: Repository, load_encoder: Callable[[], Encoder],
+                 engine: Engine, options: JobOptions | None = None, progress: ProgressFactory | None = None) -> None:
+        self.source = source
+        self.store = store
+        self.repository = repository
+        self.load_encoder = load_encoder
+        self.engine = engine
+        self.options = options or JobOptions()
+        self.progress = progress
+
+    def run(self) -> JobResult:
+        """Raises the packages' own errors (IndexerError, StorageError, core's MedsearchError) when the
+        run cannot start or go on; what was committed before is kept."""
+        options, source = self.options, self.source
+        started_on = date.today()
+        notes: list[str] = []
+        check_not_excluded(source, self.repository.exclusion_matcher())
+        remote = source if isinstance(source, DicomWebArchive) else None
+        if remote is not None:
+            from indexer.pacs import apply_since
+
+            notes.append(f"{remote.base_url}: " + apply_since(remote, self.repository, options.since,
+                                                              options.lookback_days))
+        t0 = time.perf_counter()
+        listing = list_archive(source, self.repository)
+        if listing.pending == 0 and not options.prune and not options.force_load and self.store.manifest is not None:
+            notes.append(f"nothing new in {source.key}: the model was not loaded")
+            result = record_idle_run(self.repository, source, listing, time.perf_counter() - t0)
+            return self._finish(result, remote, started_on, notes, model_loaded=False)
+        self.engine.prepare()  # workers start while the model loads
+        encoder = self.load_encoder()
+        result = self.engine.run(source, self.store, self.repository, encoder, listing, options, self.progress)
+        return self._finish(result, remote, started_on, notes, model_loaded=True)
+
+    def _finish(self, result: RunResult, remote: DicomWebArchive | None, started_on: date, notes: list[str],
+                model_loaded: bool) -> JobResult:
+        if remote is not None and not result.interrupted:
+            from indexer.pacs import marks_progress, write_mark
+
+            if marks_progress(remote, self.options.narrowed):
+                write_mark(self.repository, remote.key, started_on)
+        grown = self.store.maybe_grow_index() if model_loaded else None
+        switched = None
+        root = self.options.generation_root
+        if root is not None and not result.interrupted:
+            finish_generation(root, self.store.folder)
+            switched = self.store.folder
+        return JobResult(result, self.store.ntotal, model_loaded, grown, remote.stats if remote else None, switched,
+                         notes)

@@ -1,0 +1,36 @@
+"""The local engine: decoding in worker processes of this machine, encoding and writing in this process
+(indexer/runner.py is its loop)."""
+
+from __future__ import annotations
+
+from core.encoder import Encoder, PreprocessorSpec
+from indexer.job import JobOptions
+from indexer.load import LoadOptions, LoadPool
+from indexer.runner import Listing, ProgressFactory, RunResult, run_indexing
+from indexer.scan import Archive
+from storage.repository import Repository
+from storage.store import Store
+
+
+class LocalEngine:
+    def __init__(self, workers: int, load: LoadOptions, spec: PreprocessorSpec) -> None:
+        self.workers = workers
+        self._load = load
+        self._spec = spec
+        self._pool: LoadPool | None = None
+
+    def prepare(self) -> None:
+        if self.workers and self._pool is None:
+            self._pool = LoadPool(self.workers, self._load, self._spec)
+
+    def run(self, source: Archive, store: Store, repository: Repository, encoder: Encoder, listing: Listing,
+            options: JobOptions, progress: ProgressFactory | None) -> RunResult:
+        return run_indexing(source, store, repository, encoder, batch_size=options.batch_size, options=options.load,
+                            manifest_bytes=options.manifest_bytes, progress=progress,
+                            checkpoint_seconds=options.checkpoint_seconds, workers=self.workers, prune=options.prune,
+                            pool=self._pool, listing=listing)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
