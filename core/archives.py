@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from core.dicomweb import DicomWebConfig
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+MAX_MEMBER_BYTES = 1024**3  # MEDSEARCH_MAX_FILE_BYTES
+BOMB_RATIO, BOMB_FLOOR = 200, 64 * 1024**2  # a member inflating 200-fold to more than 64 MiB is refused
+
+
+def too_large(size: int, limit: int) -> OSError:
+    return OSError(f"{size} bytes exceed the limit of {limit} (setting MEDSEARCH_MAX_FILE_BYTES): not read")
 
 
 ReadItem = tuple["Entry", bytes | OSError | None]  # an entry with its bytes, its read error, or None: not read
@@ -91,9 +97,10 @@ class FolderArchive:
 
 
 class ZipArchive:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
         self.path = path
         self.key = str(path)
+        self.max_member_bytes = max_member_bytes
         try:
             self._zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:
@@ -107,9 +114,24 @@ class ZipArchive:
         )
 
     def read(self, path: str) -> bytes:
+        """The member's bytes; its declared size and compression ratio are checked before a byte is
+        inflated, and reading stops at the limit whatever the header declared."""
         try:
-            return self._zip.read(path)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, ValueError) as exc:
+            info = self._zip.getinfo(path)
+            limit = self.max_member_bytes
+            if info.file_size > limit:
+                raise too_large(info.file_size, limit)
+            if info.file_size > BOMB_FLOOR and info.file_size > BOMB_RATIO * max(1, info.compress_size):
+                raise OSError(f"inflates {info.file_size // max(1, info.compress_size)}-fold to {info.file_size} "
+                              "bytes: a decompression bomb, not read")
+            with self._zip.open(info) as member:
+                data = member.read(limit + 1)
+            if len(data) > limit:
+                raise too_large(len(data), limit)
+            return data
+        except KeyError as exc:
+            raise OSError(f"{path} not found in {self.path}") from exc
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, ValueError, EOFError) as exc:
             raise OSError(f"corrupt zip member: {exc}") from exc
 
     def local_path(self, path: str) -> str | None:
@@ -120,9 +142,10 @@ class ZipArchive:
 
 
 class TarArchive:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
         self.path = path
         self.key = str(path)
+        self.max_member_bytes = max_member_bytes
         try:
             with tarfile.open(path, "r:*") as tar:
                 self._members = [m for m in tar.getmembers() if m.isfile()]
@@ -136,6 +159,8 @@ class TarArchive:
         with tarfile.open(self.path, "r:*") as tar:
             for member in tar:
                 if member.isfile() and _clean(member.name) == path:
+                    if member.size > self.max_member_bytes:
+                        raise too_large(member.size, self.max_member_bytes)
                     handle = tar.extractfile(member)
                     if handle is not None:
                         return handle.read()
@@ -153,6 +178,9 @@ class TarArchive:
                 entry = Entry(_clean(member.name), member.size, float(member.mtime))
                 if wanted is not None and not wanted(entry):
                     yield entry, None
+                    continue
+                if member.size > self.max_member_bytes:
+                    yield entry, too_large(member.size, self.max_member_bytes)
                     continue
                 try:
                     handle = tar.extractfile(member)
@@ -179,9 +207,11 @@ def _clean(name: str) -> str:
     return str(PurePosixPath(name.lstrip("/"))).removeprefix("./")
 
 
-def open_archive(path: str | Path, dicomweb: DicomWebConfig | None = None) -> Archive:
+def open_archive(path: str | Path, dicomweb: DicomWebConfig | None = None,
+                 max_member_bytes: int = MAX_MEMBER_BYTES) -> Archive:
     """A folder, zip or tar archive at `path`, or a PACS at a dicomweb+http(s):// location (reached
-    with `dicomweb`). Raises ArchiveError naming the path."""
+    with `dicomweb`). Members larger than `max_member_bytes` are refused unread. Raises ArchiveError
+    naming the path."""
     if str(path).lower().startswith("dicomweb+"):
         from core.dicomweb import DicomWebArchive
 
@@ -194,7 +224,7 @@ def open_archive(path: str | Path, dicomweb: DicomWebConfig | None = None) -> Ar
             raise ArchiveError(f"{path}: folder is not readable")
         return FolderArchive(resolved)
     if zipfile.is_zipfile(resolved):
-        return ZipArchive(resolved)
+        return ZipArchive(resolved, max_member_bytes)
     if resolved.name.lower().endswith(TAR_SUFFIXES) or tarfile.is_tarfile(resolved):
-        return TarArchive(resolved)
+        return TarArchive(resolved, max_member_bytes)
     raise ArchiveError(f"{path}: not a folder, .zip or .tar(.gz) archive")

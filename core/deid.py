@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
+from collections.abc import Iterable
 from dataclasses import replace
 
 from core.metadata import ImageMetadata
 
-# manifest columns that may carry direct identifiers are dropped when de-identifying
-IDENTIFYING_COLUMN = re.compile(r"name|birth|address|phone|email|mrn|ssn|insurance", re.IGNORECASE)
+# what medsearch itself puts in `extra` (not a manifest column): kept
+INTERNAL_EXTRA = ("body_part_from",)
 
 
 def pseudonym(value: str | None, secret: str, kind: str) -> str | None:
@@ -21,9 +21,13 @@ def pseudonym(value: str | None, secret: str, kind: str) -> str | None:
     return f"anon-{digest[:24]}"
 
 
-def deidentify(meta: ImageMetadata, secret: str) -> ImageMetadata:
-    """Patient IDs and accession numbers become keyed pseudonyms; identifying extra columns are dropped.
-    Patient names and birth dates are never read in the first place."""
-    extra = {key: value for key, value in meta.extra.items() if not IDENTIFYING_COLUMN.search(key)}
+def deidentify(meta: ImageMetadata, secret: str, keep_columns: Iterable[str] = (),
+               keep_reports: bool = False) -> ImageMetadata:
+    """Patient IDs and accession numbers become keyed pseudonyms; manifest columns beyond the known
+    fields are not stored unless allow-listed (`keep_columns`), report text only with `keep_reports`.
+    Patient names and birth dates are never read from DICOM in the first place."""
+    kept = set(keep_columns) | set(INTERNAL_EXTRA)
+    extra = {key: value for key, value in meta.extra.items() if key in kept}
     return replace(meta, patient_id=pseudonym(meta.patient_id, secret, "patient"),
-                   accession_number=pseudonym(meta.accession_number, secret, "accession"), extra=extra)
+                   accession_number=pseudonym(meta.accession_number, secret, "accession"), extra=extra,
+                   report_text=meta.report_text if keep_reports else None)

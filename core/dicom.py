@@ -28,6 +28,7 @@ import io
 import logging
 import math
 import warnings
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
@@ -39,7 +40,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from core.anatomy import ct_preset, region_from_text
 from core.errors import ImageError, ImageTooLargeError, NoPixelDataError
@@ -86,6 +93,7 @@ class RenderOptions:
     percentiles: tuple[float, float] = (0.5, 99.5)
     frames: str = "middle"
     max_pixels: int = 100_000_000
+    limit_setting: str = "MEDSEARCH_MAX_IMAGE_PIXELS"  # named in the refusal of a larger image
 
     def __post_init__(self) -> None:
         check_window_option(self.window, self.presets)
@@ -147,8 +155,72 @@ def looks_like_dicom(head: bytes) -> bool:
     return False
 
 
-def read_dataset(data: bytes, source: str) -> Dataset:
-    """Parse DICOM bytes (with or without preamble and file meta) or raise ImageError naming `source`."""
+# inflated first, to read the header (Rows, Columns, frames) before inflating the pixels
+_HEADER_BYTES = 1024 * 1024
+_SLACK = 16 * 1024 * 1024  # elements after the pixel data, padding
+
+
+def _declared_pixel_bytes(meta: FileMetaDataset, head: bytes, source: str, max_pixels: int, setting: str) -> int | None:
+    """Bytes the pixel data of a dataset needs by its header (None when the header cannot be read from
+    `head`); ImageTooLargeError when it declares more pixels than allowed."""
+    stream = pydicom.filebase.DicomBytesIO()
+    stream.write(b"\0" * 128 + b"DICM")
+    plain = FileMetaDataset(meta)
+    plain.TransferSyntaxUID = ExplicitVRLittleEndian
+    pydicom.filewriter.write_file_meta_info(stream, plain, enforce_standard=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header = pydicom.dcmread(io.BytesIO(bytes(stream.getvalue()) + head), force=True, stop_before_pixels=True)
+        rows, cols = int(header.Rows), int(header.Columns)
+        frames = _int(header, "NumberOfFrames") or 1
+        samples, bits = _int(header, "SamplesPerPixel") or 1, _int(header, "BitsAllocated") or 16
+    except Exception:
+        return None
+    if rows * cols * frames > max_pixels:
+        raise ImageTooLargeError(source, f"{cols}x{rows}x{frames} = {rows * cols * frames} pixels exceeds the limit "
+                                 f"of {max_pixels} (setting {setting}): refused before inflating the pixel data")
+    return rows * cols * frames * samples * max(1, (bits + 7) // 8)
+
+
+def inflate_deflated(data: bytes, source: str, max_pixels: int, setting: str = "MEDSEARCH_MAX_IMAGE_PIXELS") -> bytes:
+    """A Deflated Explicit VR Little Endian file rewritten as plain Explicit VR Little Endian, inflating
+    its header first and then only as many bytes as the pixels it declares need: a decompression bomb
+    is refused (ImageTooLargeError) there instead of filling memory. Other files are returned as they are."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return data
+    stream = io.BytesIO(data)
+    stream.seek(132)
+    try:
+        meta = pydicom.filereader._read_file_meta_info(stream)
+    except Exception:  # an unreadable file meta: the normal reader says what is wrong
+        return data
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return data
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        head = inflater.decompress(data[stream.tell():], _HEADER_BYTES)
+        declared = _declared_pixel_bytes(meta, head, source, max_pixels, setting)
+        cap = (declared if declared is not None else max_pixels * 8) + _HEADER_BYTES + _SLACK
+        rest = inflater.decompress(inflater.unconsumed_tail, cap - len(head) + 1) if inflater.unconsumed_tail else b""
+    except zlib.error as exc:
+        raise ImageError(source, f"corrupt deflated DICOM data: {exc}") from exc
+    if len(head) + len(rest) > cap:
+        raise ImageTooLargeError(source, f"deflated DICOM data inflates beyond {cap} bytes, more than its header "
+                                 "declares: refused before inflating further")
+    plain = FileMetaDataset(meta)
+    plain.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = pydicom.filebase.DicomBytesIO()
+    out.write(data[:132])
+    pydicom.filewriter.write_file_meta_info(out, plain, enforce_standard=False)
+    return bytes(out.getvalue()) + head + rest
+
+
+def read_dataset(data: bytes, source: str, max_pixels: int = 100_000_000,
+                 setting: str = "MEDSEARCH_MAX_IMAGE_PIXELS") -> Dataset:
+    """Parse DICOM bytes (with or without preamble and file meta) or raise ImageError naming `source`.
+    Deflated data is inflated only as far as `max_pixels` pixels can need."""
+    data = inflate_deflated(data, source, max_pixels, setting)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -269,7 +341,7 @@ def check_has_pixels(ds: Dataset, source: str) -> None:
         raise NoPixelDataError(source, f"no pixel data ({sop_class})")
 
 
-def check_size(ds: Dataset, source: str, max_pixels: int) -> int:
+def check_size(ds: Dataset, source: str, max_pixels: int, setting: str = "MEDSEARCH_MAX_IMAGE_PIXELS") -> int:
     """Refuse oversized images before decoding. Returns the number of frames."""
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     if not rows or not cols:
@@ -279,7 +351,7 @@ def check_size(ds: Dataset, source: str, max_pixels: int) -> int:
     if total > max_pixels:
         raise ImageTooLargeError(
             source, f"{cols}x{rows}x{frames} = {total} pixels exceeds the limit of {max_pixels} "
-            "(setting MEDSEARCH_MAX_IMAGE_PIXELS)"
+            f"(setting {setting})"
         )
     return frames
 
@@ -464,9 +536,9 @@ def render_frame(ds: Dataset, frame: np.ndarray, index: int, meta: ImageMetadata
 
 def load_dicom_frames(data: bytes, source: str, options: RenderOptions) -> list[tuple[np.ndarray, ImageMetadata]]:
     """Read, check and render the frames of one DICOM file that `options.frames` selects."""
-    ds = read_dataset(data, source)
+    ds = read_dataset(data, source, options.max_pixels, options.limit_setting)
     check_has_pixels(ds, source)
-    frames = check_size(ds, source, options.max_pixels)
+    frames = check_size(ds, source, options.max_pixels, options.limit_setting)
     meta = extract_metadata(ds)
     assumed = infer_transfer_syntax(ds)
     rendered = []

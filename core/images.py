@@ -35,7 +35,8 @@ def load_image_frames(data: bytes, source: str, options: RenderOptions | None = 
     if looks_like_dicom(data[:256]):
         return [LoadedImage(pixels=pixels, kind="dicom", metadata=meta)
                 for pixels, meta in load_dicom_frames(data, source, options)]
-    pixels, fmt = load_raster(data, source, max_pixels=options.max_pixels, percentiles=options.percentiles)
+    pixels, fmt = load_raster(data, source, max_pixels=options.max_pixels, percentiles=options.percentiles,
+                              limit_setting=options.limit_setting)
     meta = ImageMetadata(rows=int(pixels.shape[0]), columns=int(pixels.shape[1]), frames=1, frame_index=0)
     return [LoadedImage(pixels=pixels, kind=fmt.lower(), metadata=meta)]
 

@@ -34,7 +34,8 @@ def claimed_format(data: bytes, source: str) -> str | None:
 _HIGH_DEPTH_GREY = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
-def load_raster(data: bytes, source: str, *, max_pixels: int, percentiles: tuple[float, float]) -> tuple[
+def load_raster(data: bytes, source: str, *, max_pixels: int, percentiles: tuple[float, float],
+                limit_setting: str = "MEDSEARCH_MAX_IMAGE_PIXELS") -> tuple[
     np.ndarray, str
 ]:
     """Decode a raster image. Returns (H, W, 3) uint8 RGB and Pillow's format name."""
@@ -55,7 +56,7 @@ def load_raster(data: bytes, source: str, *, max_pixels: int, percentiles: tuple
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLargeError(source, f"{width}x{height} = {width * height} pixels exceeds the limit of "
-                                 f"{max_pixels} (setting MEDSEARCH_MAX_IMAGE_PIXELS)")
+                                 f"{max_pixels} (setting {limit_setting})")
     fmt = image.format or "unknown"
     try:
         with warnings.catch_warnings():

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # Image loading.
     max_image_pixels: int = Field(default=100_000_000, ge=1, description="Refuse images with more pixels "
                                   "(rows x columns x frames) than this, before decoding.")
+    max_file_bytes: int = Field(default=1024**3, ge=1024, description="Refuse files (and archive members) "
+                                "larger than this before reading them; zip members that inflate more than "
+                                "200-fold beyond 64 MiB are refused too.")
     fallback_window_percentiles: tuple[float, float] = Field(
         default=(0.5, 99.5), description="Percentile window used when a DICOM header carries no VOI window."
     )
@@ -60,6 +63,10 @@ class Settings(BaseSettings):
     deidentify: bool = Field(default=False, description="Store keyed pseudonyms instead of patient IDs and "
                              "accession numbers.")
     deid_secret: SecretStr | None = Field(default=None, description="Key of the pseudonyms (>= 16 characters).")
+    deid_keep_columns: list[str] = Field(default_factory=list, description="De-identifying: manifest columns "
+                                         "(beyond the known fields) kept in `extra`; every other one is not stored.")
+    deid_keep_reports: bool = Field(default=False, description="De-identifying: store report text. Reports name "
+                                    "patients and dates: they are identifying, so the default drops them.")
 
     # DICOMweb sources (a PACS): credentials and connection. Never put credentials in the URL.
     dicomweb_token: SecretStr | None = Field(default=None, description="Bearer token for the DICOMweb server.")
@@ -89,6 +96,10 @@ class Settings(BaseSettings):
     max_k: int = Field(default=1000, ge=1)
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest upload (/search/image, "
                                   "/classify); larger ones get 413 before they are read.")
+    max_upload_pixels: int = Field(default=4096 * 4096, ge=1, description="Largest uploaded image (rows x columns "
+                                   "x frames), refused from its header before decoding.")
+    decode_slots: int = Field(default=2, ge=1, le=64, description="Uploads and previews decoded at once; the "
+                              "API's decoding memory stays under about decode_slots x 34 bytes x the pixel limit.")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest body of every other request.")
     auth_failure_limit: int = Field(default=10, ge=1, description="Failed authentications per client address and "
                                     "minute before it gets 429 answers.")

@@ -38,7 +38,7 @@ def open_source(location: str, settings: Settings, pacs: PacsOptions | None, pru
     """The folder, zip, tar or PACS at `location`; a PACS is asked one small query first, so that an
     unreachable server or refused credentials are said before anything else happens."""
     if pacs is None:
-        return open_archive(location)
+        return open_archive(location, max_member_bytes=settings.max_file_bytes)
     from core.dicomweb import DicomWebArchive
     from indexer.pacs import build_query
 
@@ -91,8 +91,9 @@ def build_job(source: Archive, settings: Settings, manifest: Path | None, prune:
                     database_url=settings.database_url) as (store, repository):
         recorded = store.manifest
         model = choose_model(settings, recorded)
-        load = LoadOptions(render=settings.render_options(), deid_secret=(
-            settings.deid_secret.get_secret_value() if settings.deidentify and settings.deid_secret else None))
+        load = LoadOptions(render=settings.render_options(), max_file_bytes=settings.max_file_bytes, deid_secret=(
+            settings.deid_secret.get_secret_value() if settings.deidentify and settings.deid_secret else None),
+            deid_keep_columns=tuple(settings.deid_keep_columns), deid_keep_reports=settings.deid_keep_reports)
         engine = LocalEngine(settings.worker_count, load, PreprocessorSpec(model, settings.model_revision))
         options = JobOptions(
             batch_size=settings.batch_size, checkpoint_seconds=settings.checkpoint_seconds, prune=prune,

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from core.logs import configure_logging
+from core.memory import return_large_buffers
 from core.settings import Settings
 from indexer.build import PacsOptions
 from indexer.cli_common import (
@@ -25,6 +26,7 @@ from indexer.cli_common import (
 from indexer.cli_remove import exclusions, remove
 from indexer.cli_tools import contact_sheet, evaluate_command, random_model, sample_archive
 from indexer.job import JobResult
+from storage.layout import writer_active
 
 logger = logging.getLogger("indexer")
 
@@ -101,7 +103,9 @@ def main() -> None:
 @click.option("--frames", help="Multi-frame DICOM: middle (default), first, all, or every:N - each selected "
               "frame becomes its own image with its frame number.")
 @click.option("--deidentify", is_flag=True, default=None, help="Store keyed pseudonyms instead of patient IDs "
-              "and accession numbers (key from MEDSEARCH_DEID_SECRET); names and birth dates are never stored.")
+              "and accession numbers (key from MEDSEARCH_DEID_SECRET); names and birth dates are never stored, "
+              "nor manifest columns beyond the known fields (unless MEDSEARCH_DEID_KEEP_COLUMNS lists them) or "
+              "report text (unless MEDSEARCH_DEID_KEEP_REPORTS=true).")
 @click.option("--workers", type=click.IntRange(0, 256), help="Decoding worker processes, overlapped with "
               "encoding [default: one per core but one; 0 decodes in the main process].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
@@ -154,6 +158,7 @@ def run(archive: str | None, dicomweb_url: str | None, since: str | None, study_
                                "they need a DICOMweb source (dicomweb+http://... or --dicomweb URL)")
     settings = load_settings(db_dir=db_dir, **options)
     configure_logging(settings.log_level)
+    return_large_buffers()
     pacs = PacsOptions(since, study_date, modalities, qido) if remote else None
     with exit_on_errors():
         code = _run(archive, settings, manifest, progress, prune, new_generation, pacs)
@@ -184,7 +189,7 @@ def _run(location: str, settings: Settings, manifest: Path | None, progress: boo
 def runs(db_dir: Path | None, run_id: int | None) -> None:
     """List indexing runs with their counts (a killed run shows what it committed), or one run's
     skipped and failed files. Reads only: never writes to the database folder."""
-    with open_db(db_dir) as (_, repository), exit_on_errors():
+    with open_db(db_dir) as (store, repository), exit_on_errors():
         if run_id is not None:
             if repository.get_run(run_id) is None:
                 known = repository.list_runs()
@@ -193,9 +198,11 @@ def runs(db_dir: Path | None, run_id: int | None) -> None:
             for issue in repository.run_issues(run_id):
                 click.echo(f"{issue.kind:8} {issue.reason}")
             return
+        writing = writer_active(store.folder)
         for r in repository.list_runs():
             seconds = f"{r.seconds:.1f} s" if r.seconds is not None else "-"
-            click.echo(f"{r.id:5} {r.started_at:%Y-%m-%d %H:%M:%S} {r.status:11} indexed {r.indexed:7} "
+            status = "stopped" if r.status == "running" and not writing else r.status  # killed, or a full disk
+            click.echo(f"{r.id:5} {r.started_at:%Y-%m-%d %H:%M:%S} {status:11} indexed {r.indexed:7} "
                        f"unchanged {r.unchanged:7} skipped {r.skipped:6} failed {r.failed:5} {seconds:>9}  {r.archive}")
 
 

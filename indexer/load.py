@@ -31,8 +31,10 @@ from indexer.scan import Entry
 @dataclass(frozen=True)
 class LoadOptions:
     render: RenderOptions = field(default_factory=RenderOptions)
-    max_file_bytes: int = 2 * 1024**3
+    max_file_bytes: int = 1024**3
     deid_secret: str | None = None  # set: store keyed pseudonyms instead of patient IDs
+    deid_keep_columns: tuple[str, ...] = ()  # de-identifying: manifest columns still stored
+    deid_keep_reports: bool = False  # de-identifying: store report text (identifying)
 
 
 @dataclass
@@ -92,15 +94,16 @@ def load(task: Task, options: LoadOptions, preprocessor: Callable[[list[np.ndarr
     data = task.data
     if data is None:
         try:
-            data = Path(task.file_path or "").read_bytes()
+            with Path(task.file_path or "").open("rb") as handle:  # it may have grown since it was listed
+                data = handle.read(options.max_file_bytes + 1)
         except OSError as exc:
             return Outcome(entry, "failed", reason=f"{task.source}: cannot read file: {exc.strerror or exc}")
+    if len(data) > options.max_file_bytes:
+        return Outcome(entry, "failed", reason=f"{task.source}: file of more than {options.max_file_bytes} bytes "
+                       "exceeds the limit (setting MEDSEARCH_MAX_FILE_BYTES)")
     sha = sha256_of(data)
     if sha == task.known_sha256:
         return Outcome(entry, "same-content", sha256=sha)
-    if len(data) > options.max_file_bytes:
-        return Outcome(entry, "failed", sha, f"{task.source}: file of {len(data)} bytes exceeds the limit of "
-                                           f"{options.max_file_bytes}")
     try:
         images = load_image_frames(data, task.source, options.render)
         pixel_values = preprocessor([image.pixels for image in images])
@@ -114,7 +117,7 @@ def load(task: Task, options: LoadOptions, preprocessor: Callable[[list[np.ndarr
     for image, values in zip(images, pixel_values, strict=True):
         meta = merge_manifest(image.metadata, task.manifest_row)
         if options.deid_secret:
-            meta = deidentify(meta, options.deid_secret)
+            meta = deidentify(meta, options.deid_secret, options.deid_keep_columns, options.deid_keep_reports)
         frames.append(Frame(pixel_hash(image.pixels), values, meta, image.kind))
     return Outcome(entry, "frames", sha, frames=frames)
 
@@ -127,7 +130,10 @@ def _init_worker(options: LoadOptions, spec: PreprocessorSpec) -> None:
     process loaded the model (so it is in the local cache, and a worker never contacts the hub)."""
     import logging
 
+    from core.memory import return_large_buffers
+
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    return_large_buffers()
     _WORKER["options"] = options
     _WORKER["spec"] = spec
 

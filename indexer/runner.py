@@ -204,13 +204,16 @@ def run_indexing(
     def unchanged(entry: Entry) -> bool:
         return _unchanged(known.get(entry.path), entry)
 
+    def oversized(entry: Entry) -> bool:  # refused from its declared size, never read
+        return entry.size > options.max_file_bytes
+
     def tasks() -> Iterator[Task | Outcome]:
         t0 = time.perf_counter()
         local = archive.local_path("") is not None
         if local:
             stream: Iterator[ReadItem] = ((e, None) for e in entries)
         else:
-            stream = archive.iter_read(lambda e: e.path != MANIFEST_NAME and not unchanged(e))
+            stream = archive.iter_read(lambda e: e.path != MANIFEST_NAME and not unchanged(e) and not oversized(e))
         for entry, data in stream:
             stages["read"] += time.perf_counter() - t0
             source = f"{archive.key}/{entry.path}"
@@ -218,6 +221,9 @@ def run_indexing(
                 yield Outcome(entry, "manifest")
             elif unchanged(entry):
                 yield Outcome(entry, "unchanged")
+            elif oversized(entry):
+                yield Outcome(entry, "failed", reason=f"{source}: file of {entry.size} bytes exceeds the limit of "
+                              f"{options.max_file_bytes} (setting MEDSEARCH_MAX_FILE_BYTES): not read")
             elif isinstance(data, OSError):
                 yield Outcome(entry, "failed", reason=f"{source}: cannot read file: {data}")
             else:

@@ -76,7 +76,8 @@ def build_service(settings: Settings, encoder: Encoder | None = None, index: Ope
                          text_cache_size=settings.text_cache_size, preview_cache_size=settings.preview_cache_size,
                          review_min_probability=settings.review_min_probability,
                          review_max_entropy=settings.review_max_entropy,
-                         viewer_url_template=settings.viewer_url_template, dicomweb=settings.dicomweb_config())
+                         viewer_url_template=settings.viewer_url_template, dicomweb=settings.dicomweb_config(),
+                         max_upload_pixels=settings.max_upload_pixels, decode_slots=settings.decode_slots)
 
 
 class ServiceHolder:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from core.errors import MedsearchError
 from core.logs import configure_logging
+from core.memory import return_large_buffers
 from core.settings import Settings
 from storage.errors import StorageError
 
@@ -89,6 +90,7 @@ def serve(open_mode: bool, **options: Any) -> None:
                    "names clients use (for example medsearch.hospital.org), or * to accept any", err=True)
         sys.exit(2)
     configure_logging(settings.log_level)
+    return_large_buffers()  # memory goes back after a large upload
     try:
         service = build_service(settings)  # first: a missing database is the first thing to say
         access = build_access(settings, open_mode)

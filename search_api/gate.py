@@ -3,12 +3,12 @@
 In order, before the application sees the request:
 1. Host: only the names the server answers to (open mode: loopback names only), against DNS
    rebinding from a web page; 400 otherwise.
-2. Size: a declared Content-Length above the route's cap (uploads MEDSEARCH_MAX_UPLOAD_BYTES, every
-   other body MEDSEARCH_MAX_BODY_BYTES) is refused with 413 before a byte is read; a body that
-   streams past the cap without declaring it is cut off there, with the same 413.
-3. Key: every route but the public ones needs a valid key, checked before the body is read; a
+2. Key: every route but the public ones needs a valid key, checked before the body is read; a
    failure is answered 401 and recorded in the audit log (key id if any, client address, never the
    secret); a client address with too many failures in a minute is answered 429 until it waits.
+3. Size: a declared Content-Length above the route's cap (uploads MEDSEARCH_MAX_UPLOAD_BYTES, every
+   other body MEDSEARCH_MAX_BODY_BYTES) is refused with 413 before a byte is read; a body that
+   streams past the cap without declaring it is cut off there, with the same 413.
 """
 
 from __future__ import annotations
@@ -128,17 +128,17 @@ class Gate:
                           "MEDSEARCH_ALLOWED_HOSTS to the names clients use)", "bad_host")
             return
         path = scope.get("path", "")
+        if path not in PUBLIC and not path.startswith(PUBLIC_PREFIXES):
+            principal = await self._authenticate(scope, headers, send)
+            if principal is None:
+                return
+            scope.setdefault("state", {})["principal"] = principal
         upload = path in UPLOAD_ROUTES
         cap = self.max_upload_bytes if upload else self.max_body_bytes
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cap:
             await too_large(send, cap, upload)
             return
-        if path not in PUBLIC and not path.startswith(PUBLIC_PREFIXES):
-            principal = await self._authenticate(scope, headers, send)
-            if principal is None:
-                return
-            scope.setdefault("state", {})["principal"] = principal
         await self._limited(scope, receive, send, cap, upload)
 
     async def _authenticate(self, scope: Scope, headers: dict[str, str], send: Send) -> Principal | None:

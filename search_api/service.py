@@ -11,7 +11,7 @@ import math
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -117,7 +117,8 @@ class SearchService:
                  device: str = "cpu",
                  text_cache_size: int = 1024, preview_cache_size: int = 256,
                  review_min_probability: float = 0.5, review_max_entropy: float = 0.85,
-                 viewer_url_template: str | None = None, dicomweb: DicomWebConfig | None = None) -> None:
+                 viewer_url_template: str | None = None, dicomweb: DicomWebConfig | None = None,
+                 max_upload_pixels: int | None = None, decode_slots: int = 2) -> None:
         self.viewer_url_template = viewer_url_template
         self.dicomweb = dicomweb
         self._archives: dict[str, Archive] = {}
@@ -126,6 +127,10 @@ class SearchService:
         self.store = store
         self.repository = repository
         self.render = render
+        upload_limit = min(render.max_pixels, max_upload_pixels or render.max_pixels)
+        self.upload_render = replace(render, max_pixels=upload_limit, limit_setting="MEDSEARCH_MAX_UPLOAD_PIXELS")
+        # decoding costs ~34 bytes per pixel at its peak: at most this many decodes (uploads, previews) at once
+        self._decode_slots = threading.BoundedSemaphore(decode_slots)
         self.device = device
         self.text_cache: LRUCache[str, np.ndarray] = LRUCache(text_cache_size)
         self.preview_cache: LRUCache[tuple[int, int], bytes] = LRUCache(preview_cache_size)
@@ -140,8 +145,10 @@ class SearchService:
 
     # -- query vectors --------------------------------------------------------------------------------
     def load_query_image(self, data: bytes, source: str) -> LoadedImage:
-        """Decode an uploaded image exactly as the indexer does. Raises core's ImageError family."""
-        return load_image_bytes(data, source, self.render)
+        """Decode an uploaded image exactly as the indexer does, within the upload pixel limit and the
+        decode slots. Raises core's ImageError family."""
+        with self._decode_slots:
+            return load_image_bytes(data, source, self.upload_render)
 
     def text_vector(self, text: str) -> np.ndarray:
         """The text tower's embedding, from the LRU cache when the same text was asked before."""
@@ -278,10 +285,9 @@ class SearchService:
         source = image.sources[0]
         try:
             data = self._archive(source.archive).read(source.path)
-            options = RenderOptions(window=self.render.window, presets=self.render.presets,
-                                    percentiles=self.render.percentiles, frames=f"frame:{source.frame_index}",
-                                    max_pixels=self.render.max_pixels)
-            pixels = load_image_frames(data, source.path, options)[0].pixels
+            options = replace(self.render, frames=f"frame:{source.frame_index}")
+            with self._decode_slots:
+                pixels = load_image_frames(data, source.path, options)[0].pixels
         except (OSError, MedsearchError, ImageError) as exc:
             logger.warning("preview of image %d: its file cannot be read any more (%s)", image_id,
                            type(exc).__name__)

@@ -45,8 +45,8 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None] | bytes) -> N
     except OSError as exc:
         Path(tmp_name).unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"the disk holding {path.parent} is full while writing {path.name}: free space "
-                                "and run the command again (the previous file is kept)") from exc
+            raise DiskFullError(f"the disk holding {path.parent} is full (writing {path.name}): free space and run "
+                                "the command again") from exc
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -94,6 +94,19 @@ def finish_generation(root: Path, folder: Path) -> None:
     """Make `folder` the generation in use, in one atomic rename."""
     write_atomically(root / CURRENT_NAME, folder.relative_to(root).as_posix().encode())
     (root / PENDING_NAME).unlink(missing_ok=True)
+
+
+def writer_active(folder: Path) -> bool:
+    """Whether a process holds the folder's writer lock now (without taking it for long)."""
+    try:
+        with (folder / LOCK_NAME).open("rb") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return False
 
 
 def take_writer_lock(folder: Path) -> IO[bytes]:

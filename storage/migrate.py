@@ -17,11 +17,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
 
-from storage.db import describe_database_error
-from storage.errors import SchemaVersionError, StorageError
+from storage.db import describe_database_error, is_disk_full
+from storage.errors import DiskFullError, SchemaVersionError, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,16 @@ def run_environment(version_table: str) -> None:
             context.run_migrations()
 
 
+def _is_schema_1(connection: Connection, chain: Chain, tables: set[str]) -> bool:
+    """A database of the time before Alembic: the index database carried meta schema_version=1; the
+    access database, its three tables."""
+    if chain is ACCESS:
+        return {"api_keys", "audit", "access_meta"} <= tables
+    if "meta" not in tables:
+        return False
+    return connection.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar() == "1"
+
+
 def head(chain: Chain) -> str:
     heads = chain.script.get_heads()
     assert len(heads) == 1, f"the {chain.name} migrations have several heads: {heads}"
@@ -86,7 +96,11 @@ def upgrade(engine: Engine, chain: Chain) -> str | None:
         with engine.begin() as connection:
             context = MigrationContext.configure(connection, opts={"version_table": chain.version_table})
             current = context.get_current_revision()
-            if current is None and chain.legacy_table in inspect(connection).get_table_names():
+            tables = set(inspect(connection).get_table_names())
+            if current is None and chain.legacy_table in tables:
+                if not _is_schema_1(connection, chain, tables):
+                    raise StorageError(f"{engine.url.render_as_string(hide_password=True)} holds tables but no schema "
+                                       "version that medsearch wrote: it is not a medsearch database")
                 current = chain.baseline  # written before Alembic: exactly the baseline schema
                 context.stamp(script, chain.baseline)
             if current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
@@ -100,8 +114,8 @@ def upgrade(engine: Engine, chain: Chain) -> str | None:
             config.set_main_option("script_location", str(MIGRATIONS / chain.name))
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
-    except (OperationalError, DatabaseError) as exc:
-        raise StorageError(describe_database_error(engine, exc)) from exc
+    except SQLAlchemyError as exc:
+        raise (DiskFullError if is_disk_full(exc) else StorageError)(describe_database_error(engine, exc)) from exc
     if current is not None:
         logger.info("the %s database schema was upgraded in place from revision %s to %s", chain.name, current,
                     head(chain))

@@ -48,3 +48,13 @@ def test_manifest_columns_are_the_settable_fields():
 
 def test_researchers_never_see_an_identifier_in_plain():
     assert set(IDENTIFIERS) == set(IDENTIFIER_FIELDS) == set(SOURCE_IDENTIFIERS)
+
+
+def test_every_setting_is_in_the_readme():
+    from pathlib import Path
+
+    from core.settings import Settings
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"MEDSEARCH_{name.upper()}" not in readme]
+    assert missing == []

@@ -39,7 +39,7 @@ def test_deidentified_index_holds_no_raw_identifiers(encoder: HFEncoder, tmp_pat
     db = tmp_path / "db"
     with open_index(db, create=True) as (store, repository):
         result = run_indexing(open_archive(archive), store, repository, encoder,
-                              options=LoadOptions(deid_secret=SECRET))
+                              options=LoadOptions(deid_secret=SECRET, deid_keep_columns=("site",)))
         rows = list(repository.get_images(list(range(1, 20))).values())
     assert result.indexed == 3 and result.linked == 1  # the second CT has the same pixels: one image
     sources = {s.path: s for row in rows for s in row.sources}
@@ -48,7 +48,7 @@ def test_deidentified_index_holds_no_raw_identifiers(encoder: HFEncoder, tmp_pat
     assert by_path["CT_small.dcm"].metadata.patient_id == expected == sources["CT_small_second.dcm"].patient_id
     assert sources["CT_small_second.dcm"].accession_number == pseudonym("ACC-12345", SECRET, "accession")
     assert sources["CT_small_second.dcm"].sop_uid != sources["CT_small.dcm"].sop_uid
-    assert by_path["CT_small.dcm"].metadata.extra == {"site": "lab"}  # the name column is dropped
+    assert by_path["CT_small.dcm"].metadata.extra == {"site": "lab"}  # allow-listed; the name column is not stored
     content = b"".join(p.read_bytes() for p in db.iterdir())
     for raw in (raw_ct.encode(), b"ACC-12345", b"Doe^Jane"):
         assert raw not in content
