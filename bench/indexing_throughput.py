@@ -29,10 +29,10 @@ import pydicom
 from bench.common import write_result
 from core.encoder import HFEncoder, PreprocessorSpec
 from core.images import load_image_file
+from core.sources import open_source
 from indexer.load import LoadOptions, LoadPool
 from indexer.runner import run_indexing
 from indexer.sample import pydicom_test_files
-from indexer.scan import open_archive
 from storage.opening import open_index
 
 SOURCES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "US1_J2KR.dcm", "image_dfl.dcm"]
@@ -84,9 +84,9 @@ def main() -> None:
         bare = len(files) / (time.perf_counter() - started)
 
         with open_index(work / "db", create=True) as (store, repository):
-            first = run_indexing(open_archive(archive), store, repository, encoder, batch_size=args.batch_size,
+            first = run_indexing(open_source(archive), store, repository, encoder, batch_size=args.batch_size,
                                  pool=pool)
-            rerun = run_indexing(open_archive(archive), store, repository, encoder, batch_size=args.batch_size,
+            rerun = run_indexing(open_source(archive), store, repository, encoder, batch_size=args.batch_size,
                                  pool=pool)
             assert first.indexed == len(files), f"expected {len(files)} distinct images, got {first.indexed}"
         end_to_end = first.indexed / first.seconds

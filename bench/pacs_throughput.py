@@ -30,14 +30,14 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from bench.common import write_result
-from core.dicomweb import DicomWebArchive, DicomWebConfig
 from core.encoder import HFEncoder
 from core.settings import Settings
+from core.sources import open_source
+from core.sources.dicomweb import DicomWebArchive, DicomWebConfig
 from indexer.load import LoadOptions, LoadPool
 from indexer.pacs import apply_since, write_mark
 from indexer.runner import run_indexing
 from indexer.sample import pydicom_data_files, pydicom_test_files
-from indexer.scan import open_archive
 from storage.opening import open_index
 from tests.pacs import PASSWORD, USER, Orthanc, orthanc_missing
 
@@ -114,9 +114,9 @@ def main() -> None:
             warm.mkdir()
             for path in sorted(folder.iterdir())[:4]:
                 (warm / path.name).write_bytes(path.read_bytes())
-            run(open_archive(warm), root / "warm-db")
+            run(open_source(warm), root / "warm-db")
 
-            folder_run = run(open_archive(folder), root / "folder-db")
+            folder_run = run(open_source(folder), root / "folder-db")
             url = "dicomweb+" + orthanc.dicomweb
             pacs_run = run(DicomWebArchive(url, config), root / "pacs-db")
 

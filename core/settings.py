@@ -10,8 +10,8 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.dicom import WINDOW_PRESETS, RenderOptions, check_window_option, select_frames
-from core.dicomweb import DicomWebConfig, check_viewer_template
 from core.metadata import RESEARCHER_DEFAULT_FIELDS, check_field_names
+from core.sources.dicomweb import DicomWebConfig, check_viewer_template
 
 DEFAULT_MODEL = "google/medsiglip-448"
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from core.encoder import HFEncoder, PreprocessorSpec
 from core.settings import Settings
+from core.sources import Source, SourceOptions, open_source
 from indexer.errors import IndexerError
 from indexer.job import IndexJob, JobOptions
 from indexer.load import LoadOptions
 from indexer.local_engine import LocalEngine
-from indexer.runner import ProgressFactory
-from indexer.scan import Archive, open_archive
+from indexer.result import ProgressFactory
 from storage.layout import start_generation
 from storage.opening import open_index
 from storage.records import Manifest
@@ -34,21 +34,27 @@ class PacsOptions:
     qido: tuple[str, ...] = ()
 
 
-def open_source(location: str, settings: Settings, pacs: PacsOptions | None, prune: bool) -> Archive:
-    """The folder, zip, tar or PACS at `location`; a PACS is asked one small query first, so that an
-    unreachable server or refused credentials are said before anything else happens."""
-    if pacs is None:
-        return open_archive(location, max_member_bytes=settings.max_file_bytes)
-    from core.dicomweb import DicomWebArchive
-    from indexer.pacs import build_query
+def source_options(settings: Settings, pacs: PacsOptions | None = None, prune: bool = False) -> SourceOptions:
+    """How sources are opened with these settings (and, for a PACS, the study query of the options)."""
+    query = None
+    if pacs is not None:
+        from indexer.pacs import build_query
 
-    query = build_query(pacs.study_date, pacs.modalities, pacs.qido)
-    if prune and (not query.complete or pacs.since):
-        raise IndexerError("--prune removes what the PACS no longer has, so it needs a listing of every study: run "
-                           "it without --since, --study-date, --modality and --qido")
-    archive = DicomWebArchive(location, settings.dicomweb_config(), query)
-    archive.check()
-    return archive
+        query = build_query(pacs.study_date, pacs.modalities, pacs.qido)
+        if prune and (not query.complete or pacs.since):
+            raise IndexerError("--prune removes what the PACS no longer has, so it needs a listing of every study: "
+                               "run it without --since, --study-date, --modality and --qido")
+    return SourceOptions(max_member_bytes=settings.max_file_bytes, dicomweb=settings.dicomweb_config(), query=query)
+
+
+def build_source(location: str, settings: Settings, pacs: PacsOptions | None, prune: bool) -> Source:
+    """The folder, zip, tar or PACS at `location`; a source that can check itself (a PACS: one small
+    query) does, so that an unreachable server or refused credentials are said before anything else."""
+    source = open_source(location, source_options(settings, pacs, prune))
+    check = getattr(source, "check", None)
+    if callable(check):
+        check()
+    return source
 
 
 def resolve_model(name: str) -> str:
@@ -74,7 +80,7 @@ def load_encoder(name: str, settings: Settings, say: Callable[[str], None]) -> H
 
 
 @contextmanager
-def build_job(source: Archive, settings: Settings, manifest: Path | None, prune: bool, new_generation: bool,
+def build_job(source: Source, settings: Settings, manifest: Path | None, prune: bool, new_generation: bool,
               pacs: PacsOptions | None, progress: ProgressFactory | None = None,
               say: Callable[[str], None] = logger.warning) -> Iterator[IndexJob]:
     """The job over `source` into settings.db_dir (its database open for writing while the job lives).

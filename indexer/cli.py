@@ -169,9 +169,9 @@ def _run(location: str, settings: Settings, manifest: Path | None, progress: boo
          new_generation: bool, pacs: PacsOptions | None) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from indexer.build import build_job, open_source
+    from indexer.build import build_job, build_source
 
-    source = open_source(location, settings, pacs, prune)
+    source = build_source(location, settings, pacs, prune)
     show = sys.stderr.isatty() if progress is None else progress
     with build_job(source, settings, manifest, prune, new_generation, pacs, progress=TqdmProgress if show else None,
                    say=lambda message: click.echo(message, err=True)) as job, logging_redirect_tqdm():

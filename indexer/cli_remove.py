@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 
 from core.deid import pseudonym
-from core.dicomweb import is_dicomweb, split_location
 from core.errors import MedsearchError
 from core.logs import configure_logging
 from core.settings import Settings
+from core.sources import open_source
+from core.sources.dicomweb import is_dicomweb, split_location
 from indexer.cli_common import exit_on_errors, load_settings, open_db
-from indexer.scan import open_archive
 from storage.layout import GENERATIONS
 from storage.opening import DATABASE_NAME, open_index
 from storage.records import RemovalPreview, Selection
@@ -35,7 +35,7 @@ def archive_key(archive: str) -> str:
     if is_dicomweb(archive):
         return split_location(archive)[0]
     try:
-        return open_archive(archive).key
+        return open_source(archive).key
     except MedsearchError:  # the archive is gone: remove what was indexed from its path
         return str(Path(archive).expanduser().resolve())
 

@@ -92,13 +92,14 @@ def sample_archive(out: Path) -> None:
 def contact_sheet(archive: Path, out: Path, window: str | None, frames: str | None, limit: int) -> None:
     """Render the images of ARCHIVE as the indexer would, tiled with their names and windows into the
     PNG file OUT, for a person to check that nothing is inverted, washed out or black."""
+    from core.sources import SourceOptions, open_source
     from indexer.contact_sheet import write_contact_sheet
-    from indexer.scan import open_archive
 
     configure_logging("WARNING")
     settings = load_settings(window=window, frames=frames)
     with exit_on_errors():
-        result = write_contact_sheet(open_archive(archive), out, settings.render_options(), limit=limit)
+        result = write_contact_sheet(open_source(archive, SourceOptions(max_member_bytes=settings.max_file_bytes)), out,
+                                     settings.render_options(), limit=limit)
     click.echo(f"contact sheet {result.path}: {result.rendered} images, {result.not_rendered} files not rendered")
 
 

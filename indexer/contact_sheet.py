@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from core.dicom import RenderOptions
 from core.errors import ImageError
 from core.images import load_image_frames
-from indexer.scan import Archive
+from core.sources import Source
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class SheetResult:
     not_rendered: int
 
 
-def write_contact_sheet(archive: Archive, out: Path, options: RenderOptions | None = None, tile: int = 160,
+def write_contact_sheet(archive: Source, out: Path, options: RenderOptions | None = None, tile: int = 160,
                         columns: int = 8, limit: int = 400) -> SheetResult:
     """Render up to `limit` images of `archive` into a grid PNG at `out`."""
     options = options or RenderOptions()

@@ -17,11 +17,13 @@ from datetime import date
 from pathlib import Path
 from typing import Protocol
 
-from core.dicomweb import DicomWebArchive, ListingStats
 from core.encoder import Encoder
+from core.sources import Source
+from core.sources.dicomweb import DicomWebArchive, ListingStats
 from indexer.load import LoadOptions
-from indexer.runner import Listing, ProgressFactory, RunResult, check_not_excluded, list_archive, record_idle_run
-from indexer.scan import Archive
+from indexer.result import ProgressFactory, RunResult
+from indexer.scan import Listing, list_source
+from indexer.session import check_not_excluded, record_idle_run
 from storage.index_build import BuildReport
 from storage.layout import finish_generation
 from storage.repository import Repository
@@ -33,10 +35,15 @@ logger = logging.getLogger(__name__)
 class Engine(Protocol):
     """Schedules the stages (load, encode, write) of one run over a listing."""
 
+    def recover(self, source: Source, store: Store, repository: Repository, options: JobOptions) -> int:
+        """Before the listing: commit what a killed run of this engine left finished (the Ray engine's
+        shards), without encoding it again. Returns how many work units it committed."""
+        ...
+
     def prepare(self) -> None:
         """Start what can start before the model is loaded (worker processes, a cluster connection)."""
 
-    def run(self, source: Archive, store: Store, repository: Repository, encoder: Encoder, listing: Listing,
+    def run(self, source: Source, store: Store, repository: Repository, encoder: Encoder, listing: Listing,
             options: JobOptions, progress: ProgressFactory | None) -> RunResult: ...
 
     def close(self) -> None: ...
@@ -68,7 +75,7 @@ class JobResult:
 
 
 class IndexJob:
-    def __init__(self, source: Archive, store: Store, repository: Repository, load_encoder: Callable[[], Encoder],
+    def __init__(self, source: Source, store: Store, repository: Repository, load_encoder: Callable[[], Encoder],
                  engine: Engine, options: JobOptions | None = None, progress: ProgressFactory | None = None) -> None:
         self.source = source
         self.store = store
@@ -85,6 +92,9 @@ class IndexJob:
         started_on = date.today()
         notes: list[str] = []
         check_not_excluded(source, self.repository.exclusion_matcher())
+        resumed = self.engine.recover(source, self.store, self.repository, options)
+        if resumed:
+            notes.append(f"committed {resumed} work units a killed run had finished (nothing encoded again)")
         remote = source if isinstance(source, DicomWebArchive) else None
         if remote is not None:
             from indexer.pacs import apply_since
@@ -92,7 +102,7 @@ class IndexJob:
             notes.append(f"{remote.base_url}: " + apply_since(remote, self.repository, options.since,
                                                               options.lookback_days))
         t0 = time.perf_counter()
-        listing = list_archive(source, self.repository)
+        listing = list_source(source, self.repository)
         if listing.pending == 0 and not options.prune and not options.force_load and self.store.manifest is not None:
             notes.append(f"nothing new in {source.key}: the model was not loaded")
             result = record_idle_run(self.repository, source, listing, time.perf_counter() - t0)
@@ -100,6 +110,7 @@ class IndexJob:
         self.engine.prepare()  # workers start while the model loads
         encoder = self.load_encoder()
         result = self.engine.run(source, self.store, self.repository, encoder, listing, options, self.progress)
+        result.resumed = resumed
         return self._finish(result, remote, started_on, notes, model_loaded=True)
 
     def _finish(self, result: RunResult, remote: DicomWebArchive | None, started_on: date, notes: list[str],

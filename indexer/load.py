@@ -24,8 +24,8 @@ from core.encoder import ImagePreprocessor, PreprocessorSpec
 from core.errors import ImageError, NoPixelDataError, NotAnImageError
 from core.images import load_image_frames
 from core.metadata import ImageMetadata
+from core.sources import Entry
 from indexer.manifest import ManifestRow
-from indexer.scan import Entry
 
 
 @dataclass(frozen=True)

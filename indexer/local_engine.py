@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from core.encoder import Encoder, PreprocessorSpec
+from core.sources import Source
 from indexer.job import JobOptions
 from indexer.load import LoadOptions, LoadPool
-from indexer.runner import Listing, ProgressFactory, RunResult, run_indexing
-from indexer.scan import Archive
+from indexer.result import ProgressFactory, RunResult
+from indexer.runner import run_indexing
+from indexer.scan import Listing
 from storage.repository import Repository
 from storage.store import Store
 
@@ -19,11 +21,14 @@ class LocalEngine:
         self._spec = spec
         self._pool: LoadPool | None = None
 
+    def recover(self, source: Source, store: Store, repository: Repository, options: JobOptions) -> int:
+        return 0  # every batch commits in one transaction: nothing finished is left uncommitted
+
     def prepare(self) -> None:
         if self.workers and self._pool is None:
             self._pool = LoadPool(self.workers, self._load, self._spec)
 
-    def run(self, source: Archive, store: Store, repository: Repository, encoder: Encoder, listing: Listing,
+    def run(self, source: Source, store: Store, repository: Repository, encoder: Encoder, listing: Listing,
             options: JobOptions, progress: ProgressFactory | None) -> RunResult:
         return run_indexing(source, store, repository, encoder, batch_size=options.batch_size, options=options.load,
                             manifest_bytes=options.manifest_bytes, progress=progress,

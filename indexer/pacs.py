@@ -18,7 +18,7 @@ from datetime import date, timedelta
 
 from pydicom.datadict import tag_for_keyword
 
-from core.dicomweb import DicomWebArchive, StudyQuery, check_date_range
+from core.sources.dicomweb import DicomWebArchive, StudyQuery, check_date_range
 from indexer.errors import IndexerError
 from storage.repository import Repository
 

@@ -1,6 +1,55 @@
-"""Stage 1: scan an archive (folder, zip or tar) into entries; reading lives in core.archives, which
-the API shares to read back a recorded file."""
+"""Stage 1: list a source and compare it with what the database holds, before anything is read or any
+model loaded: what is new or changed needs reading, what is unchanged (path, size and time) does not."""
 
-from core.archives import Archive, Entry, ReadItem, open_archive
+from __future__ import annotations
 
-__all__ = ["Archive", "Entry", "ReadItem", "open_archive"]
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from core.sources import Entry, Source
+from storage.records import FileState
+from storage.repository import Repository
+
+
+def unchanged(state: FileState | None, entry: Entry) -> bool:
+    return state is not None and state.size == entry.size and state.mtime == entry.mtime and (
+        entry.mtime is not None)
+
+
+@dataclass
+class Listing:
+    """A source's entries and what the database knew of each path when they were listed."""
+
+    entries: list[Entry]
+    known: dict[str, FileState]
+
+    @property
+    def pending(self) -> int:
+        """Entries that need reading: new, changed, or failed for a passing reason."""
+        return sum(1 for entry in self.entries if not unchanged(self.known.get(entry.path), entry))
+
+
+def list_source(source: Source, repository: Repository) -> Listing:
+    """List `source` against what the database knows, so that a run sees whether anything is new before
+    it loads a model, and engines read only what is pending."""
+    known = repository.archive_state(source.key)
+    return Listing(source.entries(_KnownEntries(known)), known)
+
+
+class _KnownEntries(Mapping[str, Entry]):
+    """What the database knows of each path, as entries (made on access: no copy of a huge state)."""
+
+    def __init__(self, known: dict[str, FileState]) -> None:
+        self._known = known
+
+    def __getitem__(self, path: str) -> Entry:
+        state = self._known[path]
+        return Entry(path, state.size or 0, state.mtime)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._known)
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+

@@ -1,23 +1,45 @@
-"""Stage 4: plan a batch (new images, further sources of stored images) and commit it in one transaction.
+"""Stage 4: turn the outcomes of whole files into one transaction per batch (or per work unit): new images,
+further sources of stored images, files skipped or failed, and their counts in the run's result.
 
 An image is distinct pixels within one patient and one study (storage.records.case_key). Pixels are
 encoded once: the same pixels under another patient or study become another image whose vector is a
 copy of the one already computed or stored. Copied rather than shared because the vector index holds
 one vector per result id, and removing one patient must delete that patient's row and vector without
 touching another's; the cost is one more vector for each cross-case duplicate, which is rare.
+
+Both engines feed a BatchWriter; they differ in where vectors come from (`encode`): the local engine
+runs the model on the frames a batch needs, the Ray engine hands over the vectors its actors made.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from indexer.load import Frame, Outcome
-from storage.records import FileIssue, ImageRecord, Link, Metadata, NewImage, SourceRecord, case_key
+from indexer.result import RunResult
+from storage.records import (
+    FileIssue,
+    FileState,
+    ImageRecord,
+    Link,
+    Metadata,
+    NewImage,
+    SourceRecord,
+    UnitRecord,
+    case_key,
+)
+from storage.removal import ExclusionMatcher
 from storage.repository import Repository
 from storage.store import Store
+
+logger = logging.getLogger(__name__)
+
+Encode = Callable[[Sequence[Frame]], np.ndarray]  # frames -> (n, dim) L2-normalised vectors
 
 
 @dataclass
@@ -69,13 +91,103 @@ def plan_batch(repository: Repository, archive: str, outcomes: Sequence[Outcome]
     return plan
 
 
-def commit(store: Store, repository: Repository, plan: Plan, vectors: np.ndarray, *, run_id: int,
-           replaced: Sequence[int], touched: Sequence[tuple[int, int | None, float | None]],
-           issues: Sequence[FileIssue]) -> None:
-    """Everything of the batch in one transaction; its skipped/failed files right after."""
-    by_pixels = dict(plan.stored)
-    by_pixels.update({frame.pixel_sha256: vector for frame, vector in zip(plan.to_encode, vectors, strict=True)})
-    for key, new in plan.new.items():
-        new.vector = by_pixels[plan.copies[key]]
-    store.write(list(plan.new.values()), plan.links, run_id=run_id, remove_source_ids=replaced, touched=touched)
-    repository.record_issues(run_id, issues)
+class BatchWriter:
+    """Collects the outcomes of whole files and commits them together: `add` each outcome, `flush` when
+    `full` (or, for a work unit, after its last file, with its id). Keeps the run's counts."""
+
+    def __init__(self, store: Store, repository: Repository, source_key: str, known: dict[str, FileState],
+                 exclusions: ExclusionMatcher, result: RunResult, encode: Encode, dim: int, batch_size: int = 16,
+                 checkpoint_seconds: float = 30.0) -> None:
+        self.store, self.repository, self.source_key, self.known = store, repository, source_key, known
+        self.exclusions, self.result, self.encode, self.dim = exclusions, result, encode, dim
+        self.batch_size, self.checkpoint_seconds = batch_size, checkpoint_seconds
+        self._last_checkpoint = time.monotonic()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.items: list[tuple[Outcome, FileState | None]] = []
+        self.frames = 0
+        self.files = 0
+        self.touched: list[tuple[int, int | None, float | None]] = []
+        self.issues: list[FileIssue] = []  # every record to write
+        self.verdicts: list[FileIssue] = []  # of them, this run's skipped/failed/excluded files
+        self.unchanged = 0
+
+    @property
+    def full(self) -> bool:
+        return self.frames >= self.batch_size or len(self.issues) + len(self.touched) >= 1000
+
+    def add(self, outcome: Outcome) -> None:
+        entry, state = outcome.entry, self.known.get(outcome.entry.path)
+        self.files += 1
+        if outcome.status == "unchanged":
+            self.unchanged += 1
+        elif outcome.status == "same-content":
+            self.unchanged += 1
+            if state is not None and state.issue is not None:  # same verdict, remembered at the new time
+                self.issues.append(replace(state.issue, size=entry.size, mtime=entry.mtime))
+            elif state is not None:
+                self.touched.extend((sid, entry.size, entry.mtime) for sid in state.source_ids)
+        elif outcome.status == "frames" and (number := self._excluded(outcome)) is not None:
+            self._record(outcome, "excluded", f"{self.source_key}/{entry.path}: excluded: removed from this index "
+                         f"earlier (exclusion {number}; `medsearch-index exclusions` lists them)")
+        elif outcome.status == "frames":
+            self.items.append((outcome, state if state and state.source_ids else None))
+            self.frames += len(outcome.frames)
+        elif outcome.status in ("skipped", "failed"):
+            self._record(outcome, outcome.status, outcome.reason)
+
+    def _excluded(self, outcome: Outcome) -> int | None:
+        meta = outcome.frames[0].metadata if outcome.frames else None
+        return self.exclusions.file(self.source_key, outcome.entry.path, meta.patient_id if meta else None,
+                                    meta.study_uid if meta else None)
+
+    def _record(self, outcome: Outcome, kind: str, reason: str) -> None:
+        entry, state = outcome.entry, self.known.get(outcome.entry.path)
+        issue = FileIssue(self.source_key, entry.path, kind, reason, entry.size, entry.mtime, outcome.sha256)
+        self.issues.append(issue)
+        self.verdicts.append(issue)
+        if kind == "failed":
+            logger.warning("failed: %s", reason)
+        else:  # skipped, or excluded (a removed patient, study or file)
+            logger.info("%s: %s", kind, reason)
+        if state is not None and state.source_ids:  # it was an image; now it is not
+            self.items.append((Outcome(entry, "gone"), state))
+
+    def flush(self, unit_id: str | None = None) -> bool:
+        """Commit what was added (one transaction). With `unit_id`: as that work unit, which a repeated
+        commit leaves alone; returns False then."""
+        if not (self.items or self.touched or self.issues or unit_id):
+            self.result.unchanged += self.unchanged  # nothing to write
+            self._reset()
+            return True
+        result, started = self.result, time.perf_counter()
+        plan = plan_batch(self.repository, self.source_key, [outcome for outcome, _ in self.items], self.dim)
+        vectors = self.encode(plan.to_encode) if plan.to_encode else np.zeros((0, self.dim), dtype=np.float32)
+        encoded = time.perf_counter()
+        by_pixels = dict(plan.stored)
+        by_pixels.update({frame.pixel_sha256: vector for frame, vector in zip(plan.to_encode, vectors, strict=True)})
+        for key, new in plan.new.items():
+            new.vector = by_pixels[plan.copies[key]]
+        replaced = [sid for _, state in self.items if state is not None for sid in state.source_ids]
+        unit = UnitRecord(unit_id, self.files, self.frames) if unit_id else None
+        written = self.store.write(list(plan.new.values()), plan.links, run_id=result.run_id,
+                                   remove_source_ids=replaced, touched=self.touched, issues=self.issues, unit=unit)
+        if written is not None:  # the counts of a unit committed before are not counted again
+            result.unchanged += self.unchanged
+            result.issues += self.verdicts
+            result.failed += sum(1 for issue in self.verdicts if issue.kind == "failed")
+            result.skipped += sum(1 for issue in self.verdicts if issue.kind != "failed")
+            result.indexed += len(plan.new)
+            result.encoded += len(plan.to_encode)
+            result.linked += len(plan.links) + sum(len(n.sources) - 1 for n in plan.new.values())
+            result.units += unit is not None
+            self.repository.update_run(result.run_id, indexed=result.indexed, unchanged=result.unchanged,
+                                       skipped=result.skipped, failed=result.failed)
+        result.stage_seconds["encode"] += encoded - started
+        result.stage_seconds["write"] += time.perf_counter() - encoded
+        if time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
+            self.store.checkpoint()
+            self._last_checkpoint = time.monotonic()
+        self._reset()
+        return written is not None

@@ -14,9 +14,9 @@ from dataclasses import fields
 from typing import Any
 
 from core.deid import pseudonym
-from core.dicomweb import is_dicomweb, parse_instance_path
 from core.metadata import METADATA_FIELDS, check_field_names
 from core.metadata import RESEARCHER_DEFAULT_FIELDS as RESEARCHER_FIELDS
+from core.sources.dicomweb import is_dicomweb, parse_instance_path
 from storage.records import Metadata
 
 IDENTIFIERS = {"patient_id": "patient", "accession_number": "accession", "study_uid": "study",

@@ -17,12 +17,12 @@ from typing import Generic, TypeVar
 import numpy as np
 from PIL import Image
 
-from core.archives import Archive, open_archive
 from core.dicom import RenderOptions
-from core.dicomweb import DicomWebConfig, instance_url, is_dicomweb, viewer_url
 from core.encoder import Encoder, l2_normalise
 from core.errors import ImageError, MedsearchError
 from core.images import LoadedImage, load_image_bytes, load_image_frames
+from core.sources import Source, SourceOptions, open_source
+from core.sources.dicomweb import DicomWebConfig, instance_url, is_dicomweb, viewer_url
 from search_api.errors import PreviewError, UnknownImageError
 from storage.records import ImageFilter, StoredImage, StoredSource
 from storage.repository import Repository
@@ -121,7 +121,7 @@ class SearchService:
                  max_upload_pixels: int | None = None, decode_slots: int = 2) -> None:
         self.viewer_url_template = viewer_url_template
         self.dicomweb = dicomweb
-        self._archives: dict[str, Archive] = {}
+        self._archives: dict[str, Source] = {}
         self._archives_lock = threading.Lock()
         self.encoder = encoder
         self.store = store
@@ -231,14 +231,15 @@ class SearchService:
         return SourceLinks(instance_url(source.archive, source.path),
                            viewer_url(self.viewer_url_template, source.archive, identifiers))
 
-    def _archive(self, key: str) -> Archive:
+    def _archive(self, key: str) -> Source:
         """The archive a source was recorded from; a PACS is opened once (it keeps its connections),
         files afresh each time (a zip may have been replaced)."""
+        options = SourceOptions(dicomweb=self.dicomweb)
         if not is_dicomweb(key):
-            return open_archive(key)
+            return open_source(key, options)
         with self._archives_lock:
             if key not in self._archives:
-                self._archives[key] = open_archive(key, dicomweb=self.dicomweb)
+                self._archives[key] = open_source(key, options)
             return self._archives[key]
 
     # -- zero-shot classification ---------------------------------------------------------------------

@@ -168,3 +168,14 @@ class ExclusionRow(Base):
     images: Mapped[int] = mapped_column(Integer, default=0)
     sources: Mapped[int] = mapped_column(Integer, default=0)
     note: Mapped[str | None] = mapped_column(Text)
+
+
+class CommittedUnitRow(Base):
+    """A work unit of a distributed run whose shard is committed (see storage.repository.write_batch)."""
+
+    __tablename__ = "committed_units"
+    unit_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    committed_at: Mapped[datetime] = mapped_column(DateTime)
+    files: Mapped[int] = mapped_column(Integer)
+    frames: Mapped[int] = mapped_column(Integer)

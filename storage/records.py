@@ -138,6 +138,15 @@ class Link:
 
 
 @dataclass(frozen=True)
+class UnitRecord:
+    """A work unit of a distributed run, committed with its batch (its id derives from its files)."""
+
+    unit_id: str
+    files: int
+    frames: int
+
+
+@dataclass(frozen=True)
 class FileIssue:
     """A file a run did not index: kind 'failed' (unreadable), 'skipped' (not an image, no pixels...) or
     'excluded' (its patient, study or path was removed from the index: `medsearch-index exclusions`)."""

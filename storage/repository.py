@@ -19,11 +19,12 @@ from storage.db import database_errors, make_engine, session_factory
 from storage.errors import DimensionMismatchError
 from storage.filters import filter_query
 from storage.meta import MetaMixin, utcnow
-from storage.models import EmbeddingRow, ImageRow, SourceRow
+from storage.models import CommittedUnitRow, EmbeddingRow, ImageRow, RunErrorRow, SourceRow
 from storage.records import (
     METADATA_FIELDS,
     SOURCE_FIELDS,
     SOURCE_IDENTIFIERS,
+    FileIssue,
     ImageFilter,
     Link,
     Metadata,
@@ -31,6 +32,7 @@ from storage.records import (
     SourceRecord,
     StoredImage,
     StoredSource,
+    UnitRecord,
 )
 from storage.removal import RemovalMixin
 from storage.runs import RunsMixin
@@ -94,12 +96,23 @@ class Repository(MetaMixin, RunsMixin, RemovalMixin):
     # -- writing --------------------------------------------------------------------------------------
     def write_batch(self, new_images: Sequence[NewImage], links: Sequence[Link], fingerprint_key: str,
                     run_id: int | None, remove_source_ids: Sequence[int] = (),
-                    touched: Sequence[tuple[int, int | None, float | None]] = ()) -> tuple[list[int], list[int]]:
+                    touched: Sequence[tuple[int, int | None, float | None]] = (), issues: Sequence[FileIssue] = (),
+                    unit: UnitRecord | None = None) -> tuple[list[int], list[int]] | None:
         """One transaction: replace sources (a file read again), insert new images with their vectors and
-        sources, link further sources to stored images, update touched sources' size/mtime, and delete
-        images left without any source. Returns (new image ids in order, image ids removed)."""
+        sources, link further sources to stored images, update touched sources' size/mtime, record the
+        files not indexed, delete images left without any source, and record the work unit. Returns (new
+        image ids in order, image ids removed); None, with nothing written, when `unit` was committed
+        before (a retried or resumed commit)."""
         now = utcnow()
         with database_errors(self.engine), self._sessions() as session, session.begin():
+            if unit is not None:
+                if session.get(CommittedUnitRow, unit.unit_id) is not None:
+                    return None
+                session.add(CommittedUnitRow(unit_id=unit.unit_id, run_id=run_id, committed_at=now, files=unit.files,
+                                             frames=unit.frames))
+            session.add_all(RunErrorRow(run_id=run_id, archive=i.archive, path=i.path, kind=i.kind, reason=i.reason,
+                                        size=i.size, mtime=i.mtime, file_sha256=i.file_sha256) for i in issues
+                            if run_id is not None)
             affected = self._drop_sources(session, remove_source_ids)
             survivors = self._images_with_sources(session, affected)  # kept a source of an earlier run
             rows = [self._image_row(n.record.pixel_sha256, n.record.case_key, n.record.kind, n.record.metadata,
@@ -177,6 +190,10 @@ class Repository(MetaMixin, RunsMixin, RemovalMixin):
             removed = self._delete_orphans(session, affected)
             self._refresh_identifiers(session, affected - set(removed))
             return removed
+
+    def committed_unit(self, unit_id: str) -> bool:
+        with database_errors(self.engine), self._sessions() as session:
+            return session.get(CommittedUnitRow, unit_id) is not None
 
     def delete_images(self, ids: Sequence[int]) -> None:
         with database_errors(self.engine), self._sessions() as session, session.begin():

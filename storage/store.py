@@ -22,7 +22,7 @@ import numpy as np
 from storage.errors import DimensionMismatchError, StorageError
 from storage.index_build import BuildReport, build_index
 from storage.layout import remove_stale_temp_files
-from storage.records import Link, Manifest, NewImage, RemovalPreview, Selection
+from storage.records import FileIssue, Link, Manifest, NewImage, RemovalPreview, Selection, UnitRecord
 from storage.repository import Repository
 from storage.vector_index import VectorIndex, plan_index
 from storage.verify import find_problems
@@ -142,18 +142,21 @@ class Store:
         return manifest
 
     def write(self, new_images: Sequence[NewImage], links: Sequence[Link] = (), *, run_id: int | None = None,
-              remove_source_ids: Sequence[int] = (),
-              touched: Sequence[tuple[int, int | None, float | None]] = ()) -> list[int]:
-        """Commit a batch to the database (one transaction), then bring the in-memory index along.
-        Returns the ids of the new images."""
+              remove_source_ids: Sequence[int] = (), touched: Sequence[tuple[int, int | None, float | None]] = (),
+              issues: Sequence[FileIssue] = (), unit: UnitRecord | None = None) -> list[int] | None:
+        """Commit a batch to the database (one transaction, see Repository.write_batch), then bring the
+        in-memory index along. Returns the ids of the new images; None when `unit` was committed before."""
         manifest = self._repository.get_manifest()
         if manifest is None or self._index is None:
             raise StorageError("no model bound to this store: call bind_model() first")
         for new in new_images:
             if new.vector.shape != (manifest.dim,):
                 raise DimensionMismatchError(f"a vector of shape {new.vector.shape} for a {manifest.dim}-d index")
-        ids, removed = self._repository.write_batch(new_images, links, manifest.fingerprint_key, run_id,
-                                                    remove_source_ids, touched)
+        written = self._repository.write_batch(new_images, links, manifest.fingerprint_key, run_id,
+                                               remove_source_ids, touched, issues, unit)
+        if written is None:
+            return None
+        ids, removed = written
         with self._lock:
             self._drop(removed)
             if ids:

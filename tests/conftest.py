@@ -13,9 +13,10 @@ from PIL import Image
 
 from core.encoder import HFEncoder
 from core.random_model import build_random_siglip
-from indexer.runner import RunResult, run_indexing
+from core.sources import open_source
+from indexer.result import RunResult
+from indexer.runner import run_indexing
 from indexer.sample import pydicom_test_files
-from indexer.scan import open_archive
 from storage.opening import open_index
 from storage.records import StoredImage
 from tests.pacs import orthanc, proxy  # noqa: F401 (fixtures: a real Orthanc PACS, a proxy in front)
@@ -51,7 +52,7 @@ def rows_by_path(repository) -> dict[str, StoredImage]:
 def index_folder(path: Path, db: Path, encoder: HFEncoder, **options) -> RunResult:
     """Index an archive into the database folder `db` (created if missing), as a library caller does."""
     with open_index(db, create=True) as (store, repository):
-        return run_indexing(open_archive(path), store, repository, encoder, **options)
+        return run_indexing(open_source(path), store, repository, encoder, **options)
 
 
 def dicom_file(name: str) -> Path:

@@ -15,9 +15,9 @@ import pytest
 
 from core.dicom import NON_IMAGE_SOP_CLASSES
 from core.encoder import HFEncoder
+from core.sources import open_source
 from indexer.runner import run_indexing
 from indexer.sample import pydicom_data_files, pydicom_test_files
-from indexer.scan import open_archive
 from storage.opening import open_index
 
 
@@ -57,7 +57,7 @@ def test_every_corpus_file_is_indexed_or_has_a_reason(encoder: HFEncoder, tmp_pa
     totals = {"indexed": 0, "skipped": 0, "failed": 0}
     with open_index(tmp_path / "db", create=True) as (store, repository):
         for name, folder in folders.items():
-            archive = open_archive(folder)
+            archive = open_source(folder)
             result = run_indexing(archive, store, repository, encoder, batch_size=16)
             rows = repository.get_images(repository.image_ids().tolist()).values()
             indexed_paths = {s.path for r in rows for s in r.sources if s.archive == archive.key}
@@ -85,7 +85,7 @@ def test_unreadable_and_looping_files_are_recorded(encoder: HFEncoder, tmp_path:
     os.symlink(folder, folder / "loop")  # a directory loop, not followed
     (folder / "zero.dcm").write_bytes(b"")
     with open_index(tmp_path / "db", create=True) as (store, repository):
-        result = run_indexing(open_archive(folder), store, repository, encoder)
+        result = run_indexing(open_source(folder), store, repository, encoder)
     reasons = {issue.path: issue for issue in result.issues}
     assert set(reasons) == {"dangling.dcm", "zero.dcm"}
     assert reasons["dangling.dcm"].kind == "failed" and "cannot read" in reasons["dangling.dcm"].reason

@@ -11,9 +11,9 @@ import pytest
 from core.deid import pseudonym
 from core.dicom import RenderOptions
 from core.encoder import HFEncoder
+from core.sources import open_source
 from indexer.load import LoadOptions
 from indexer.runner import run_indexing
-from indexer.scan import open_archive
 from storage.errors import StorageError
 from storage.opening import open_index
 from tests.conftest import dicom_file, rows_by_path
@@ -38,7 +38,7 @@ def test_deidentified_index_holds_no_raw_identifiers(encoder: HFEncoder, tmp_pat
     raw_ct = str(pydicom.dcmread(archive / "CT_small.dcm").PatientID)
     db = tmp_path / "db"
     with open_index(db, create=True) as (store, repository):
-        result = run_indexing(open_archive(archive), store, repository, encoder,
+        result = run_indexing(open_source(archive), store, repository, encoder,
                               options=LoadOptions(deid_secret=SECRET, deid_keep_columns=("site",)))
         rows = list(repository.get_images(list(range(1, 20))).values())
     assert result.indexed == 3 and result.linked == 1  # the second CT has the same pixels: one image
@@ -55,16 +55,16 @@ def test_deidentified_index_holds_no_raw_identifiers(encoder: HFEncoder, tmp_pat
 
     # one index, one setting: a plain run (or another key) into it is refused
     with open_index(db) as (store, repository), pytest.raises(StorageError, match="de-identification"):
-        run_indexing(open_archive(archive), store, repository, encoder)
+        run_indexing(open_source(archive), store, repository, encoder)
     with open_index(db) as (store, repository), pytest.raises(StorageError, match="de-identification"):
-        run_indexing(open_archive(archive), store, repository, encoder,
+        run_indexing(open_source(archive), store, repository, encoder,
                      options=LoadOptions(deid_secret="another-key-0123456"))
 
 
 def test_without_deid_ids_are_kept(encoder: HFEncoder, tmp_path: Path):
     archive = small_archive(tmp_path / "archive")
     with open_index(tmp_path / "db", create=True) as (store, repository):
-        run_indexing(open_archive(archive), store, repository, encoder)
+        run_indexing(open_source(archive), store, repository, encoder)
         rows = rows_by_path(repository)
     assert rows["CT_small.dcm"].metadata.patient_id == str(pydicom.dcmread(archive / "CT_small.dcm").PatientID)
 
@@ -73,10 +73,10 @@ def test_every_nth_frame_is_its_own_image_and_reruns_add_nothing(encoder: HFEnco
     archive = small_archive(tmp_path / "archive")
     options = LoadOptions(render=RenderOptions(frames="every:10"))
     with open_index(tmp_path / "db", create=True) as (store, repository):
-        first = run_indexing(open_archive(archive), store, repository, encoder, batch_size=2, options=options)
+        first = run_indexing(open_source(archive), store, repository, encoder, batch_size=2, options=options)
         rows = repository.get_images(repository.image_ids().tolist()).values()
         frames = sorted(s.frame_index for r in rows for s in r.sources if s.path == "examples_ybr_color.dcm")
         assert frames == [0, 10, 20]  # 30 frames
         assert first.indexed == 2 + 3 == store.ntotal  # CT_small_second shares CT_small's pixels
-        again = run_indexing(open_archive(archive), store, repository, encoder, options=options)
+        again = run_indexing(open_source(archive), store, repository, encoder, options=options)
         assert again.indexed == 0 and again.unchanged == 4 and store.ntotal == 5

@@ -16,10 +16,10 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from core.archives import open_archive
-from core.dicomweb import DicomWebArchive, DicomWebConfig, StudyQuery, check_date_range, split_location
 from core.encoder import HFEncoder
 from core.errors import ArchiveError
+from core.sources import open_source
+from core.sources.dicomweb import DicomWebArchive, DicomWebConfig, StudyQuery, check_date_range, split_location
 from indexer.runner import run_indexing
 from indexer.sample import pydicom_data_files
 from storage.opening import open_index
@@ -95,7 +95,7 @@ def test_pacs_run_then_only_new_studies_are_fetched(orthanc: Orthanc, proxy: Pro
     for name in stored:
         (folder / name).write_bytes(data_file(name).read_bytes())
     with open_index(tmp_path / "folder-db", create=True) as (store, repository):
-        run_indexing(open_archive(folder), store, repository, encoder)
+        run_indexing(open_source(folder), store, repository, encoder)
         local = {row["source"]["sop_uid"]: row for row in sources(repository).values()}
     assert len(local) == len(pacs)
     for path, row in pacs.items():

@@ -13,9 +13,9 @@ import pydicom
 import pytest
 
 from core.encoder import HFEncoder
+from core.sources import open_source
 from indexer.evaluate import evaluate, parse_labels
 from indexer.runner import run_indexing
-from indexer.scan import open_archive
 from storage.opening import open_index
 from tests.conftest import dicom_file
 
@@ -46,7 +46,7 @@ LABELS = b"path,labels\nt1.dcm,twin\nt2.dcm,twin\nu.dcm,other\nv.dcm,third\nmiss
 def test_neighbours_of_the_same_patient_are_left_out(encoder: HFEncoder, tmp_path: Path, patients, precision_at_1):
     archive = near_twins(tmp_path / "archive", patients)
     with open_index(tmp_path / "db", create=True) as (store, repository):
-        run_indexing(open_archive(archive), store, repository, encoder)
+        run_indexing(open_source(archive), store, repository, encoder)
         report = evaluate(store, repository, encoder, parse_labels(LABELS, "labels.csv"), bootstrap=50)
     assert report["images"] == 4 and report["unmatched_rows"] == 1
     # same patient: the twin is excluded, nothing relevant is left; different patients: the twin is found

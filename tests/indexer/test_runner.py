@@ -11,15 +11,15 @@ import pydicom
 
 from core.encoder import HFEncoder
 from core.images import load_image_file
+from core.sources import open_source
 from indexer.runner import run_indexing
-from indexer.scan import open_archive
 from storage.opening import open_index
 from tests.conftest import BAD_DICOM, GOOD_DICOM, available, dicom_file, rows_by_path
 
 
 def index(archive: Path, db: Path, encoder: HFEncoder, batch_size: int = 4):
     with open_index(db, create=True) as (store, repository):
-        result = run_indexing(open_archive(archive), store, repository, encoder, batch_size=batch_size)
+        result = run_indexing(open_source(archive), store, repository, encoder, batch_size=batch_size)
         ntotal = store.ntotal
     return result, ntotal, open_index(db, read_only=True).repository
 
@@ -109,7 +109,7 @@ def test_moved_files_and_prune(archive_dir: Path, encoder: HFEncoder, tmp_path: 
     (copy / "moved").mkdir()
     shutil.move(copy / "dicom" / "CT_small.dcm", copy / "moved" / "ct.dcm")
     with open_index(tmp_path / "db") as (store, repository):
-        moved = run_indexing(open_archive(copy), store, repository, encoder, prune=True)
+        moved = run_indexing(open_source(copy), store, repository, encoder, prune=True)
         rows = rows_by_path(repository)
         assert moved.indexed == 0 and moved.linked == 1 and moved.pruned == 1
         assert "dicom/CT_small.dcm" not in rows and "moved/ct.dcm" in rows
@@ -118,10 +118,10 @@ def test_moved_files_and_prune(archive_dir: Path, encoder: HFEncoder, tmp_path: 
 
 def test_workers_give_the_same_result(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
     with open_index(tmp_path / "db0", create=True) as (store, repository):
-        inline = run_indexing(open_archive(archive_dir), store, repository, encoder, workers=0)
+        inline = run_indexing(open_source(archive_dir), store, repository, encoder, workers=0)
         inline_rows = rows_by_path(repository)
     with open_index(tmp_path / "db1", create=True) as (store, repository):
-        pooled = run_indexing(open_archive(archive_dir), store, repository, encoder, workers=1, batch_size=3)
+        pooled = run_indexing(open_source(archive_dir), store, repository, encoder, workers=1, batch_size=3)
         pooled_rows = rows_by_path(repository)
         _, vectors = repository.get_embeddings([pooled_rows["dicom/CT_small.dcm"].id], encoder.dim)
     assert (inline.indexed, inline.linked, inline.failed) == (pooled.indexed, pooled.linked, pooled.failed)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from core.sources import open_source
 from indexer.errors import ArchiveError, ManifestError
 from indexer.manifest import parse_manifest
-from indexer.scan import open_archive
 
 
 def make_tree(root: Path) -> Path:
@@ -35,7 +35,7 @@ def test_every_archive_kind_lists_the_same_files(tmp_path: Path, kind: str):
         target = tmp_path / f"t.{kind}"
         with tarfile.open(target, "w:gz" if kind.endswith("gz") else "w") as t:
             t.add(tree, arcname=".")
-    archive = open_archive(target)
+    archive = open_source(target)
     read = {entry.path: data for entry, data in archive.iter_read()}
     assert read == {"a/x.dcm": b"x", "a/b/y.png": b"yy", "top.jpg": b"zzz"}
     assert sorted(e.path for e in archive.entries()) == sorted(read)
@@ -46,7 +46,7 @@ def test_symlink_loops_are_not_followed_and_dangling_links_reported(tmp_path: Pa
     tree = make_tree(tmp_path / "tree")
     os.symlink(tree, tree / "a" / "loop")
     os.symlink(tree / "missing.dcm", tree / "dangling.dcm")
-    archive = open_archive(tree)
+    archive = open_source(tree)
     results = dict(archive.iter_read())
     paths = {entry.path for entry in results}
     assert "dangling.dcm" in paths and not any("loop" in p for p in paths)
@@ -56,10 +56,10 @@ def test_symlink_loops_are_not_followed_and_dangling_links_reported(tmp_path: Pa
 
 def test_bad_archives(tmp_path: Path):
     with pytest.raises(ArchiveError, match="no such file"):
-        open_archive(tmp_path / "missing.zip")
+        open_source(tmp_path / "missing.zip")
     (tmp_path / "fake.zip").write_bytes(b"not a zip")
     with pytest.raises(ArchiveError, match="fake.zip"):
-        open_archive(tmp_path / "fake.zip")
+        open_source(tmp_path / "fake.zip")
 
 
 def test_manifest_parsing():

@@ -11,9 +11,9 @@ import pytest
 import requests
 from fastapi.testclient import TestClient
 
-from core.dicomweb import DicomWebArchive, DicomWebConfig
 from core.encoder import HFEncoder
 from core.settings import Settings
+from core.sources.dicomweb import DicomWebArchive, DicomWebConfig
 from indexer.runner import run_indexing
 from search_api.app import build_service, create_app
 from search_api.auth import AccessControl

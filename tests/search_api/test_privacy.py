@@ -18,9 +18,9 @@ from PIL import Image
 
 from core.encoder import HFEncoder
 from core.settings import Settings
+from core.sources import open_source
 from indexer.load import LoadOptions
 from indexer.runner import run_indexing
-from indexer.scan import open_archive
 from search_api.app import build_service, create_app
 from search_api.auth import AccessControl
 from storage.access import AccessStore
@@ -62,7 +62,7 @@ def keyed(encoder: HFEncoder, tiny_model_dir: Path, tmp_path_factory: pytest.Tem
     archive = identifiers_archive(root / LOCATION / "archive")
     db = root / "db"
     with open_index(db, create=True) as (store, repository):
-        run_indexing(open_archive(archive), store, repository, encoder)
+        run_indexing(open_source(archive), store, repository, encoder)
     store = AccessStore.open(db)
     keys = {role: store.create_key(role, role)[1] for role in ("clinician", "researcher")}
     settings = Settings(db_dir=db, model=str(tiny_model_dir), device="cpu",
@@ -142,7 +142,7 @@ def test_no_error_body_carries_a_path(keyed, encoder: HFEncoder, tiny_model_dir:
     moved = shutil.copytree(archive, tmp_path / LOCATION)
     db = tmp_path / "db"
     with open_index(db, create=True) as (store, repository):
-        run_indexing(open_archive(moved), store, repository, encoder)
+        run_indexing(open_source(moved), store, repository, encoder)
     (moved / "ident.dcm").unlink()
     settings = Settings(db_dir=db, model=str(tiny_model_dir), device="cpu")
     service = build_service(settings, encoder=encoder)
@@ -169,7 +169,7 @@ def test_a_deidentified_index_stores_only_what_is_allowed(encoder: HFEncoder, tm
     options = LoadOptions(deid_secret="a-key-of-sufficient-length", deid_keep_columns=("site",),
                           deid_keep_reports=keep_reports)
     with open_index(db, create=True) as (store, repository):
-        run_indexing(open_archive(archive), store, repository, encoder, options=options)
+        run_indexing(open_source(archive), store, repository, encoder, options=options)
     with sqlite3.connect(db / "medsearch.sqlite") as connection:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     stored = b"".join(p.read_bytes() for p in db.iterdir() if p.name.startswith("medsearch.sqlite"))

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from core.encoder import HFEncoder
 from core.random_model import build_random_siglip
 from core.settings import Settings
+from core.sources import open_source
 from indexer.runner import run_indexing
-from indexer.scan import open_archive
 from search_api.app import create_app
 from search_api.auth import AccessControl
 from storage.layout import current_generation, finish_generation, start_generation
@@ -36,7 +36,7 @@ def test_api_serves_a_finished_run_without_restart(encoder: HFEncoder, tiny_mode
     shutil.copy2(dicom_file("MR_small.dcm"), second / "mr.dcm")
     db = tmp_path / "db"
     with open_index(db, create=True) as (store, repository):
-        run_indexing(open_archive(first), store, repository, encoder)
+        run_indexing(open_source(first), store, repository, encoder)
     settings = Settings(db_dir=db, model=str(tiny_model_dir), device="cpu")
     app = create_app(settings, access=AccessControl(None, open_mode=True))
     with TestClient(app, base_url="http://localhost") as client:
@@ -44,7 +44,7 @@ def test_api_serves_a_finished_run_without_restart(encoder: HFEncoder, tiny_mode
         app_holder.refresh_seconds = 0.1
         assert client.get("/health").json()["vectors"] == 1
         with open_index(db) as (store, repository):  # an indexing run while the API serves
-            run_indexing(open_archive(second), store, repository, encoder)
+            run_indexing(open_source(second), store, repository, encoder)
         wait_for(lambda: client.get("/health").json()["vectors"] == 2)
         upload = dicom_file("MR_small.dcm").read_bytes()
         top = client.post("/search/image", files={"file": ("mr", upload)}).json()["results"][0]
@@ -57,7 +57,7 @@ def test_new_generation_switches_model_atomically(encoder: HFEncoder, tiny_model
     shutil.copy2(dicom_file("CT_small.dcm"), archive / "ct.dcm")
     db = tmp_path / "db"
     with open_index(db, create=True) as (store, repository):
-        run_indexing(open_archive(archive), store, repository, encoder)
+        run_indexing(open_source(archive), store, repository, encoder)
     other_model = build_random_siglip(tmp_path / "other-model", seed=3)
     other = HFEncoder.load(str(other_model), device="cpu")
     settings = Settings(db_dir=db, device="cpu")  # no --model: each generation's own
@@ -68,7 +68,7 @@ def test_new_generation_switches_model_atomically(encoder: HFEncoder, tiny_model
         assert before == encoder.fingerprint.key
         folder = start_generation(db)
         with open_index(folder, create=True, generation=False) as (store, repository):
-            run_indexing(open_archive(archive), store, repository, other)
+            run_indexing(open_source(archive), store, repository, other)
         time.sleep(0.3)
         assert client.get("/health").json()["model"]["fingerprint"] == before  # not finished: not served
         finish_generation(db, folder)

@@ -10,8 +10,8 @@ import pytest
 
 from core.encoder import HFEncoder
 from core.settings import Settings
+from core.sources import open_source
 from indexer.runner import run_indexing
-from indexer.scan import open_archive
 from search_api.app import build_service
 from search_api.service import QueryPart, SearchOptions
 from storage.access import AccessStore
@@ -26,8 +26,8 @@ def test_index_search_and_access_on_postgres(postgres_url: str, archive_dir: Pat
                                               tiny_model_dir: Path, tmp_path: Path):
     folder = tmp_path / "db"
     with open_index(folder, create=True, database_url=postgres_url) as (store, repository):
-        first = run_indexing(open_archive(archive_dir), store, repository, encoder, batch_size=4)
-        again = run_indexing(open_archive(archive_dir), store, repository, encoder)
+        first = run_indexing(open_source(archive_dir), store, repository, encoder, batch_size=4)
+        again = run_indexing(open_source(archive_dir), store, repository, encoder)
         assert first.indexed > 10 and again.indexed == again.linked == 0
         assert store.verify() == []
         assert repository.engine.dialect.name == "postgresql"

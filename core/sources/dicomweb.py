@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from core.archives import Entry, ReadItem
 from core.errors import ArchiveError
+from core.sources.base import Entry, ReadItem, SourceKind, SourceOptions
 
 logger = logging.getLogger(__name__)
 
@@ -582,3 +582,10 @@ def _short(exc: BaseException) -> str:
         if pattern in text:
             return pattern.lower()
     return text if len(text) < 200 else text[:200] + "..."
+
+
+def _open(location: str, options: SourceOptions) -> DicomWebArchive:
+    return DicomWebArchive(location, options.dicomweb, options.query)
+
+
+KIND = SourceKind("dicomweb", is_dicomweb, _open, priority=10)

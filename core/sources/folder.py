@@ -1,0 +1,57 @@
+"""A folder on disk as a source. Entries come sorted by path; directory symlinks are not followed (no
+loops), file symlinks are read through, and a dangling one is reported as unreadable."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+from core.errors import ArchiveError
+from core.sources.base import Entry, ReadItem, SourceKind, SourceOptions, read_each
+
+
+class FolderArchive:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.key = str(root)
+
+    def entries(self, known: Mapping[str, Entry] | None = None) -> list[Entry]:
+        found: list[Entry] = []
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False, onerror=None):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = Path(dirpath) / name
+                rel = full.relative_to(self.root).as_posix()
+                try:
+                    info = full.stat()
+                except OSError:  # dangling symlink: listed, fails on read with a clear reason
+                    found.append(Entry(rel, 0, None))
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    found.append(Entry(rel, info.st_size, info.st_mtime))
+        return found
+
+    def read(self, path: str) -> bytes:
+        return (self.root / path).read_bytes()
+
+    def local_path(self, path: str) -> str | None:
+        return str(self.root / path)
+
+    def iter_read(self, wanted: Callable[[Entry], bool] | None = None) -> Iterator[ReadItem]:
+        return read_each(self.entries(), self.read, wanted)
+
+
+def _is_folder(location: str) -> bool:
+    return Path(location).expanduser().is_dir()
+
+
+def _open(location: str, options: SourceOptions) -> FolderArchive:
+    resolved = Path(location).expanduser().resolve()
+    if not os.access(resolved, os.R_OK | os.X_OK):
+        raise ArchiveError(f"{location}: folder is not readable")
+    return FolderArchive(resolved)
+
+
+KIND = SourceKind("folder", _is_folder, _open, priority=90)
