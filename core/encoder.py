@@ -193,6 +193,35 @@ def _explain_load_failure(name: str, exc: Exception) -> str:
     return f"could not load model {name!r}: {hint}. ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
 
 
+def _fingerprint(name_or_path: str, revision: str | None, local_files_only: bool, config: Any) -> ModelFingerprint:
+    dim = getattr(config, "projection_dim", None) or config.vision_config.hidden_size
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        weights, commit = hash_weights(folder), revision
+        random_weights = (folder / RANDOM_WEIGHTS_MARKER).exists()
+    else:
+        weights, commit, random_weights = None, _hub_commit(name_or_path, revision, local_files_only), False
+    return ModelFingerprint(name=name_or_path, revision=commit, weights_sha256=weights, dim=int(dim),
+                            preprocessing_version=PREPROCESSING_VERSION, random_weights=random_weights)
+
+
+def describe_model(name_or_path: str, revision: str | None = None, local_files_only: bool = False) -> ModelFingerprint:
+    """The fingerprint HFEncoder.load would give the model, from its configuration and weight files alone
+    (no weights loaded): what a driver that lets other processes run the model needs. Raises ModelLoadError."""
+    from transformers import AutoConfig
+
+    try:
+        try:
+            config = AutoConfig.from_pretrained(name_or_path, revision=revision, local_files_only=True)
+        except OSError:
+            if local_files_only or Path(name_or_path).exists() or not hub_reachable():
+                raise
+            config = AutoConfig.from_pretrained(name_or_path, revision=revision)
+        return _fingerprint(name_or_path, revision, local_files_only, config)
+    except Exception as exc:
+        raise ModelLoadError(_explain_load_failure(name_or_path, exc)) from exc
+
+
 class HFEncoder:
     """A transformers SigLIP/CLIP model and its processor, loaded once, used for both towers."""
 
@@ -276,25 +305,12 @@ class HFEncoder:
         torch.set_grad_enabled(False)
 
         config = model.config
-        dim = getattr(config, "projection_dim", None) or config.vision_config.hidden_size
         text_max_length = int(config.text_config.max_position_embeddings)
-
-        folder = Path(name_or_path)
-        if folder.is_dir():
-            weights = hash_weights(folder)
-            commit = revision
-            random_weights = (folder / RANDOM_WEIGHTS_MARKER).exists()
-        else:
-            weights = None
-            commit = _hub_commit(name_or_path, revision, local_files_only)
-            random_weights = False
-        fingerprint = ModelFingerprint(
-            name=name_or_path, revision=commit, weights_sha256=weights, dim=int(dim),
-            preprocessing_version=PREPROCESSING_VERSION, random_weights=random_weights,
-        )
-        if random_weights:
+        fingerprint = _fingerprint(name_or_path, revision, local_files_only, config)
+        if fingerprint.random_weights:
             logger.warning("model %s has RANDOM weights: search results are meaningless", name_or_path)
-        spec = PreprocessorSpec(name_or_path, commit if not folder.is_dir() else revision, local_files_only=True)
+        spec = PreprocessorSpec(name_or_path, revision if Path(name_or_path).is_dir() else fingerprint.revision,
+                                local_files_only=True)
         return cls(model, processor, fingerprint, resolved_device, text_max_length, spec)
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-NOISY = ("transformers", "huggingface_hub", "httpx", "filelock")
+NOISY = ("transformers", "huggingface_hub", "httpx", "filelock", "alembic")
 
 
 def configure_logging(level: str) -> None:

@@ -41,6 +41,21 @@ class Settings(BaseSettings):
                                 "(default: one per core but one, 0 = decode in the main process).")
     checkpoint_seconds: float = Field(default=30.0, ge=0, description="Save the FAISS index at least this often "
                                       "during a run (the database is always committed per batch).")
+
+    # Where an indexing run runs: this machine, or a Ray cluster (pip install -e ".[ray]").
+    engine: Literal["local", "ray"] = Field(default="local", description="local: worker processes of this machine; "
+                                            "ray: a Ray cluster (a local one on loopback unless ray_address is set).")
+    ray_address: str | None = Field(default=None, description="HOST:PORT of a running Ray cluster's head (its GCS "
+                                    "port); unset: start a local cluster on loopback for the run.")
+    ray_encoders: int | None = Field(default=None, ge=1, le=4096, description="Encoding actors, one model load each "
+                                     "(default: one per GPU of the cluster, else 1).")
+    ray_unit_files: int = Field(default=32, ge=1, le=100_000, description="Files per work unit (and shard).")
+    ray_shard_dir: Path | None = Field(default=None, description="Where actors write finished units (default "
+                                       "DB/shards); on several nodes, a folder every node mounts.")
+    ray_stall_timeout_s: float = Field(default=600.0, gt=0, description="A run that makes no progress this long "
+                                       "(a stage the cluster cannot schedule) stops with an error.")
+    ray_decode_cpus: float = Field(default=1.0, gt=0, description="CPUs each decoding task reserves.")
+    ray_encoder_cpus: float = Field(default=1.0, gt=0, description="CPUs each encoding actor reserves.")
     local_files_only: bool = Field(default=False, description="Never contact the model hub; use the cache.")
 
     # Image loading.

@@ -9,13 +9,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.encoder import HFEncoder, PreprocessorSpec
 from core.settings import Settings
 from core.sources import Source, SourceOptions, open_source
 from indexer.errors import IndexerError
-from indexer.job import IndexJob, JobOptions
+from indexer.job import Engine, IndexJob, JobOptions
 from indexer.load import LoadOptions
 from indexer.local_engine import LocalEngine
+from indexer.model import ModelSpec, resolve_model
 from indexer.result import ProgressFactory
 from storage.layout import start_generation
 from storage.opening import open_index
@@ -57,12 +57,6 @@ def build_source(location: str, settings: Settings, pacs: PacsOptions | None, pr
     return source
 
 
-def resolve_model(name: str) -> str:
-    """A local folder as its absolute path (what the index records), a hub id as it is."""
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.is_dir() else name
-
-
 def choose_model(settings: Settings, manifest: Manifest | None) -> str:
     """--model (or MEDSEARCH_MODEL) when given, else the model the index was built with, else the default."""
     if "model" in settings.model_fields_set or manifest is None:
@@ -70,13 +64,16 @@ def choose_model(settings: Settings, manifest: Manifest | None) -> str:
     return manifest.model_name
 
 
-def load_encoder(name: str, settings: Settings, say: Callable[[str], None]) -> HFEncoder:
-    encoder = HFEncoder.load(name, revision=settings.model_revision, device=settings.device,
-                             local_files_only=settings.local_files_only, precision=settings.precision,
-                             quantize=settings.quantize)
-    if encoder.fingerprint.random_weights:
-        say(f"WARNING: {name} has RANDOM weights (a test model): search results will be meaningless.")
-    return encoder
+def make_engine(settings: Settings, load: LoadOptions, model: ModelSpec, folder: Path) -> Engine:
+    """The engine the settings ask for; Ray is imported only when it is the one."""
+    if settings.engine == "local":
+        return LocalEngine(settings.worker_count, load, model.preprocessor())
+    from indexer.ray_engine import RayEngine, RayOptions
+
+    return RayEngine(RayOptions(address=settings.ray_address, encoders=settings.ray_encoders,
+                                files_per_unit=settings.ray_unit_files, shard_dir=settings.ray_shard_dir,
+                                stall_timeout_s=settings.ray_stall_timeout_s, decode_cpus=settings.ray_decode_cpus,
+                                encoder_cpus=settings.ray_encoder_cpus), load, folder)
 
 
 @contextmanager
@@ -96,19 +93,19 @@ def build_job(source: Source, settings: Settings, manifest: Path | None, prune: 
     with open_index(folder, create=True, generation=not new_generation,
                     database_url=settings.database_url) as (store, repository):
         recorded = store.manifest
-        model = choose_model(settings, recorded)
+        model = ModelSpec(choose_model(settings, recorded), settings.model_revision, settings.device,
+                          settings.precision, settings.quantize, settings.local_files_only)
         load = LoadOptions(render=settings.render_options(), max_file_bytes=settings.max_file_bytes, deid_secret=(
             settings.deid_secret.get_secret_value() if settings.deidentify and settings.deid_secret else None),
             deid_keep_columns=tuple(settings.deid_keep_columns), deid_keep_reports=settings.deid_keep_reports)
-        engine = LocalEngine(settings.worker_count, load, PreprocessorSpec(model, settings.model_revision))
+        engine = make_engine(settings, load, model, store.folder)
         options = JobOptions(
             batch_size=settings.batch_size, checkpoint_seconds=settings.checkpoint_seconds, prune=prune,
             manifest_bytes=manifest.read_bytes() if manifest else None, load=load,
             since=pacs.since if pacs else None, narrowed=bool(pacs and pacs.study_date),
             lookback_days=settings.dicomweb_lookback_days, generation_root=root,
-            force_load=recorded is not None and model != recorded.model_name)
+            force_load=recorded is not None and model.name != recorded.model_name)
         try:
-            yield IndexJob(source, store, repository, lambda: load_encoder(model, settings, say), engine, options,
-                           progress)
+            yield IndexJob(source, store, repository, model, engine, options, progress, say)
         finally:
             engine.close()

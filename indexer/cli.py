@@ -114,6 +114,17 @@ def main() -> None:
 @click.option("--prune", is_flag=True, help="Remove entries of files no longer in ARCHIVE.")
 @click.option("--new-generation", is_flag=True, help="Build a new index generation in --db (for a new model): "
               "the API keeps serving the current one and switches to the new one when this run completes.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), help="Where the run runs: local (worker processes "
+              "of this machine) or ray (a Ray cluster: pip install -e '.[ray]'). [default local]")
+@click.option("--ray-address", metavar="HOST:PORT", help="Ray: the running cluster's head; without it a local cluster "
+              "is started on loopback for the run.")
+@click.option("--ray-encoders", type=click.IntRange(1, 4096), help="Ray: encoding actors, one model load each "
+              "[default: one per GPU, else 1].")
+@click.option("--ray-unit-files", type=click.IntRange(1, 100_000), help="Ray: files per work unit [default 32].")
+@click.option("--ray-shard-dir", type=click.Path(file_okay=False, path_type=Path), help="Ray: where finished units "
+              "are written before they are committed [default DB/shards; on several nodes, a shared folder].")
+@click.option("--ray-stall-timeout", "ray_stall_timeout_s", type=click.FloatRange(1), help="Ray: stop with an error "
+              "after this many seconds without progress [default 600].")
 @click.option("--checkpoint-seconds", type=click.FloatRange(0), help="Save the FAISS index at least this often "
               "[default 30; the database itself is committed after every batch].")
 @click.option("--local-files-only", is_flag=True, default=None, help="Never contact the model hub.")
@@ -213,13 +224,31 @@ def runs(db_dir: Path | None, run_id: int | None) -> None:
               "budget, else IVF-PQ; HNSW on request.")
 @click.option("--memory-budget-gb", type=click.FloatRange(0.001), default=8.0, show_default=True,
               help="Memory the index may use.")
-def build_index(db_dir: Path | None, kind: str, memory_budget_gb: float) -> None:
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: an IVF index trained on a sample, filled in shards on a Ray cluster (by id range) and "
+              "merged on disk, for indexes larger than one process's memory.")
+@click.option("--ray-address", metavar="HOST:PORT", help="Ray: the cluster's head [default: a local cluster].")
+@click.option("--ray-parts", type=click.IntRange(1, 100_000), help="Ray: shards [default: the cluster's CPUs].")
+def build_index(db_dir: Path | None, kind: str, memory_budget_gb: float, engine: str, ray_address: str | None,
+                ray_parts: int | None) -> None:
     """(Re)build the FAISS index from the stored embeddings, without re-encoding anything: trains IVF
     indexes, tunes nprobe/efSearch until recall@10 against exact search on held-out queries reaches
     0.95, and prints what it measured. The API picks the new index up without a restart."""
     configure_logging("WARNING")
-    with open_db(db_dir, read_only=False) as (store, _), exit_on_errors():
-        report = store.build_index(kind, int(memory_budget_gb * 1024**3))
+    budget = int(memory_budget_gb * 1024**3)
+    with open_db(db_dir, read_only=False) as (store, repository), exit_on_errors():
+        if engine == "ray":
+            from indexer.load import LoadOptions
+            from indexer.ray_build import build_on_ray
+            from indexer.ray_engine import RayEngine, RayOptions
+
+            ray = RayEngine(RayOptions(address=ray_address), LoadOptions(), store.folder)
+            try:
+                report = build_on_ray(store, repository, ray, kind, budget, ray_parts)
+            finally:
+                ray.close()
+        else:
+            report = store.build_index(kind, budget)
     effort = f", search effort {report.search_effort}" if report.search_effort else ""
     click.echo(f"built {report.kind} index ({report.why}): {report.vectors} vectors in {report.seconds:.1f} s, "
                f"~{report.bytes_per_vector:.0f} bytes/vector, recall@10 vs exact {report.recall_at_10:.3f}{effort}")

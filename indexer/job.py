@@ -17,10 +17,10 @@ from datetime import date
 from pathlib import Path
 from typing import Protocol
 
-from core.encoder import Encoder
 from core.sources import Source
 from core.sources.dicomweb import DicomWebArchive, ListingStats
 from indexer.load import LoadOptions
+from indexer.model import ModelSpec
 from indexer.result import ProgressFactory, RunResult
 from indexer.scan import Listing, list_source
 from indexer.session import check_not_excluded, record_idle_run
@@ -43,8 +43,10 @@ class Engine(Protocol):
     def prepare(self) -> None:
         """Start what can start before the model is loaded (worker processes, a cluster connection)."""
 
-    def run(self, source: Source, store: Store, repository: Repository, encoder: Encoder, listing: Listing,
-            options: JobOptions, progress: ProgressFactory | None) -> RunResult: ...
+    def run(self, source: Source, store: Store, repository: Repository, model: ModelSpec, listing: Listing,
+            options: JobOptions, progress: ProgressFactory | None) -> RunResult:
+        """Load the model where it runs (`model`), read, encode and write what `listing` holds pending."""
+        ...
 
     def close(self) -> None: ...
 
@@ -75,15 +77,17 @@ class JobResult:
 
 
 class IndexJob:
-    def __init__(self, source: Source, store: Store, repository: Repository, load_encoder: Callable[[], Encoder],
-                 engine: Engine, options: JobOptions | None = None, progress: ProgressFactory | None = None) -> None:
+    def __init__(self, source: Source, store: Store, repository: Repository, model: ModelSpec, engine: Engine,
+                 options: JobOptions | None = None, progress: ProgressFactory | None = None,
+                 say: Callable[[str], None] = logger.warning) -> None:
         self.source = source
         self.store = store
         self.repository = repository
-        self.load_encoder = load_encoder
+        self.model = model
         self.engine = engine
         self.options = options or JobOptions()
         self.progress = progress
+        self.say = say
 
     def run(self) -> JobResult:
         """Raises the packages' own errors (IndexerError, StorageError, core's MedsearchError) when the
@@ -108,8 +112,10 @@ class IndexJob:
             result = record_idle_run(self.repository, source, listing, time.perf_counter() - t0)
             return self._finish(result, remote, started_on, notes, model_loaded=False)
         self.engine.prepare()  # workers start while the model loads
-        encoder = self.load_encoder()
-        result = self.engine.run(source, self.store, self.repository, encoder, listing, options, self.progress)
+        if self.model.fingerprint().random_weights:
+            self.say(f"WARNING: {self.model.name} has RANDOM weights (a test model): search results will be "
+                     "meaningless.")
+        result = self.engine.run(source, self.store, self.repository, self.model, listing, options, self.progress)
         result.resumed = resumed
         return self._finish(result, remote, started_on, notes, model_loaded=True)
 

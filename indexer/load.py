@@ -51,12 +51,14 @@ class Task:
 
 @dataclass
 class Frame:
-    """One image ready for the model: its pixel hash, the model's pixel values and its metadata."""
+    """One image ready for the model: its pixel hash, the model's pixel values and its metadata (and,
+    once encoded elsewhere, its vector)."""
 
     pixel_sha256: str
     pixel_values: np.ndarray
     metadata: ImageMetadata
     kind: str
+    vector: np.ndarray | None = None
 
 
 @dataclass

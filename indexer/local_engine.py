@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from core.encoder import Encoder, PreprocessorSpec
+from core.encoder import PreprocessorSpec
 from core.sources import Source
 from indexer.job import JobOptions
 from indexer.load import LoadOptions, LoadPool
+from indexer.model import ModelSpec
 from indexer.result import ProgressFactory, RunResult
 from indexer.runner import run_indexing
 from indexer.scan import Listing
@@ -28,8 +29,9 @@ class LocalEngine:
         if self.workers and self._pool is None:
             self._pool = LoadPool(self.workers, self._load, self._spec)
 
-    def run(self, source: Source, store: Store, repository: Repository, encoder: Encoder, listing: Listing,
+    def run(self, source: Source, store: Store, repository: Repository, model: ModelSpec, listing: Listing,
             options: JobOptions, progress: ProgressFactory | None) -> RunResult:
+        encoder = model.load()
         return run_indexing(source, store, repository, encoder, batch_size=options.batch_size, options=options.load,
                             manifest_bytes=options.manifest_bytes, progress=progress,
                             checkpoint_seconds=options.checkpoint_seconds, workers=self.workers, prune=options.prune,

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from core.sources import Entry, Source
+from indexer.manifest import MANIFEST_NAME
 from storage.records import FileState
 from storage.repository import Repository
 
@@ -25,8 +26,10 @@ class Listing:
 
     @property
     def pending(self) -> int:
-        """Entries that need reading: new, changed, or failed for a passing reason."""
-        return sum(1 for entry in self.entries if not unchanged(self.known.get(entry.path), entry))
+        """Entries that need reading: new, changed, or failed for a passing reason (the manifest is read
+        with them, not on its own)."""
+        return sum(1 for entry in self.entries
+                   if entry.path != MANIFEST_NAME and not unchanged(self.known.get(entry.path), entry))
 
 
 def list_source(source: Source, repository: Repository) -> Listing:

@@ -40,6 +40,43 @@ def sample_embeddings(repository: Repository, dim: int, size: int, rng: np.rando
     return np.vstack(chunks)
 
 
+def exact_top_k(repository: Repository, dim: int, queries: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the exact top k for each query, scanning the stored embeddings in chunks (memory stays
+    at one chunk whatever the index's size)."""
+    best_ids = np.full((len(queries), 0), -1, dtype=np.int64)
+    best_scores = np.zeros((len(queries), 0), dtype=np.float32)
+    for ids, vectors in repository.iter_embeddings(dim, batch=50_000):
+        scores = np.hstack([best_scores, queries @ vectors.T])
+        pool = np.hstack([best_ids, np.broadcast_to(ids, (len(queries), len(ids)))])
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_scores, best_ids = np.take_along_axis(scores, order, 1), np.take_along_axis(pool, order, 1)
+    return best_ids
+
+
+def tune_against_exact(index: VectorIndex, repository: Repository, dim: int, seed: int = 0,
+                       limit: int = 1024) -> float:
+    """Raise the index's nprobe/efSearch until recall@10 on held-out queries (perturbed stored vectors)
+    against an exact scan reaches RECALL_TARGET or `limit`. Returns the recall reached."""
+    rng = np.random.default_rng(seed + 1)
+    queries = sample_embeddings(repository, dim, 200, rng)
+    if not len(queries):
+        return 1.0
+    queries = queries + rng.normal(scale=0.05, size=queries.shape).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    truth = exact_top_k(repository, dim, queries, 10)
+
+    def recall() -> float:
+        _, found = index.search(queries, 10)
+        return float(np.mean([len(set(t) & set(f[f >= 0])) / max(1, len(t)) for t, f in zip(truth, found,
+                                                                                           strict=True)]))
+
+    reached = recall()
+    while reached < RECALL_TARGET and index.search_effort() < limit:
+        index.set_search_effort(min(limit, index.search_effort() * 2))
+        reached = recall()
+    return reached
+
+
 def build_index(repository: Repository, dim: int, kind: str = "auto", memory_budget: int = 8 * 1024**3,
                 seed: int = 0) -> tuple[VectorIndex, BuildReport]:
     """A new index of `kind` (auto, flat, ivf, ivfpq, hnsw) holding every stored embedding: trained when

@@ -249,14 +249,17 @@ class Repository(MetaMixin, RunsMixin, RemovalMixin):
                 .where(EmbeddingRow.image_id.in_([int(i) for i in ids])).order_by(EmbeddingRow.image_id)).all()
         return self._unpack(rows, dim)
 
-    def iter_embeddings(self, dim: int, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """All (ids, vectors) in ascending id order, `batch` at a time."""
-        last = -1
+    def iter_embeddings(self, dim: int, batch: int = 10_000, start_after: int = -1,
+                        stop_before: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) in ascending id order, `batch` at a time: every one, or those with
+        start_after < id < stop_before."""
+        last = start_after
         while True:
+            query = select(EmbeddingRow.image_id, EmbeddingRow.vector).where(EmbeddingRow.image_id > last)
+            if stop_before is not None:
+                query = query.where(EmbeddingRow.image_id < stop_before)
             with database_errors(self.engine), self._sessions() as session:
-                rows = session.execute(
-                    select(EmbeddingRow.image_id, EmbeddingRow.vector).where(EmbeddingRow.image_id > last)
-                    .order_by(EmbeddingRow.image_id).limit(batch)).all()
+                rows = session.execute(query.order_by(EmbeddingRow.image_id).limit(batch)).all()
             if not rows:
                 return
             last = rows[-1][0]

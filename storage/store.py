@@ -223,6 +223,15 @@ class Store:
             self._repository.set_meta("index_policy", kind)
         return report
 
+    def adopt(self, index: VectorIndex, policy: str) -> None:
+        """Serve `index` from now on (built elsewhere, for example merged on disk): saved atomically, so
+        readers switch to it whole; `policy` is the kind later rebuilds use."""
+        with self._lock:
+            self._index = index
+            self._dirty = True
+            self.checkpoint()
+        self._repository.set_meta("index_policy", policy)
+
     def maybe_grow_index(self, memory_budget: int = 8 * 1024**3) -> BuildReport | None:
         """Under the automatic policy, rebuild when the index's size calls for another kind."""
         if self._index is None or self._repository.get_meta("index_policy") not in (None, "auto"):

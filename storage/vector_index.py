@@ -70,6 +70,10 @@ class VectorIndex:
 
     def __init__(self, index: faiss.Index) -> None:
         self._index: Any = index  # FAISS's SWIG classes are only partly typed
+        # removed from an on-disk index: FAISS's on-disk lists corrupt neighbouring lists when they shrink,
+        # so removed ids stay in them and every search leaves them out (a rebuild compacts; after a reload
+        # the store finds them again as ids without an embedding)
+        self._tombstones = np.zeros(0, dtype=np.int64)
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -116,6 +120,15 @@ class VectorIndex:
         except Exception as exc:  # faiss raises RuntimeError on corrupt or truncated files
             raise StorageError(f"cannot read the FAISS index {path}: {exc}") from exc
 
+    def raw_bytes(self) -> bytes:
+        """The index serialised by FAISS (what another process deserialises)."""
+        return bytes(faiss.serialize_index(self._index).tobytes())
+
+    @property
+    def raw(self) -> Any:
+        """The FAISS index itself (for FAISS's own tools, such as the on-disk merge)."""
+        return self._index
+
     # -- description ----------------------------------------------------------------------------------
     @property
     def kind(self) -> IndexKind:
@@ -139,7 +152,15 @@ class VectorIndex:
 
     @property
     def ntotal(self) -> int:
-        return int(self._index.ntotal)
+        return int(self._index.ntotal) - len(self._tombstones)
+
+    @property
+    def on_disk(self) -> bool:
+        """IVF lists in a file of their own (storage/ondisk.py), mapped into memory."""
+        if isinstance(self._index, faiss.IndexIDMap2) or self.kind not in ("ivf", "ivfpq"):
+            return False
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(self._index).invlists)
+        return isinstance(lists, faiss.OnDiskInvertedLists)
 
     @property
     def can_remove(self) -> bool:
@@ -148,6 +169,10 @@ class VectorIndex:
     def ids(self) -> np.ndarray:
         if isinstance(self._index, faiss.IndexIDMap2):
             return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        found = self._list_ids()
+        return np.setdiff1d(found, self._tombstones) if len(self._tombstones) else found
+
+    def _list_ids(self) -> np.ndarray:
         ivf = faiss.extract_index_ivf(self._index)
         lists = ivf.invlists
         chunks = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
@@ -189,6 +214,10 @@ class VectorIndex:
         if not self.can_remove:
             raise StorageError("an HNSW index cannot remove vectors: rebuild it")
         wanted = np.ascontiguousarray(ids, dtype=np.int64)
+        if self.on_disk:
+            wanted = np.setdiff1d(np.intersect1d(wanted, self._list_ids()), self._tombstones)
+            self._tombstones = np.union1d(self._tombstones, wanted)
+            return len(wanted)
         if isinstance(self._index, faiss.IndexIDMap2):
             return int(self._index.remove_ids(faiss.IDSelectorBatch(wanted)))
         # IVF with a hashtable direct map removes only through an IDSelectorArray
@@ -204,11 +233,15 @@ class VectorIndex:
         if k <= 0:
             empty = np.zeros((queries.shape[0], 0))
             return empty.astype(np.float32), empty.astype(np.int64)
-        if allowed is None:
+        if allowed is None and not len(self._tombstones):
             scores, ids = self._index.search(queries, k)
             return scores, ids
-        wanted = np.ascontiguousarray(allowed, dtype=np.int64)
-        selector = faiss.IDSelectorBatch(wanted)
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+        else:
+            removed = faiss.IDSelectorBatch(self._tombstones)
+            selector = faiss.IDSelectorNot(removed)
+            selector.referenced = removed  # keep the inner selector alive as long as the outer one
         params = faiss.SearchParameters(sel=selector)
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.search_effort())

@@ -21,6 +21,7 @@ from storage.opening import open_index
 from storage.records import StoredImage
 from tests.pacs import orthanc, proxy  # noqa: F401 (fixtures: a real Orthanc PACS, a proxy in front)
 from tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures: a real PostgreSQL)
+from tests.ray_cluster import ray_cluster  # noqa: F401 (fixture: a real Ray cluster on loopback)
 
 # Real DICOM files from pydicom's test data that decode with the installed (non-GPL) decoders,
 # covering CT, MR, US, NM, RGB, palette, YBR, big-endian, deflate, RLE, JPEG, JPEG-LS, JPEG 2000
@@ -102,3 +103,11 @@ def make_archive(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def archive_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_archive(tmp_path_factory.mktemp("archive") / "archive")
+
+
+@pytest.fixture(scope="session")
+def indexed_db(archive_dir: Path, encoder: HFEncoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's archive, indexed once (copy it before changing it)."""
+    db = tmp_path_factory.mktemp("api") / "db"
+    index_folder(archive_dir, db, encoder, batch_size=8)
+    return db

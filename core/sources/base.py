@@ -51,6 +51,11 @@ class Source(Protocol):
         """One entry's bytes; OSError (with the reason) when it cannot be had."""
         ...
 
+    def fetch(self, entry: Entry) -> ReadItem:
+        """One entry read on its own (a distributed task): the entry as it is to be recorded after
+        reading (a PACS instance becomes settled) with its bytes, or the OSError met."""
+        ...
+
     def local_path(self, path: str) -> str | None:
         """A path on disk a worker process can read the entry from, when there is one."""
         ...
@@ -68,6 +73,14 @@ class SourceKind:
 
 def too_large(size: int, limit: int) -> OSError:
     return OSError(f"{size} bytes exceed the limit of {limit} (setting MEDSEARCH_MAX_FILE_BYTES): not read")
+
+
+def fetch_by_path(read: Callable[[str], bytes], entry: Entry) -> ReadItem:
+    """`fetch` of a source whose entries do not change by being read."""
+    try:
+        return entry, read(entry.path)
+    except OSError as exc:
+        return entry, exc
 
 
 def read_each(entries: list[Entry], read: Callable[[str], bytes],

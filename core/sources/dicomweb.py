@@ -458,7 +458,9 @@ class DicomWebArchive:
             return [response.content]  # a server that sends the part bare (tolerated by the client too)
         return list(self._client._decode_multipart_message(response, stream=False))
 
-    def _fetch_entry(self, entry: Entry) -> ReadItem:
+    def fetch(self, entry: Entry) -> ReadItem:
+        """One instance: settled (mtime 0.0) once fetched for good or found corrupt; a passing failure
+        leaves it to fetch again next run. ArchiveError when the PACS stopped answering altogether."""
         if entry.path in self._listing_errors:
             return Entry(entry.path, 0, None), OSError(f"cannot list this study: {self._listing_errors[entry.path]}")
         study, series, sop = parse_instance_path(entry.path) or ("", "", "")
@@ -520,7 +522,7 @@ class DicomWebArchive:
             try:
                 for entry in items:
                     take = wanted is None or wanted(entry)
-                    ahead.append((entry, pool.submit(self._fetch_entry, entry) if take else None))
+                    ahead.append((entry, pool.submit(self.fetch, entry) if take else None))
                     while len(ahead) > limit or (ahead and ahead[0][1] is None):
                         yield _settle(ahead.popleft())
                 while ahead:

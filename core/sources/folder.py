@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from core.errors import ArchiveError
-from core.sources.base import Entry, ReadItem, SourceKind, SourceOptions, read_each
+from core.sources.base import Entry, ReadItem, SourceKind, SourceOptions, fetch_by_path, read_each
 
 
 class FolderArchive:
@@ -35,6 +35,9 @@ class FolderArchive:
 
     def read(self, path: str) -> bytes:
         return (self.root / path).read_bytes()
+
+    def fetch(self, entry: Entry) -> ReadItem:
+        return fetch_by_path(self.read, entry)
 
     def local_path(self, path: str) -> str | None:
         return str(self.root / path)

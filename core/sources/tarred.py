@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 
 from core.errors import ArchiveError
-from core.sources.base import MAX_MEMBER_BYTES, Entry, ReadItem, SourceKind, SourceOptions, too_large
+from core.sources.base import MAX_MEMBER_BYTES, Entry, ReadItem, SourceKind, SourceOptions, fetch_by_path, too_large
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
@@ -38,6 +38,9 @@ class TarArchive:
                     if handle is not None:
                         return handle.read()
         raise OSError(f"{path} not found in {self.path}")
+
+    def fetch(self, entry: Entry) -> ReadItem:
+        return fetch_by_path(self.read, entry)
 
     def local_path(self, path: str) -> str | None:
         return None

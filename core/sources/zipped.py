@@ -9,7 +9,16 @@ from datetime import datetime
 from pathlib import Path
 
 from core.errors import ArchiveError
-from core.sources.base import MAX_MEMBER_BYTES, Entry, ReadItem, SourceKind, SourceOptions, read_each, too_large
+from core.sources.base import (
+    MAX_MEMBER_BYTES,
+    Entry,
+    ReadItem,
+    SourceKind,
+    SourceOptions,
+    fetch_by_path,
+    read_each,
+    too_large,
+)
 
 BOMB_RATIO, BOMB_FLOOR = 200, 64 * 1024**2  # a member inflating 200-fold to more than 64 MiB is refused
 
@@ -51,6 +60,9 @@ class ZipArchive:
             raise OSError(f"{path} not found in {self.path}") from exc
         except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, ValueError, EOFError) as exc:
             raise OSError(f"corrupt zip member: {exc}") from exc
+
+    def fetch(self, entry: Entry) -> ReadItem:
+        return fetch_by_path(self.read, entry)
 
     def local_path(self, path: str) -> str | None:
         return None

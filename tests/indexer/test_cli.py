@@ -88,3 +88,18 @@ def test_another_model_needs_a_new_generation(archive_dir: Path, tiny_model_dir:
     assert verify.returncode == 0 and "consistent" in verify.stdout
     built = run_cli("build-index", "--db", str(db), "--index", "hnsw")
     assert built.returncode == 0 and "recall@10" in built.stdout
+
+
+def test_an_unchanged_rerun_does_not_load_the_model_and_a_missing_model_is_one_line(archive_dir: Path,
+                                                                                  tiny_model_dir: Path,
+                                                                                  tmp_path: Path):
+    db = tmp_path / "db"
+    assert run_cli("run", str(archive_dir), "--db", str(db), "--model", str(tiny_model_dir)).returncode == 0
+    again = run_cli("run", str(archive_dir), "--db", str(db))  # no --model: the index's own
+    assert again.returncode == 0 and "the model was not loaded" in again.stderr and "RANDOM" not in again.stderr
+    missing = run_cli("run", str(archive_dir), "--db", str(tmp_path / "other"), "--model", str(tmp_path / "nowhere"),
+                      "--workers", "2")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert [line for line in missing.stderr.splitlines() if line.startswith("error:")] == [
+        missing.stderr.strip().splitlines()[-1]]
+    assert "nowhere" in missing.stderr.splitlines()[-1]

@@ -10,14 +10,6 @@ from core.encoder import HFEncoder
 from core.settings import Settings
 from search_api.app import build_service, create_app
 from search_api.auth import AccessControl
-from tests.conftest import index_folder
-
-
-@pytest.fixture(scope="session")
-def indexed_db(archive_dir: Path, encoder: HFEncoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("api") / "db"
-    index_folder(archive_dir, db, encoder, batch_size=8)
-    return db
 
 
 @pytest.fixture(scope="session")
