@@ -104,10 +104,14 @@ def main() -> None:
         "per_unit_overhead_s": round(per_unit, 3),
         "commit_images_per_s": {"sqlite": round(sqlite_rate, 1), "postgresql": pg_rate and round(pg_rate, 1)},
     }
-    rate = min(sqlite_rate if pg_rate is None else pg_rate, 1e12)
-    result["estimate_10M"] = {
-        f"{gpus} GPUs": f"{10_000_000 / min(gpus * low, rate) / 3600:.1f}-{10_000_000 / min(gpus * high, rate) / 3600:.1f} h"
-        for gpus in (1, 8, 32) for low, high in [GPU_IMAGES_PER_S]}
+    rate = sqlite_rate if pg_rate is None else pg_rate
+    low, high = GPU_IMAGES_PER_S
+
+    def hours(gpus: int, per_gpu: float) -> float:
+        return 10_000_000 / min(gpus * per_gpu, rate) / 3600
+
+    result["estimate_10M"] = {f"{gpus} GPUs": f"{hours(gpus, high):.1f}-{hours(gpus, low):.1f} h"
+                              for gpus in (1, 8, 32)}
     result["estimate_note"] = ("ESTIMATE: 10M images / min(GPUs x 400-800 images/s (MedSigLIP-448, bf16, H100: not "
                                "measured here), the driver's commit rate measured above); decoding needs about "
                                "one CPU core per 30-60 images/s (bench/indexing_throughput.py)")
