@@ -71,6 +71,7 @@ bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json 
 	$(PY) -m bench.search_bench --sizes 100000,1000000
 	$(PY) -m bench.api_bench --repeat 50 --models $(RANDOM_MODEL),$(BASE_MODEL)
 	$(PY) -m bench.indexing_throughput --model $(BASE_MODEL) --images 48 --batch-size 16 --naive --quantize
+	$(PY) -m bench.ray_throughput --model $(BASE_MODEL) --images 96
 	if command -v Orthanc >/dev/null; then $(PY) -m bench.pacs_throughput --model $(BASE_MODEL) --generated 100; \
 	else echo "bench: Orthanc is not installed (apt-get install orthanc orthanc-dicomweb): PACS bench skipped"; fi
 	$(PY) -m bench.report
