@@ -97,6 +97,10 @@ def test_an_unchanged_rerun_does_not_load_the_model_and_a_missing_model_is_one_l
     assert run_cli("run", str(archive_dir), "--db", str(db), "--model", str(tiny_model_dir)).returncode == 0
     again = run_cli("run", str(archive_dir), "--db", str(db))  # no --model: the index's own
     assert again.returncode == 0 and "the model was not loaded" in again.stderr and "RANDOM" not in again.stderr
+    listed = run_cli("runs", "--db", str(db))
+    assert "unchanged" in listed.stdout.splitlines()[-1] and listed.stdout.splitlines()[-1].split()[7] != "0"
+    missing_run = run_cli("runs", "--db", str(db), "--run", "99")
+    assert missing_run.returncode == 2 and "no run 99 in this index (runs 1 to 2" in missing_run.stderr
     missing = run_cli("run", str(archive_dir), "--db", str(tmp_path / "other"), "--model", str(tmp_path / "nowhere"),
                       "--workers", "2")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr

@@ -123,8 +123,10 @@ def test_kill_nine_at_twenty_points_then_rerun_equals_a_clean_run(tiny_model_dir
     assert final.returncode == 0, final.stderr
     assert_same_state(clean_db, killed_db)
     with open_index(killed_db) as (_store, repository):
-        statuses = [run.status for run in repository.list_runs()]
+        runs = repository.list_runs()
+    statuses = [run.status for run in runs]
     assert statuses.count("killed") == len(killed_at) and statuses[-1] == "completed"
+    assert sum(run.indexed for run in runs if run.status == "killed") > 0  # a killed run shows what it committed
 
 
 @pytest.mark.timeout(600)
