@@ -24,46 +24,38 @@ Rendering rules (PREPROCESSING_VERSION in core.preprocess), per PS3.3 C.11 and C
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import warnings
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
 from typing import Any, Literal
 
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.uid import (
     UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
 )
 
 from core.anatomy import ct_preset, region_from_text
-from core.errors import ImageError, ImageTooLargeError, NoPixelDataError
+from core.dicom_read import (
+    check_has_pixels,
+    check_size,
+    extract_metadata,
+    infer_transfer_syntax,
+    integer,
+    one_line,
+    read_dataset,
+    text,
+)
+from core.errors import ImageError
 from core.metadata import ImageMetadata
 from core.preprocess import grey_to_rgb, percentile_window, unit_to_uint8
 
 logger = logging.getLogger(__name__)
 
-PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-# objects whose pixel data is not a picture of the patient: skipped with a reason
-NON_IMAGE_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.66.4": "a segmentation mask (SEG), not an image",
-    "1.2.840.10008.5.1.4.1.1.66.5": "a surface segmentation, not an image",
-    "1.2.840.10008.5.1.4.1.1.481.2": "an RT dose grid, not an image",
-    "1.2.840.10008.5.1.4.1.1.30": "a parametric map, not an image",
-}
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0), "mediastinum": (50.0, 350.0), "bone": (400.0, 1800.0),
     "brain": (40.0, 80.0), "abdomen": (60.0, 400.0),
@@ -155,224 +147,6 @@ def looks_like_dicom(head: bytes) -> bool:
     return False
 
 
-# inflated first, to read the header (Rows, Columns, frames) before inflating the pixels
-_HEADER_BYTES = 1024 * 1024
-_SLACK = 16 * 1024 * 1024  # elements after the pixel data, padding
-
-
-def _declared_pixel_bytes(meta: FileMetaDataset, head: bytes, source: str, max_pixels: int, setting: str) -> int | None:
-    """Bytes the pixel data of a dataset needs by its header (None when the header cannot be read from
-    `head`); ImageTooLargeError when it declares more pixels than allowed."""
-    stream = pydicom.filebase.DicomBytesIO()
-    stream.write(b"\0" * 128 + b"DICM")
-    plain = FileMetaDataset(meta)
-    plain.TransferSyntaxUID = ExplicitVRLittleEndian
-    pydicom.filewriter.write_file_meta_info(stream, plain, enforce_standard=False)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            header = pydicom.dcmread(io.BytesIO(bytes(stream.getvalue()) + head), force=True, stop_before_pixels=True)
-        rows, cols = int(header.Rows), int(header.Columns)
-        frames = _int(header, "NumberOfFrames") or 1
-        samples, bits = _int(header, "SamplesPerPixel") or 1, _int(header, "BitsAllocated") or 16
-    except Exception:
-        return None
-    if rows * cols * frames > max_pixels:
-        raise ImageTooLargeError(source, f"{cols}x{rows}x{frames} = {rows * cols * frames} pixels exceeds the limit "
-                                 f"of {max_pixels} (setting {setting}): refused before inflating the pixel data")
-    return rows * cols * frames * samples * max(1, (bits + 7) // 8)
-
-
-def inflate_deflated(data: bytes, source: str, max_pixels: int, setting: str = "MEDSEARCH_MAX_IMAGE_PIXELS") -> bytes:
-    """A Deflated Explicit VR Little Endian file rewritten as plain Explicit VR Little Endian, inflating
-    its header first and then only as many bytes as the pixels it declares need: a decompression bomb
-    is refused (ImageTooLargeError) there instead of filling memory. Other files are returned as they are."""
-    if len(data) < 132 or data[128:132] != b"DICM":
-        return data
-    stream = io.BytesIO(data)
-    stream.seek(132)
-    try:
-        meta = pydicom.filereader._read_file_meta_info(stream)
-    except Exception:  # an unreadable file meta: the normal reader says what is wrong
-        return data
-    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        return data
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        head = inflater.decompress(data[stream.tell():], _HEADER_BYTES)
-        declared = _declared_pixel_bytes(meta, head, source, max_pixels, setting)
-        cap = (declared if declared is not None else max_pixels * 8) + _HEADER_BYTES + _SLACK
-        rest = inflater.decompress(inflater.unconsumed_tail, cap - len(head) + 1) if inflater.unconsumed_tail else b""
-    except zlib.error as exc:
-        raise ImageError(source, f"corrupt deflated DICOM data: {exc}") from exc
-    if len(head) + len(rest) > cap:
-        raise ImageTooLargeError(source, f"deflated DICOM data inflates beyond {cap} bytes, more than its header "
-                                 "declares: refused before inflating further")
-    plain = FileMetaDataset(meta)
-    plain.TransferSyntaxUID = ExplicitVRLittleEndian
-    out = pydicom.filebase.DicomBytesIO()
-    out.write(data[:132])
-    pydicom.filewriter.write_file_meta_info(out, plain, enforce_standard=False)
-    return bytes(out.getvalue()) + head + rest
-
-
-def read_dataset(data: bytes, source: str, max_pixels: int = 100_000_000,
-                 setting: str = "MEDSEARCH_MAX_IMAGE_PIXELS") -> Dataset:
-    """Parse DICOM bytes (with or without preamble and file meta) or raise ImageError naming `source`.
-    Deflated data is inflated only as far as `max_pixels` pixels can need."""
-    data = inflate_deflated(data, source, max_pixels, setting)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pydicom.dcmread(io.BytesIO(data), force=True)
-    except InvalidDicomError as exc:
-        raise ImageError(source, f"not a valid DICOM file: {exc}") from exc
-    except Exception as exc:  # pydicom raises many kinds on corrupt input
-        raise ImageError(source, f"unreadable DICOM ({type(exc).__name__}: {_one_line(exc)})") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
-def _text(ds: Dataset, keyword: str) -> str | None:
-    try:
-        value = ds.get(keyword)
-    except Exception:  # an unparseable value (invalid VR) reads as absent
-        return None
-    if value is None:
-        return None
-    if isinstance(value, MultiValue):
-        value = "\\".join(str(v) for v in value)
-    text = str(value).strip()
-    return text or None
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def _date(ds: Dataset, keyword: str) -> date | None:
-    text = _text(ds, keyword)
-    if not text:
-        return None
-    try:
-        return datetime.strptime(text[:8], "%Y%m%d").date()
-    except ValueError:
-        return None
-
-
-def parse_age(age: str | None) -> float | None:
-    """DICOM AS value ("045Y", "006M", "003W", "010D") to years."""
-    if not age or len(age) < 2:
-        return None
-    unit = age[-1].upper()
-    try:
-        number = float(age[:-1])
-    except ValueError:
-        return None
-    per_year = {"Y": 1.0, "M": 12.0, "W": 52.1775, "D": 365.25}.get(unit)
-    return round(number / per_year, 3) if per_year else None
-
-
-def extract_metadata(ds: Dataset) -> ImageMetadata:
-    """Header attributes medsearch stores. Patient names and birth dates are never stored (the birth
-    date is read only to compute the age at the study)."""
-    study_date = _date(ds, "StudyDate") or _date(ds, "SeriesDate") or _date(ds, "AcquisitionDate")
-    age = parse_age(_text(ds, "PatientAge"))
-    birth = _date(ds, "PatientBirthDate")
-    if age is None and birth is not None and study_date is not None and study_date >= birth:
-        age = round((study_date - birth).days / 365.25, 3)
-    sex = _text(ds, "PatientSex")
-    body_part = _text(ds, "BodyPartExamined")
-    extra: dict[str, Any] = {}
-    if body_part is None:
-        body_part = region_from_text(_text(ds, "StudyDescription"), _text(ds, "SeriesDescription"),
-                                     _text(ds, "ProtocolName"))
-        if body_part:
-            extra["body_part_from"] = "description"
-    burned = _text(ds, "BurnedInAnnotation")
-    return ImageMetadata(
-        patient_id=_text(ds, "PatientID"),
-        patient_sex=sex.upper() if sex else None,
-        patient_age=age,
-        study_uid=_text(ds, "StudyInstanceUID"),
-        series_uid=_text(ds, "SeriesInstanceUID"),
-        sop_uid=_text(ds, "SOPInstanceUID"),
-        accession_number=_text(ds, "AccessionNumber"),
-        modality=_text(ds, "Modality"),
-        body_part=body_part.upper() if body_part else None,
-        view_position=_text(ds, "ViewPosition"),
-        study_date=study_date,
-        study_description=_text(ds, "StudyDescription"),
-        series_description=_text(ds, "SeriesDescription"),
-        manufacturer=_text(ds, "Manufacturer"),
-        instance_number=_int(ds, "InstanceNumber"),
-        rows=_int(ds, "Rows"),
-        columns=_int(ds, "Columns"),
-        frames=_int(ds, "NumberOfFrames") or (1 if "Rows" in ds else None),
-        burned_in_annotation=None if burned is None else burned.upper() == "YES",
-        extra=extra,
-    )
-
-
-def _sop_class_name(ds: Dataset) -> str:
-    uid = _text(ds, "SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
-    return UID(str(uid)).name if uid else "unknown SOP class"
-
-
-def check_has_pixels(ds: Dataset, source: str) -> None:
-    """Objects that are not images are skipped (NoPixelDataError); an image object whose pixels are
-    missing (a truncated or header-only file) is a failure (ImageError)."""
-    media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
-    if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
-        raise NoPixelDataError(source, "DICOMDIR (a directory of other files), no image of its own")
-    sop_class = _text(ds, "SOPClassUID") or media_class
-    if sop_class in NON_IMAGE_SOP_CLASSES:
-        raise NoPixelDataError(source, NON_IMAGE_SOP_CLASSES[sop_class])
-    if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
-        sop_class = _sop_class_name(ds)
-        if "Image Storage" in sop_class or "Rows" in ds:
-            raise ImageError(source, f"{sop_class} object without pixel data: truncated or header-only file")
-        raise NoPixelDataError(source, f"no pixel data ({sop_class})")
-
-
-def check_size(ds: Dataset, source: str, max_pixels: int, setting: str = "MEDSEARCH_MAX_IMAGE_PIXELS") -> int:
-    """Refuse oversized images before decoding. Returns the number of frames."""
-    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
-    if not rows or not cols:
-        raise ImageError(source, "pixel data without valid Rows/Columns")
-    frames = _int(ds, "NumberOfFrames") or 1
-    total = rows * cols * frames
-    if total > max_pixels:
-        raise ImageTooLargeError(
-            source, f"{cols}x{rows}x{frames} = {total} pixels exceeds the limit of {max_pixels} "
-            f"(setting {setting})"
-        )
-    return frames
-
-
-def infer_transfer_syntax(ds: Dataset) -> str | None:
-    """Files without a TransferSyntaxUID in their file meta: take it from the encoding pydicom read the
-    dataset with (native pixel data only). Returns the UID assumed, or None if nothing was missing."""
-    file_meta = getattr(ds, "file_meta", None)
-    if file_meta is not None and "TransferSyntaxUID" in file_meta:
-        return None
-    encoding = getattr(ds, "original_encoding", (None, None))
-    uid = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
-           (False, False): ExplicitVRBigEndian}.get(tuple(encoding))
-    if uid is None:
-        return None
-    if file_meta is None:
-        ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = uid
-    return str(uid)
-
-
 def _decoder_hint(ts: str | None) -> str:
     if not ts:
         return ""
@@ -393,7 +167,7 @@ def decode_frame(ds: Dataset, index: int, frames: int, source: str) -> np.ndarra
     except Exception as exc:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         ts_text = f"{UID(str(ts)).name} ({ts})" if ts else "no transfer syntax"
-        message = _one_line(exc)
+        message = one_line(exc)
         if "missing dependencies" in message or "plugins are missing" in message:
             message = "no installed decoder supports it"
         raise ImageError(source, f"pixel data could not be decoded, transfer syntax {ts_text}: "
@@ -467,7 +241,7 @@ def grey_to_unit(frame: np.ndarray, view: Dataset, meta: ImageMetadata, options:
     of the window used."""
     values = apply_modality_lut(frame, view) if frame.dtype.kind in "iu" else frame.astype(np.float64)
     values = np.asarray(values, dtype=np.float64)
-    function = _text(view, "VOILUTFunction") or "LINEAR"
+    function = text(view, "VOILUTFunction") or "LINEAR"
     window = options.window
     unit: np.ndarray | None = None
     described = ""
@@ -493,7 +267,7 @@ def grey_to_unit(frame: np.ndarray, view: Dataset, meta: ImageMetadata, options:
     if unit is None:
         low, high = options.percentiles
         unit, described = percentile_window(values, options.percentiles), f"percentile {low:g}-{high:g}"
-    if _text(view, "PhotometricInterpretation") == "MONOCHROME1":
+    if text(view, "PhotometricInterpretation") == "MONOCHROME1":
         unit = 1.0 - unit
         described += " inverted (MONOCHROME1)"
     return unit, described
@@ -511,14 +285,14 @@ def _colour_to_uint8(rgb: np.ndarray, bits: int) -> np.ndarray:
 def render_frame(ds: Dataset, frame: np.ndarray, index: int, meta: ImageMetadata, options: RenderOptions,
                  source: str) -> tuple[np.ndarray, str]:
     """One decoded frame to (H, W, 3) uint8 RGB, and a description of how it was windowed."""
-    samples = _int(ds, "SamplesPerPixel") or 1
-    photometric = _text(ds, "PhotometricInterpretation") or ("MONOCHROME2" if samples == 1 else "RGB")
-    bits = _int(ds, "BitsStored") or 8
+    samples = integer(ds, "SamplesPerPixel") or 1
+    photometric = text(ds, "PhotometricInterpretation") or ("MONOCHROME2" if samples == 1 else "RGB")
+    bits = integer(ds, "BitsStored") or 8
     if photometric == "PALETTE COLOR":
         try:
             rgb = apply_color_lut(frame, ds)
         except Exception as exc:
-            raise ImageError(source, f"palette colour lookup failed: {_one_line(exc)}") from exc
+            raise ImageError(source, f"palette colour lookup failed: {one_line(exc)}") from exc
         descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
         lut_bits = int(descriptor[2]) if descriptor else 16
         if rgb.dtype != np.uint8 and lut_bits == 16 and int(np.max(rgb, initial=0)) < 256:

@@ -11,7 +11,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from core.dicom import RenderOptions, apply_window, extract_metadata, looks_like_dicom, parse_age
+from core.dicom import RenderOptions, apply_window, looks_like_dicom
+from core.dicom_read import extract_metadata, parse_age
 from core.errors import ImageError, ImageTooLargeError, NoPixelDataError
 from core.images import load_image_bytes, load_image_file
 from tests.conftest import dicom_file

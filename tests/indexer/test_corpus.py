@@ -13,7 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from core.dicom import NON_IMAGE_SOP_CLASSES
+from core.dicom_read import NON_IMAGE_SOP_CLASSES
 from core.encoder import HFEncoder
 from core.sources import open_source
 from indexer.runner import run_indexing
