@@ -26,8 +26,8 @@ from core.settings import Settings
 from indexer.sample import pydicom_test_files
 from search_api.app import build_service, create_app
 from search_api.auth import AccessControl, Principal
-from search_api.routes import image_parts, model_info
 from search_api.schemas import SearchResponse, SearchResult
+from search_api.views import image_parts, model_info
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["right pleural effusion", "chest x-ray", "brain mri", "knee fracture", "liver ct"]

@@ -328,3 +328,31 @@ def load_dicom_frames(data: bytes, source: str, options: RenderOptions) -> list[
         rendered.append((pixels, replace(meta, frame_index=index, rows=int(pixels.shape[0]),
                                          columns=int(pixels.shape[1]), window=described, extra=dict(meta.extra))))
     return rendered
+
+
+@dataclass(frozen=True)
+class ModalityValues:
+    """One frame of a greyscale image in modality units (Hounsfield units for CT)."""
+
+    values: np.ndarray  # (rows, columns) float64
+    unit: str  # "HU" for CT, else the header's RescaleType (possibly "")
+    frame: int
+    frames: int
+
+
+def modality_values(data: bytes, source: str, options: RenderOptions, frame: int) -> ModalityValues:
+    """The modality LUT (rescale or LUT sequence, per frame for enhanced objects) applied to one frame.
+    ImageError for colour images, which have none."""
+    ds = read_dataset(data, source, options.max_pixels, options.limit_setting)
+    check_has_pixels(ds, source)
+    frames = check_size(ds, source, options.max_pixels, options.limit_setting)
+    infer_transfer_syntax(ds)
+    index = min(max(frame, 0), frames - 1)
+    photometric = text(ds, "PhotometricInterpretation") or "MONOCHROME2"
+    if not photometric.startswith("MONOCHROME"):
+        raise ImageError(source, f"a {photometric} image has no modality values, only colours")
+    pixels = decode_frame(ds, index, frames, source)
+    view = frame_view(ds, index)
+    values = apply_modality_lut(pixels, view) if pixels.dtype.kind in "iu" else pixels
+    unit = "HU" if text(ds, "Modality") == "CT" else (text(view, "RescaleType") or "")
+    return ModalityValues(np.asarray(values, dtype=np.float64), unit, index, frames)

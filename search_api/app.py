@@ -21,9 +21,12 @@ from core.encoder import Encoder, HFEncoder
 from core.errors import MedsearchError
 from core.settings import Settings
 from search_api.auth import AccessControl
+from search_api.docs import DOCS_PATHS, DOCS_POLICY, add_docs, declare_keys
 from search_api.errors import SearchError, http_error
-from search_api.gate import LOOPBACK_HOSTS, SECURITY_HEADERS, FailureLimiter, Gate, HostPolicy
+from search_api.gate import LOOPBACK_HOSTS, PUBLIC, SECURITY_HEADERS, FailureLimiter, Gate, HostPolicy
+from search_api.images import ImageFiles
 from search_api.routes import router
+from search_api.routes_images import router as image_router
 from search_api.schemas import RANDOM_MODEL_WARNING
 from search_api.service import SearchService
 from storage.access import AccessStore
@@ -72,12 +75,13 @@ def build_service(settings: Settings, encoder: Encoder | None = None, index: Ope
             f"{manifest.fingerprint_key}); the loaded model {encoder.fingerprint.name} has fingerprint "
             f"{encoder.fingerprint.key}. Serve it with the model it was built with (--model)."
         )
-    return SearchService(encoder, store, repository, render=settings.render_options(), device=device,
-                         text_cache_size=settings.text_cache_size, preview_cache_size=settings.preview_cache_size,
+    files = ImageFiles(settings.render_options(), dicomweb=settings.dicomweb_config(),
+                       max_upload_pixels=settings.max_upload_pixels, decode_slots=settings.decode_slots,
+                       preview_cache_size=settings.preview_cache_size)
+    return SearchService(encoder, store, repository, files, device=device, text_cache_size=settings.text_cache_size,
                          review_min_probability=settings.review_min_probability,
                          review_max_entropy=settings.review_max_entropy,
-                         viewer_url_template=settings.viewer_url_template, dicomweb=settings.dicomweb_config(),
-                         max_upload_pixels=settings.max_upload_pixels, decode_slots=settings.decode_slots)
+                         viewer_url_template=settings.viewer_url_template)
 
 
 class ServiceHolder:
@@ -116,9 +120,9 @@ class ServiceHolder:
         old.close()
 
 
-PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
-               "script-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
-               "form-action 'self'")
+# the page's own files only: no inline script, no other origin
+PAGE_POLICY = ("default-src 'none'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
 def build_access(settings: Settings, open_mode: bool) -> AccessControl:
@@ -161,11 +165,15 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
             if own and holder.service is not None:
                 holder.service.close()
 
-    app = FastAPI(title="medsearch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="medsearch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, swagger_ui_oauth2_redirect_url=None)
     app.state.settings = settings
     app.state.services = holder
     app.state.access = access
     app.include_router(router)
+    app.include_router(image_router)
+    add_docs(app)
+    declare_keys(app, PUBLIC)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
@@ -181,7 +189,8 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         if response.headers.get("content-type", "").startswith("text/html"):
-            response.headers["Content-Security-Policy"] = PAGE_POLICY
+            docs = request.url.path in DOCS_PATHS
+            response.headers["Content-Security-Policy"] = DOCS_POLICY if docs else PAGE_POLICY
         elif response.headers.get("content-type", "").startswith("application/json"):
             response.headers.setdefault("Cache-Control", "no-store")  # answers may carry patient data
         return response

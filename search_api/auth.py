@@ -20,6 +20,7 @@ from search_api.redact import RESEARCHER_FIELDS, Redactor
 from storage.access import AccessStore
 
 KEY_PREFIX = "msk_"
+DOWNLOAD_ROLES = ("clinician", "admin")  # who may download an original file: never researchers
 
 
 @dataclass(frozen=True)
@@ -94,17 +95,21 @@ class Audit:
 
 def audited(action: str) -> Callable[..., Iterator[Audit]]:
     """A dependency that records the request in the audit log when it ends: key id, role, action,
-    query kind, result ids and the status it ended with (never the query itself)."""
-    def dependency(access: Annotated[AccessControl, Depends(get_access)],
+    query kind, result ids (and the image the path names) and the status it ended with (never the
+    query itself)."""
+    def dependency(request: Request, access: Annotated[AccessControl, Depends(get_access)],
                    principal: Annotated[Principal, Depends(caller)]) -> Iterator[Audit]:
         entry = Audit(action)
+        named = str(request.path_params.get("image_id", ""))
+        if named.isdigit():  # the image a route is about, recorded even when the route refuses
+            entry.ids.append(int(named))
         try:
             yield entry
         except Exception as exc:
             status = exc.status_code if isinstance(exc, HTTPException) else status_of(exc)
-            access.record(principal, action, entry.kind, entry.ids, status)
+            access.record(principal, entry.action, entry.kind, entry.ids, status)
             raise
-        access.record(principal, action, entry.kind, entry.ids)
+        access.record(principal, entry.action, entry.kind, entry.ids)
     return dependency
 
 
@@ -115,3 +120,5 @@ SearchAudit = Annotated[Audit, Depends(audited("search"))]
 ViewAudit = Annotated[Audit, Depends(audited("view"))]
 PreviewAudit = Annotated[Audit, Depends(audited("preview"))]
 ClassifyAudit = Annotated[Audit, Depends(audited("classify"))]
+DownloadAudit = Annotated[Audit, Depends(audited("download"))]
+DownloaderDep = Annotated[Principal, Depends(require(*DOWNLOAD_ROLES))]

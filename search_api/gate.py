@@ -25,9 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_api.auth import AccessControl, Principal, key_id_of
 
-PUBLIC = frozenset({"/", "/health", "/presets", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+PUBLIC = frozenset({"/", "/health", "/presets", "/windows", "/docs", "/openapi.json", "/redoc"})
 PUBLIC_PREFIXES = ("/static/",)
-UPLOAD_ROUTES = frozenset({"/search/image", "/classify"})
+UPLOAD_ROUTES = frozenset({"/search/image", "/classify", "/render"})
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",

@@ -12,3 +12,17 @@ PRESETS: dict[str, dict[str, str]] = {
         "melanoma", "melanocytic nevus", "basal cell carcinoma", "actinic keratosis", "benign keratosis",
         "dermatofibroma", "vascular lesion", "squamous cell carcinoma")},
 }
+
+
+def prompts_for(labels: list[str], preset: str | None, where: str = "body") -> dict[str, str]:
+    """label -> prompt for a request's preset or labels (at most 100, each cut at 200 characters)."""
+    from search_api.errors import FieldError
+
+    if preset:
+        if preset not in PRESETS:
+            raise FieldError(422, (where, "preset"), f"unknown preset; one of {', '.join(PRESETS)}", "unknown_preset")
+        return PRESETS[preset]
+    names = [label.strip()[:200] for label in labels if label.strip()]
+    if not names or len(names) > 100:
+        raise FieldError(422, (where, "labels"), "give 1 to 100 labels, or a preset", "missing_labels")
+    return {name: name for name in dict.fromkeys(names)}

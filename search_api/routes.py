@@ -1,36 +1,35 @@
-"""Route handlers: thin; the work is in SearchService, errors become HTTP answers in search_api/errors.py,
-every route that touches patient data is audited by a dependency (search_api/auth.py)."""
+"""Route handlers for searching, classifying uploads and the service: thin; the work is in SearchService,
+answers are built per role in search_api/views.py, errors become HTTP answers in search_api/errors.py,
+and every route that touches patient data is audited by a dependency (search_api/auth.py). The image
+routes (viewing, study and series, downloads) are in search_api/routes_images.py."""
 
 from __future__ import annotations
 
 import html
-from dataclasses import asdict
 from importlib import resources
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Path, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from core.images import LoadedImage
 from search_api.auth import (
+    DOWNLOAD_ROLES,
     AccessControl,
     AccessDep,
     AdminDep,
     Audit,
     CallerDep,
     ClassifyAudit,
-    PreviewAudit,
     Principal,
     SearchAudit,
-    ViewAudit,
 )
 from search_api.deps import ServiceDep, SettingsDep
-from search_api.errors import FieldError, UnknownImageError
-from search_api.presets import PRESETS
+from search_api.errors import FieldError
+from search_api.presets import PRESETS, prompts_for
 from search_api.schemas import (
-    RANDOM_MODEL_WARNING,
     BatchSearchRequest,
     BatchSearchResponse,
     ClassifyResponse,
@@ -38,81 +37,65 @@ from search_api.schemas import (
     ErrorResponse,
     Filters,
     HealthResponse,
-    ImageMetadataOut,
-    ImageResponse,
-    LabelScoreOut,
-    ModelInfo,
-    NeighbourVote,
     SearchOptionsIn,
     SearchResponse,
     SearchResult,
     SimilarSearchRequest,
-    Source,
     TextSearchRequest,
 )
+from search_api.schemas_images import WhoAmI
 from search_api.service import QueryPart, SearchOptions, SearchService
-from storage.records import ImageFilter, StoredImage
+from search_api.upload import read_limited
+from search_api.views import (
+    check_filters,
+    classify_response,
+    export_response,
+    facet_names,
+    image_parts,
+    model_info,
+    to_filter,
+)
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (404, 413, 422)}
 Kind = Literal["text", "image", "similar", "composite"]
 
 
-def model_info(service: SearchService) -> ModelInfo:
-    fp = service.encoder.fingerprint
-    name = fp.name.rstrip("/").rsplit("/", 1)[-1] if fp.name.startswith(("/", ".")) else fp.name
-    return ModelInfo(name=name, revision=fp.revision, fingerprint=fp.key, dim=fp.dim, device=service.device,
-                     random_weights=fp.random_weights, warning=RANDOM_MODEL_WARNING if fp.random_weights else None)
-
-
-def image_parts(image: StoredImage, service: SearchService, access: AccessControl, principal: Principal
-                ) -> dict[str, Any]:
-    """The response fields of one image, as this caller's role may see them."""
-    researcher = principal.role == "researcher"
-    sources = []
-    for stored in image.sources:
-        links = service.links(stored)
-        source = {**asdict(stored), "url": links.url, "viewer_url": links.viewer_url}
-        source.pop("id")
-        sources.append(Source(**(access.redactor.source(source) if researcher else source)))
-    metadata = access.redactor.metadata(image.metadata) if researcher else asdict(image.metadata)
-    return {"image_id": image.id, "kind": image.kind, "source": sources[0], "sources": sources,
-            "metadata": ImageMetadataOut(**metadata)}
-
-
-def to_filter(filters: Filters | None) -> ImageFilter:
-    if filters is None:
-        return ImageFilter()
-    return ImageFilter(modality=tuple(filters.modality), body_part=tuple(filters.body_part),
-                       patient_sex=filters.patient_sex, age_min=filters.age_min, age_max=filters.age_max,
-                       study_date_from=filters.study_date_from, study_date_to=filters.study_date_to,
-                       manufacturer=filters.manufacturer, labels=tuple(filters.labels),
-                       description=filters.description)
-
-
-def check_filters(request: SearchOptionsIn, access: AccessControl, principal: Principal) -> None:
-    """Researchers may filter only on fields they may see (a filter tells what a hidden field holds)."""
-    if principal.role != "researcher" or request.filters is None:
-        return
-    given = [name for name, value in request.filters if value not in (None, [])]
-    for name in access.redactor.forbidden_filters(given):
-        raise FieldError(403, ("body", "filters", name), f"the researcher role may not filter on {name}: its "
-                         "field is not in MEDSEARCH_RESEARCHER_FIELDS", "forbidden_filter")
+Export = Annotated[Literal["csv", "json"] | None, Query(
+    alias="format", description="csv or json: the results as a file to download (audited as an export).")]
+EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {**ERRORS, 200: {"content": {
+    "application/json": {}, "text/csv": {}}, "description": "The results, or with ?format= a file."}}
 
 
 def run_search(service: SearchService, access: AccessControl, principal: Principal, audit: Audit, kind: Kind,
                parts: list[QueryPart], request: SearchOptionsIn, exclude: tuple[int, ...] = ()) -> SearchResponse:
+    """One page of results with their total (and facets when asked), as the caller's role may see them."""
     check_filters(request, access, principal)
     audit.kind = kind
-    hits = service.search(parts, SearchOptions(k=request.k, offset=request.offset, filters=to_filter(request.filters),
-                                               min_score=request.min_score, group_by=request.group_by,
-                                               exclude=exclude))
+    options = SearchOptions(k=request.k, offset=request.offset, filters=to_filter(request.filters),
+                            min_score=request.min_score, group_by=request.group_by, exclude=exclude)
+    hits = service.search(parts, options)
+    matches = service.matches(parts, options, facet_names(access, principal) if request.facets else ())
     audit.ids += [hit.image.id for hit in hits]
     info = model_info(service)
-    results = [SearchResult(rank=h.rank, score=h.score, probability=h.probability,
-                            **image_parts(h.image, service, access, principal)) for h in hits]
-    return SearchResponse(query_kind=kind, k=request.k, offset=request.offset, results=results, model=info,
-                          warning=info.warning)
+    studies = service.repository.study_counts([(h.image.metadata.patient_id, h.image.metadata.study_uid)
+                                               for h in hits if h.image.metadata.study_uid])
+    results = []
+    for hit in hits:
+        meta = hit.image.metadata
+        images, series = studies.get((meta.patient_id, meta.study_uid or ""), (None, None))
+        results.append(SearchResult(rank=hit.rank, score=hit.score, probability=hit.probability,
+                                    study_images=images, study_series=series,
+                                    **image_parts(hit.image, service, access, principal)))
+    return SearchResponse(query_kind=kind, k=request.k, offset=request.offset, total=matches.total,
+                          facets=matches.facets, results=results, model=info, warning=info.warning)
+
+
+def answer(response: SearchResponse, form: str | None, audit: Audit) -> SearchResponse | Response:
+    if form is None:
+        return response
+    audit.action = "export"
+    return export_response(response, form)
 
 
 def composite_parts(request: CompositeSearchRequest) -> list[QueryPart]:
@@ -120,9 +103,7 @@ def composite_parts(request: CompositeSearchRequest) -> list[QueryPart]:
 
 
 async def read_upload(file: UploadFile, service: SearchService, max_bytes: int) -> LoadedImage:
-    data = await file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise FieldError(413, ("body", "file"), f"the upload exceeds the limit of {max_bytes} bytes", "too_large")
+    data = await read_limited(file, max_bytes)
     source = "uploaded file"  # the file's own name is the caller's and may name the patient: never echoed
     return await run_in_threadpool(service.load_query_image, data, source)
 
@@ -139,15 +120,16 @@ def form_filters(raw: str | None) -> Filters | None:
                          "invalid_filters") from None
 
 
-@router.post("/search/text", response_model=SearchResponse, responses=ERRORS, tags=["search"])
+@router.post("/search/text", response_model=SearchResponse, responses=EXPORT_RESPONSES, tags=["search"])
 def search_text(body: TextSearchRequest, service: ServiceDep, access: AccessDep, caller: CallerDep,
-                audit: SearchAudit) -> SearchResponse:
+                audit: SearchAudit, form: Export = None) -> SearchResponse | Response:
     """Rank indexed images by similarity to a text description; `probability` is SigLIP's calibrated
     probability that the image matches the text."""
-    return run_search(service, access, caller, audit, "text", [QueryPart(text=body.query)], body)
+    return answer(run_search(service, access, caller, audit, "text", [QueryPart(text=body.query)], body), form,
+                  audit)
 
 
-@router.post("/search/image", response_model=SearchResponse, responses=ERRORS, tags=["search"])
+@router.post("/search/image", response_model=SearchResponse, responses=EXPORT_RESPONSES, tags=["search"])
 async def search_image(
     service: ServiceDep,
     settings: SettingsDep,
@@ -160,31 +142,35 @@ async def search_image(
     min_score: Annotated[float | None, Form(ge=-1, le=1)] = None,
     group_by: Annotated[Literal["study", "patient"] | None, Form()] = None,
     filters: Annotated[str | None, Form(description="Filters as JSON, as in /search/text.")] = None,
-) -> SearchResponse:
+    facets: Annotated[bool, Form(description="Also count matches per value, as in /search/text.")] = False,
+    form: Export = None,
+) -> SearchResponse | Response:
     """Rank indexed images by similarity to an uploaded image, decoded exactly as the indexer does."""
     audit.kind = "image"
     request = SearchOptionsIn(k=k, offset=offset, min_score=min_score, group_by=group_by,
-                              filters=form_filters(filters))
+                              filters=form_filters(filters), facets=facets)
     check_filters(request, access, caller)
     image = await read_upload(file, service, settings.max_upload_bytes)
-    return await run_in_threadpool(run_search, service, access, caller, audit, "image", [QueryPart(image=image)],
-                                   request)
+    response = await run_in_threadpool(run_search, service, access, caller, audit, "image",
+                                       [QueryPart(image=image)], request)
+    return answer(response, form, audit)
 
 
-@router.post("/search/similar", response_model=SearchResponse, responses=ERRORS, tags=["search"])
+@router.post("/search/similar", response_model=SearchResponse, responses=EXPORT_RESPONSES, tags=["search"])
 def search_similar(body: SimilarSearchRequest, service: ServiceDep, access: AccessDep, caller: CallerDep,
-                   audit: SearchAudit) -> SearchResponse:
+                   audit: SearchAudit, form: Export = None) -> SearchResponse | Response:
     """More like this: cases similar to an indexed image (the image itself left out)."""
-    return run_search(service, access, caller, audit, "similar", [QueryPart(image_id=body.image_id)], body,
-                      exclude=(body.image_id,))
+    return answer(run_search(service, access, caller, audit, "similar", [QueryPart(image_id=body.image_id)], body,
+                             exclude=(body.image_id,)), form, audit)
 
 
-@router.post("/search", response_model=SearchResponse, responses=ERRORS, tags=["search"])
+@router.post("/search", response_model=SearchResponse, responses=EXPORT_RESPONSES, tags=["search"])
 def search_composite(body: CompositeSearchRequest, service: ServiceDep, access: AccessDep, caller: CallerDep,
-                     audit: SearchAudit) -> SearchResponse:
+                     audit: SearchAudit, form: Export = None) -> SearchResponse | Response:
     """A weighted combination of indexed images and texts, for example
     `[{"image_id": 12}, {"text": "pleural effusion"}, {"text": "chest tube", "weight": -0.5}]`."""
-    return run_search(service, access, caller, audit, "composite", composite_parts(body), body)
+    return answer(run_search(service, access, caller, audit, "composite", composite_parts(body), body), form,
+                  audit)
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, responses=ERRORS, tags=["search"])
@@ -208,54 +194,16 @@ async def classify(
     """Zero-shot labels with SigLIP's semantics: each label's own sigmoid probability, the softmax across
     the labels and its entropy, a flag when a person should look, and the labels of similar cases."""
     audit.kind = preset or "labels"
-    if preset is not None and preset not in PRESETS:
-        raise FieldError(422, ("body", "preset"), f"unknown preset; one of {', '.join(PRESETS)}", "unknown_preset")
-    if preset:
-        prompts = PRESETS[preset]
-    else:
-        names = [part.strip() for part in (labels or "").replace("\n", ",").split(",") if part.strip()]
-        if not names or len(names) > 100:
-            raise FieldError(422, ("body", "labels"), "give 1 to 100 labels, or a preset", "missing_labels")
-        prompts = {name[:200]: name[:200] for name in dict.fromkeys(names)}
+    prompts = prompts_for((labels or "").replace("\n", ",").split(","), preset)
     image = await read_upload(file, service, settings.max_upload_bytes)
     result = await run_in_threadpool(service.classify, image, prompts, neighbours)
-    info = model_info(service)
-    return ClassifyResponse(
-        labels=[LabelScoreOut(label=s.label, probability=s.probability, softmax=s.softmax, cosine=s.cosine)
-                for s in result.labels],
-        entropy=result.entropy, requires_human_review=result.requires_human_review,
-        review_reasons=result.review_reasons, neighbours=result.neighbours,
-        neighbour_votes=[NeighbourVote(label=label, count=n, frequency=f) for label, n, f in result.neighbour_votes],
-        model=info, warning=info.warning)
+    return classify_response(result, service)
 
 
 @router.get("/presets", tags=["classify"])
 def presets() -> dict[str, list[str]]:
     """The label presets of /classify."""
     return {name: list(prompts) for name, prompts in PRESETS.items()}
-
-
-@router.get("/images/{image_id}", response_model=ImageResponse, responses=ERRORS, tags=["images"])
-def get_image(image_id: Annotated[int, Path(ge=0, le=2**62)], service: ServiceDep, access: AccessDep,
-              caller: CallerDep, audit: ViewAudit) -> ImageResponse:
-    """The stored metadata and sources of one indexed image."""
-    audit.ids.append(image_id)
-    image = service.get_image(image_id)
-    if image is None:
-        raise UnknownImageError(image_id, loc=("path", "image_id"))
-    info = model_info(service)
-    return ImageResponse(**image_parts(image, service, access, caller), model=info, warning=info.warning)
-
-
-@router.get("/images/{image_id}/preview", responses={**ERRORS, 200: {"content": {"image/png": {}}}},
-            response_class=Response, tags=["images"])
-def preview(image_id: Annotated[int, Path(ge=0, le=2**62)], service: ServiceDep, audit: PreviewAudit,
-            size: Annotated[int, Query(ge=32, le=1024, description="Longest side in pixels.")] = 256) -> Response:
-    """The image as PNG, rendered with the same windowing as for indexing, from the file recorded for
-    this id (never a path taken from the request). Never cached by the browser."""
-    audit.ids.append(image_id)
-    png = service.preview(image_id, size)
-    return Response(content=png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 @router.get("/audit", responses=ERRORS, tags=["service"])
@@ -267,6 +215,20 @@ def audit_log(access: AccessDep, _admin: AdminDep,
         return []
     records = list(access.store.audit())
     return records[-limit:]
+
+
+@router.get("/whoami", response_model=WhoAmI, tags=["service"])
+def whoami(access: AccessDep, caller: CallerDep) -> WhoAmI:
+    """The caller's role and what it may do (the web page shows only what works for it)."""
+    return WhoAmI(role=caller.role, may_download=caller.role in DOWNLOAD_ROLES,  # type: ignore[arg-type]
+                  researcher_fields=sorted(access.redactor.fields))
+
+
+@router.get("/windows", tags=["images"])
+def windows(settings: SettingsDep) -> dict[str, Any]:
+    """The window presets of the preview (centre, width in modality units) and the indexing window."""
+    return {"presets": {name: list(pair) for name, pair in settings.window_presets.items()},
+            "indexing": settings.window}
 
 
 @router.get("/health", response_model=HealthResponse, tags=["service"])
@@ -284,6 +246,6 @@ def home(service: ServiceDep) -> str:
     page = resources.files("search_api").joinpath("static/index.html").read_text()
     warning = model_info(service).warning
     if warning:  # in the HTML itself, not only once the script has run
-        page = page.replace('<div id="banner" role="alert"></div>',
-                            f'<div id="banner" role="alert" style="display:block">{html.escape(warning)}</div>')
+        page = page.replace('<div id="banner" role="alert" hidden></div>',
+                            f'<div id="banner" role="alert">{html.escape(warning)}</div>')
     return page

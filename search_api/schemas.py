@@ -48,6 +48,8 @@ class SearchOptionsIn(BaseModel):
                                     "least this high.")
     group_by: Literal["study", "patient"] | None = Field(default=None, description="The best image of each "
                                                          "study or patient only.")
+    facets: bool = Field(default=False, description="Also count the matching images per modality, body part, "
+                         "sex and study year (those of these fields the caller's role may see).")
 
 
 class TextSearchRequest(SearchOptionsIn):
@@ -103,9 +105,9 @@ class Source(BaseModel):
     accession_number: str | None = None
     url: str | None = Field(default=None, description="For an image indexed from a PACS: the WADO-RS URL of "
                             "its DICOM instance (not shown to researchers).")
-    viewer_url: str | None = Field(default=None, description="For an image indexed from a PACS: its study in "
-                                   "the PACS viewer, when MEDSEARCH_VIEWER_URL_TEMPLATE is set (not shown to "
-                                   "researchers).")
+    viewer_url: str | None = Field(default=None, description="Its study in the viewer of "
+                                   "MEDSEARCH_VIEWER_URL_TEMPLATE, for every source with a Study Instance UID "
+                                   "(not shown to researchers).")
 
 
 class ImageMetadataOut(BaseModel):
@@ -144,6 +146,8 @@ class ImageOut(BaseModel):
 
 class SearchResult(ImageOut):
     rank: int = Field(description="1 = best.")
+    study_images: int | None = Field(default=None, description="Images indexed from this patient's study.")
+    study_series: int | None = Field(default=None, description="Series they belong to.")
     score: float = Field(description="Cosine similarity between query and image embeddings, -1..1.")
     probability: float | None = Field(default=None, description="For text queries: SigLIP's calibrated "
                                       "probability sigmoid(logit_scale * cosine + logit_bias), from the model.")
@@ -153,6 +157,11 @@ class SearchResponse(BaseModel):
     query_kind: Literal["text", "image", "similar", "composite"]
     k: int
     offset: int = 0
+    total: int | None = Field(default=None, description="How many results there are to page through: the "
+                              "images (or studies, patients) the filters and min_score allow; null when a "
+                              "min_score cutoff has too many candidates to count exactly.")
+    facets: dict[str, dict[str, int]] | None = Field(default=None, description="With facets=true: field -> "
+                                                     "value -> matching images.")
     results: list[SearchResult]
     model: ModelInfo
     warning: str | None = None

@@ -1,61 +1,28 @@
-"""Searching: build a query vector, search within the filters, attach stored metadata; classify.
-
-The encoder and the store are built at the entry point and handed in; this class only combines them.
-"""
+"""Searching: build a query vector, search within the filters, count and facet the matches, attach stored
+records; classify an upload or an indexed image. The encoder, the store and the repository are built at
+the entry point and handed in; this class only combines them (reading files back: search_api/images.py)."""
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-import threading
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 
-from core.dicom import RenderOptions
 from core.encoder import Encoder, l2_normalise
-from core.errors import ImageError, MedsearchError
-from core.images import LoadedImage, load_image_bytes, load_image_frames
-from core.sources import Source, SourceOptions, open_source
-from core.sources.dicomweb import DicomWebConfig, instance_url, is_dicomweb, viewer_url
-from search_api.errors import PreviewError, UnknownImageError
+from core.images import LoadedImage
+from core.sources.dicomweb import instance_url, viewer_url
+from search_api.errors import UnknownImageError
+from search_api.images import ImageFiles
+from search_api.lru import LRUCache
 from storage.records import ImageFilter, StoredImage, StoredSource
 from storage.repository import Repository
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class LRUCache(Generic[K, V]):
-    """A small thread-safe least-recently-used cache."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: K, make: Callable[[], V]) -> V:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return self._items[key]
-            self.misses += 1
-        value = make()
-        with self._lock:
-            if self.size > 0:
-                self._items[key] = value
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
-        return value
 
 
 @dataclass(frozen=True)
@@ -87,11 +54,17 @@ class Hit:
 
 
 @dataclass(frozen=True)
-class SourceLinks:
-    """Back-references of a source indexed from a PACS (None for files)."""
+class Matches:
+    total: int
+    facets: dict[str, dict[str, int]] | None  # field -> value -> images
 
-    url: str | None  # the instance's WADO-RS URL
-    viewer_url: str | None  # its study in the PACS viewer, when a template is configured
+
+@dataclass(frozen=True)
+class SourceLinks:
+    """Back-references of a source: its WADO-RS URL (PACS only) and its study in a viewer."""
+
+    url: str | None
+    viewer_url: str | None
 
 
 @dataclass(frozen=True)
@@ -113,27 +86,16 @@ class Classification:
 
 
 class SearchService:
-    def __init__(self, encoder: Encoder, store: Store, repository: Repository, *, render: RenderOptions,
-                 device: str = "cpu",
-                 text_cache_size: int = 1024, preview_cache_size: int = 256,
-                 review_min_probability: float = 0.5, review_max_entropy: float = 0.85,
-                 viewer_url_template: str | None = None, dicomweb: DicomWebConfig | None = None,
-                 max_upload_pixels: int | None = None, decode_slots: int = 2) -> None:
-        self.viewer_url_template = viewer_url_template
-        self.dicomweb = dicomweb
-        self._archives: dict[str, Source] = {}
-        self._archives_lock = threading.Lock()
+    def __init__(self, encoder: Encoder, store: Store, repository: Repository, files: ImageFiles, *,
+                 device: str = "cpu", text_cache_size: int = 1024, review_min_probability: float = 0.5,
+                 review_max_entropy: float = 0.85, viewer_url_template: str | None = None) -> None:
         self.encoder = encoder
         self.store = store
         self.repository = repository
-        self.render = render
-        upload_limit = min(render.max_pixels, max_upload_pixels or render.max_pixels)
-        self.upload_render = replace(render, max_pixels=upload_limit, limit_setting="MEDSEARCH_MAX_UPLOAD_PIXELS")
-        # decoding costs ~34 bytes per pixel at its peak: at most this many decodes (uploads, previews) at once
-        self._decode_slots = threading.BoundedSemaphore(decode_slots)
+        self.files = files
         self.device = device
+        self.viewer_url_template = viewer_url_template
         self.text_cache: LRUCache[str, np.ndarray] = LRUCache(text_cache_size)
-        self.preview_cache: LRUCache[tuple[int, int], bytes] = LRUCache(preview_cache_size)
         self.review_min_probability = review_min_probability
         self.review_max_entropy = review_max_entropy
 
@@ -145,14 +107,18 @@ class SearchService:
 
     # -- query vectors --------------------------------------------------------------------------------
     def load_query_image(self, data: bytes, source: str) -> LoadedImage:
-        """Decode an uploaded image exactly as the indexer does, within the upload pixel limit and the
-        decode slots. Raises core's ImageError family."""
-        with self._decode_slots:
-            return load_image_bytes(data, source, self.upload_render)
+        """Decode an uploaded image exactly as the indexer does. Raises core's ImageError family."""
+        return self.files.decode_upload(data, source)
 
     def text_vector(self, text: str) -> np.ndarray:
         """The text tower's embedding, from the LRU cache when the same text was asked before."""
         return self.text_cache.get(text, lambda: self.encoder.encode_texts([text])[0])
+
+    def image_vector(self, image_id: int) -> np.ndarray:
+        stored = self.store.vector_of(image_id)
+        if stored is None:
+            raise UnknownImageError(image_id)
+        return stored
 
     def query_vector(self, parts: Sequence[QueryPart]) -> np.ndarray:
         """The normalised weighted sum of the parts' embeddings. Raises UnknownImageError."""
@@ -161,10 +127,7 @@ class SearchService:
             if part.text is not None:
                 vector = self.text_vector(part.text)
             elif part.image_id is not None:
-                stored = self.store.vector_of(part.image_id)
-                if stored is None:
-                    raise UnknownImageError(part.image_id)
-                vector = stored
+                vector = self.image_vector(part.image_id)
             elif part.image is not None:
                 vector = self.encoder.encode_images([part.image.pixels])[0]
             else:
@@ -179,12 +142,16 @@ class SearchService:
         return 1.0 / (1.0 + math.exp(-(scale * cosine + bias)))
 
     # -- search ---------------------------------------------------------------------------------------
-    def search(self, parts: Sequence[QueryPart], options: SearchOptions) -> list[Hit]:
-        vector = self.query_vector(parts)
-        calibrated = len(parts) == 1 and parts[0].text is not None and parts[0].weight > 0
+    def _allowed(self, options: SearchOptions) -> np.ndarray | None:
         allowed = None if options.filters.empty else self.repository.filter_image_ids(options.filters)
         if allowed is not None and options.exclude:
             allowed = np.setdiff1d(allowed, np.asarray(options.exclude, dtype=np.int64))
+        return allowed
+
+    def search(self, parts: Sequence[QueryPart], options: SearchOptions) -> list[Hit]:
+        vector = self.query_vector(parts)
+        calibrated = len(parts) == 1 and parts[0].text is not None and parts[0].weight > 0
+        allowed = self._allowed(options)
         need = options.offset + options.k
         fetch = need * (4 if options.group_by else 1) + len(options.exclude)
         while True:
@@ -196,8 +163,28 @@ class SearchService:
                 break
             fetch *= 2
         return [Hit(rank=options.offset + i + 1, score=score,
-                    probability=self.probability(score) if calibrated else None, image=row)
-                for i, (score, row) in enumerate(kept[options.offset:need])]
+                    probability=self.probability(score) if calibrated else None, image=image)
+                for i, (score, image) in enumerate(kept[options.offset:need])]
+
+    def matches(self, parts: Sequence[QueryPart], options: SearchOptions, facets: Sequence[str] = ()) -> Matches:
+        """How many results there are to page through (images, or studies/patients when grouped) and the
+        facet counts of the matching images: every image the filters allow, or with a cutoff those the
+        search finds scoring at least it."""
+        among = None
+        if options.min_score is not None:
+            among = self.store.ids_scoring(self.query_vector(parts), options.min_score, self._allowed(options))
+            if options.exclude:
+                among = np.setdiff1d(among, np.asarray(options.exclude, dtype=np.int64))
+        if options.group_by:
+            total = self.repository.count_groups(options.filters, options.group_by, options.exclude, among)
+        elif among is not None:
+            total = len(among)
+        elif options.filters.empty:
+            total = max(0, self.store.ntotal - len(set(options.exclude)))
+        else:
+            total = self.repository.count_matching(options.filters, options.exclude)
+        counts = self.repository.facets(options.filters, facets, options.exclude, among) if facets else None
+        return Matches(total, counts)
 
     def _collect(self, pairs: list[tuple[int, float]], options: SearchOptions) -> list[tuple[float, StoredImage]]:
         excluded = set(options.exclude)
@@ -224,29 +211,26 @@ class SearchService:
         image = self.repository.get_images([image_id]).get(image_id)
         return image if image is not None and image.sources else None
 
+    def require_image(self, image_id: int) -> StoredImage:
+        image = self.get_image(image_id)
+        if image is None:
+            raise UnknownImageError(image_id, loc=("path", "image_id"))
+        return image
+
     def links(self, source: StoredSource) -> SourceLinks:
-        """Back-references of a source indexed from a PACS: the instance's WADO-RS URL and the study in
-        the PACS viewer (when a viewer URL template is configured)."""
+        """Back-references of a source: a PACS instance's WADO-RS URL, and the study in the viewer of
+        MEDSEARCH_VIEWER_URL_TEMPLATE for every source with a Study Instance UID."""
         identifiers = {"study_uid": source.study_uid, "series_uid": source.series_uid, "sop_uid": source.sop_uid}
         return SourceLinks(instance_url(source.archive, source.path),
                            viewer_url(self.viewer_url_template, source.archive, identifiers))
 
-    def _archive(self, key: str) -> Source:
-        """The archive a source was recorded from; a PACS is opened once (it keeps its connections),
-        files afresh each time (a zip may have been replaced)."""
-        options = SourceOptions(dicomweb=self.dicomweb)
-        if not is_dicomweb(key):
-            return open_source(key, options)
-        with self._archives_lock:
-            if key not in self._archives:
-                self._archives[key] = open_source(key, options)
-            return self._archives[key]
-
     # -- zero-shot classification ---------------------------------------------------------------------
-    def classify(self, image: LoadedImage, prompts: dict[str, str], neighbours: int = 10) -> Classification:
-        """SigLIP semantics: each label's own sigmoid probability, plus the softmax across the labels,
-        its entropy, and the labels of the nearest indexed cases."""
-        vector = self.encoder.encode_images([image.pixels])[0]
+    def classify(self, image: LoadedImage | int, prompts: dict[str, str], neighbours: int = 10) -> Classification:
+        """SigLIP semantics for an upload or an indexed image (by id): each label's own sigmoid
+        probability, the softmax across the labels, its entropy, and the labels of the nearest indexed
+        cases (an indexed image itself left out)."""
+        own = image if isinstance(image, int) else None
+        vector = self.image_vector(image) if isinstance(image, int) else self.encoder.encode_images([image.pixels])[0]
         texts = np.stack([self.text_vector(prompt) for prompt in prompts.values()])
         cosines = texts @ vector
         scale = getattr(self.encoder, "logit_scale", None) or 1.0
@@ -265,37 +249,11 @@ class SearchService:
         if entropy > self.review_max_entropy:
             reasons.append(f"normalised entropy {entropy:.2f} > {self.review_max_entropy}")
         votes: Counter[str] = Counter()
-        found = self.store.search(vector[None, :], neighbours)[0] if neighbours else []
-        neighbour_images = self.repository.get_images([image_id for image_id, _ in found])
+        found = self.store.search(vector[None, :], neighbours + (own is not None))[0] if neighbours else []
+        nearest = [image_id for image_id, _ in found if image_id != own][:neighbours]
+        neighbour_images = self.repository.get_images(nearest)
         for neighbour in neighbour_images.values():
             votes.update(set(neighbour.metadata.labels))
         counted = len(neighbour_images)
         return Classification(scores, entropy, bool(reasons), reasons,
                               [(label, n, n / counted) for label, n in votes.most_common()], counted)
-
-    # -- previews -------------------------------------------------------------------------------------
-    def preview(self, image_id: int, size: int) -> bytes:
-        """PNG of the image's first recorded source, rendered as for indexing, at most `size` pixels a
-        side. The file is the one recorded for this id, never one named by a request."""
-        return self.preview_cache.get((image_id, size), lambda: self._render_preview(image_id, size))
-
-    def _render_preview(self, image_id: int, size: int) -> bytes:
-        image = self.get_image(image_id)
-        if image is None:
-            raise UnknownImageError(image_id, loc=("path", "image_id"))
-        source = image.sources[0]
-        try:
-            data = self._archive(source.archive).read(source.path)
-            options = replace(self.render, frames=f"frame:{source.frame_index}")
-            with self._decode_slots:
-                pixels = load_image_frames(data, source.path, options)[0].pixels
-        except (OSError, MedsearchError, ImageError) as exc:
-            logger.warning("preview of image %d: its file cannot be read any more (%s)", image_id,
-                           type(exc).__name__)
-            raise PreviewError(f"the file recorded for image {image_id} cannot be read any more",
-                               ("path", "image_id")) from exc
-        picture = Image.fromarray(pixels)
-        picture.thumbnail((size, size))
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG", optimize=False)
-        return buffer.getvalue()

@@ -1,8 +1,8 @@
-"""All SQL of the index database, one transaction per public method, typed records in and out.
-
-`Repository` is the images, sources and embeddings part; the manifest and facts about the database
-(storage/meta.py), runs (storage/runs.py) and removals with their exclusions (storage/removal.py) are
-mixed in, so that an entry point builds one repository and passes it where it is needed.
+"""All SQL of the index database, one transaction per public method, typed records in and out. `Repository`
+is the images, sources and embeddings part; the manifest and facts about the database (storage/meta.py),
+runs (storage/runs.py), removals with their exclusions (storage/removal.py) and browsing by study and
+series with facet counts (storage/browse.py) are mixed in, so that an entry point builds one repository
+and passes it where it is needed.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.browse import BrowseMixin
 from storage.db import database_errors, make_engine, session_factory
 from storage.errors import DimensionMismatchError
 from storage.filters import filter_query
@@ -48,7 +49,7 @@ def stored_image(row: ImageRow, sources: Sequence[SourceRow]) -> StoredImage:
         for s in sorted(sources, key=lambda s: s.id)))
 
 
-class Repository(MetaMixin, RunsMixin, RemovalMixin):
+class Repository(MetaMixin, RunsMixin, RemovalMixin, BrowseMixin):
     """The index database. Build it at the entry point (`Repository.open`) and pass it in."""
 
     def __init__(self, engine: Engine) -> None:

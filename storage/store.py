@@ -20,6 +20,7 @@ from typing import IO, Any
 import numpy as np
 
 from storage.errors import DimensionMismatchError, StorageError
+from storage.exact_scan import exact_scores, ids_at_least, top_k
 from storage.index_build import BuildReport, build_index
 from storage.layout import remove_stale_temp_files
 from storage.records import FileIssue, Link, Manifest, NewImage, RemovalPreview, Selection, UnitRecord
@@ -275,21 +276,19 @@ class Store:
             elif self._index.exact or len(allowed) > EXACT_FILTER_LIMIT:
                 scores, ids = self._index.search(queries, k, allowed)
             else:
-                return self._scan(queries, k, allowed)
+                return top_k(exact_scores(self._repository, self.dim or 0, queries, allowed), len(queries), k)
         return [[(int(i), float(s)) for i, s in zip(id_row, score_row, strict=True) if i >= 0]
                 for id_row, score_row in zip(ids, scores, strict=True)]
 
-    def _scan(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> list[list[tuple[int, float]]]:
-        dim = self.dim or 0
-        best: list[list[tuple[int, float]]] = [[] for _ in range(len(queries))]
-        for start in range(0, len(allowed), 20_000):
-            ids, vectors = self._repository.get_embeddings(allowed[start:start + 20_000].tolist(), dim)
-            scores = np.asarray(queries, dtype=np.float32) @ vectors.T
-            for row, row_scores in enumerate(scores):
-                top = np.argsort(-row_scores, kind="stable")[:k]
-                merged = best[row] + [(int(ids[i]), float(row_scores[i])) for i in top]
-                best[row] = sorted(merged, key=lambda pair: -pair[1])[:k]
-        return best
+    def ids_scoring(self, query: np.ndarray, min_score: float, allowed: np.ndarray | None = None) -> np.ndarray:
+        """Every id (among `allowed`) that `search` could return for the query (one row) with a cosine of
+        at least `min_score`: the ones search pages through. Exact where search is exact."""
+        if self._index is None or (allowed is not None and len(allowed) == 0):
+            return np.empty(0, dtype=np.int64)
+        with self._lock:
+            if allowed is None or self._index.exact or len(allowed) > EXACT_FILTER_LIMIT:
+                return np.sort(self._index.ids_scoring(query, min_score, allowed))
+        return ids_at_least(exact_scores(self._repository, self.dim or 0, query.reshape(1, -1), allowed), min_score)
 
     def vector_of(self, image_id: int) -> np.ndarray | None:
         """The stored embedding of an indexed image."""

@@ -233,22 +233,40 @@ class VectorIndex:
         if k <= 0:
             empty = np.zeros((queries.shape[0], 0))
             return empty.astype(np.float32), empty.astype(np.int64)
+        params = self._params(allowed)
+        scores, ids = self._index.search(queries, k) if params is None else self._index.search(queries, k,
+                                                                                               params=params)
+        return scores, ids
+
+    def ids_scoring(self, query: np.ndarray, min_score: float, allowed: np.ndarray | None = None) -> np.ndarray:
+        """Every id (among `allowed`) that a search for the query (one row) can find with a score of at
+        least `min_score`: a FAISS range search with the same parameters as `search`."""
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        if query.shape[1] != self.dim:
+            raise DimensionMismatchError(f"a query of shape {query.shape} for a {self.dim}-d index")
+        if self.ntotal == 0:
+            return np.empty(0, dtype=np.int64)
+        radius = float(np.nextafter(np.float32(min_score), np.float32(-np.inf)))  # FAISS keeps scores > radius
+        params = self._params(allowed)
+        _, _, ids = (self._index.range_search(query, radius) if params is None
+                     else self._index.range_search(query, radius, params=params))
+        return np.asarray(ids, dtype=np.int64)
+
+    def _params(self, allowed: np.ndarray | None) -> Any:
+        """Search parameters restricting to `allowed` ids and leaving out tombstones; None when neither."""
         if allowed is None and not len(self._tombstones):
-            scores, ids = self._index.search(queries, k)
-            return scores, ids
+            return None
         if allowed is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
         else:
             removed = faiss.IDSelectorBatch(self._tombstones)
             selector = faiss.IDSelectorNot(removed)
             selector.referenced = removed  # keep the inner selector alive as long as the outer one
-        params = faiss.SearchParameters(sel=selector)
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.search_effort())
-        elif self.kind in ("ivf", "ivfpq"):
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.search_effort())
-        scores, ids = self._index.search(queries, k, params=params)
-        return scores, ids
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=self.search_effort())
+        if self.kind in ("ivf", "ivfpq"):
+            return faiss.SearchParametersIVF(sel=selector, nprobe=self.search_effort())
+        return faiss.SearchParameters(sel=selector)
 
     def save(self, path: Path, owner: str) -> None:
         """Write atomically, marked with the id of the database (`owner`) it was built from."""

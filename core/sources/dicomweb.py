@@ -173,13 +173,14 @@ def check_viewer_template(template: str) -> None:
 
 
 def viewer_url(template: str | None, archive_key: str, source: Mapping[str, Any]) -> str | None:
-    """The template filled in for a source recorded from a DICOMweb archive; None for other sources."""
-    if not template or not is_dicomweb(archive_key) or not source.get("study_uid"):
+    """The template filled in for any source with a Study Instance UID (a PACS, or a DICOM file of a
+    folder or zip that the viewer's archive also holds); {dicomweb_url} is empty for files."""
+    if not template or not source.get("study_uid"):
         return None
     from urllib.parse import quote
 
     values = {name: quote(str(source.get(name) or ""), safe="") for name in VIEWER_FIELDS}
-    values["dicomweb_url"] = quote(archive_key[len(SCHEME_PREFIX):], safe="")
+    values["dicomweb_url"] = quote(archive_key[len(SCHEME_PREFIX):], safe="") if is_dicomweb(archive_key) else ""
     return template.format(**values)
 
 

@@ -24,3 +24,44 @@ def client(api_settings: Settings, encoder: HFEncoder) -> Iterator[TestClient]:
     with TestClient(app, base_url="http://localhost") as test_client:
         yield test_client
     service.close()
+
+
+@pytest.fixture(scope="session")
+def workstation(encoder: HFEncoder, tmp_path_factory: pytest.TempPathFactory):
+    """The viewer corpus (tests/search_api/workstation.py), indexed once: (corpus, database folder,
+    image id by corpus name)."""
+    from storage.opening import open_index
+    from tests.conftest import index_folder, rows_by_path
+    from tests.search_api.workstation import build_corpus
+
+    base = tmp_path_factory.mktemp("workstation")
+    corpus = build_corpus(base / "archive")
+    db = base / "db"
+    result = index_folder(corpus.root, db, encoder, batch_size=8)
+    assert result.failed == 0, result
+    with open_index(db, read_only=True) as (_, repository):
+        by_path = rows_by_path(repository)
+    ids = {name: by_path[str(path.relative_to(corpus.root))].id for name, path in corpus.files.items()}
+    return corpus, db, ids
+
+
+@pytest.fixture(scope="session")
+def workstation_settings(workstation, tiny_model_dir: Path) -> Settings:
+    return Settings(db_dir=workstation[1], model=str(tiny_model_dir), device="cpu", max_upload_bytes=2 * 1024 * 1024)
+
+
+@pytest.fixture(scope="session")
+def workstation_client(workstation_settings: Settings, encoder: HFEncoder) -> Iterator[TestClient]:
+    service = build_service(workstation_settings, encoder=encoder)
+    app = create_app(workstation_settings, service=service, access=AccessControl(None, open_mode=True))
+    with TestClient(app, base_url="http://localhost") as test_client:
+        yield test_client
+    service.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for every page test."""
+    from tests.search_api.browser import launch_browser
+
+    yield from launch_browser()

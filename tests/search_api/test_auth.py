@@ -57,7 +57,7 @@ def call(client: TestClient, endpoint: str, key: str | None):
 
 
 PROTECTED = ["search/text", "search/image", "search/similar", "search", "search/batch", "classify", "images/1",
-             "images/1/preview"]
+             "images/1/preview", "images/1/study", "images/1/series", "images/1/values", "whoami"]
 PUBLIC = ["health", "", "presets", "openapi.json", "docs"]
 
 
@@ -115,6 +115,25 @@ def test_researchers_see_pseudonyms_clinicians_see_identifiers(keyed):
     assert noise["metadata"].get("report_text") is None
 
 
+@pytest.mark.parametrize(("role", "status"), [("admin", 200), ("clinician", 200), ("researcher", 403)])
+def test_downloads_and_exports_are_audited_and_never_a_researchers_file(keyed, archive_dir: Path, role: str,
+                                                                       status: int):
+    client, keys, _ = keyed
+    headers = {"X-API-Key": keys[role]}
+    download = client.get("/images/1/file", headers=headers)
+    assert download.status_code == status
+    if status == 200:
+        source = client.get("/images/1", headers=headers).json()["source"]["path"]
+        assert download.content == (archive_dir / source).read_bytes()
+        assert "attachment" in download.headers["content-disposition"]
+    exported = client.post("/search/text?format=json", json={"query": "ct", "k": 3}, headers=headers)
+    assert exported.status_code == 200 and len(exported.json()["results"]) == 3
+    records = client.get("/audit", headers={"X-API-Key": keys["admin"]}).json()
+    mine = [r for r in records if r["role"] == role and r["action"] != "view"][-2:]
+    assert [(r["action"], r["status"]) for r in mine] == [("download", status), ("export", 200)]
+    assert mine[0]["result_ids"] == [1] and len(mine[1]["result_ids"]) == 3
+
+
 def test_audit_records_who_did_what_without_query_content(keyed, tmp_path: Path):
     client, keys, store = keyed
     secret_query = "a very particular query text 7f3a"
@@ -133,7 +152,8 @@ def test_audit_records_who_did_what_without_query_content(keyed, tmp_path: Path)
 def test_headers_cors_and_timeouts(keyed, api_settings: Settings, encoder: HFEncoder):
     client, keys, _ = keyed
     page = client.get("/")
-    assert "default-src 'self'" in page.headers["content-security-policy"]
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self';" in policy and "unsafe-inline" not in policy
     assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
     answer = call(client, "search/text", keys["clinician"])
     assert answer.headers["cache-control"] == "no-store"

@@ -93,8 +93,18 @@ def every_response(client: TestClient, key: str, archive: Path) -> dict[str, str
                                           headers=headers).text
     texts["classify"] = client.post("/classify", files={"file": ("scan.dcm", upload)},
                                     data={"labels": "nodule, normal"}, headers=headers).text
+    texts["facets"] = client.post("/search/text", json={"query": "ct", "facets": True}, headers=headers).text
+    for form in ("csv", "json"):
+        texts[f"export {form}"] = client.post(f"/search/text?format={form}", json={"query": "ct", "k": 50},
+                                              headers=headers).text
+    texts["whoami"] = client.get("/whoami", headers=headers).text
     for image_id in ids:
         texts[f"images/{image_id}"] = client.get(f"/images/{image_id}", headers=headers).text
+        for part in ("study", "series"):
+            texts[f"images/{image_id}/{part}"] = client.get(f"/images/{image_id}/{part}", headers=headers).text
+        texts[f"images/{image_id}/classify"] = client.post(f"/images/{image_id}/classify", json={
+            "labels": ["nodule", "normal"]}, headers=headers).text
+        texts[f"images/{image_id}/file"] = client.get(f"/images/{image_id}/file", headers=headers).text
         preview = client.get(f"/images/{image_id}/preview", headers=headers)
         assert preview.status_code == 200 and preview.headers["cache-control"] == "no-store"
     texts["health"] = client.get("/health").text
@@ -118,11 +128,34 @@ def test_a_researcher_sees_no_identifier_in_any_response(keyed):
     assert again["metadata"]["study_uid"] == dicom["metadata"]["study_uid"]  # stable pseudonyms
 
 
+def test_a_researcher_gets_no_file_no_hidden_facet_and_pseudonymous_studies(keyed):
+    client, keys, _ = keyed
+    headers = {"X-API-Key": keys["researcher"]}
+    found = client.post("/search/text", json={"query": "ct", "k": 50, "facets": True}, headers=headers).json()
+    assert set(found["facets"]) == {"modality"}  # sex, body part and year are not in this allow-list
+    dicom = next(r for r in found["results"] if r["kind"] == "dicom")
+    refused = client.get(f"/images/{dicom['image_id']}/file", headers=headers)
+    assert refused.status_code == 403 and refused.json()["detail"][0]["type"] == "forbidden"
+    study = client.get(f"/images/{dicom['image_id']}/study", headers=headers).json()
+    assert study["study_uid"] == dicom["metadata"]["study_uid"] and study["description"] is None
+    assert study["study_date"] is None and study["series"][0]["description"] is None
+    series = client.get(f"/images/{dicom['image_id']}/series", headers=headers).json()
+    assert series["series_uid"].startswith("anon-") and series["description"] is None
+    exported = client.post("/search/text?format=csv", json={"query": "ct", "k": 50}, headers=headers)
+    assert exported.headers["content-type"].startswith("text/csv") and "attachment" in exported.headers[
+        "content-disposition"]
+    header, *rows = exported.text.splitlines()
+    assert len(rows) == 2 and "anon-" in exported.text and "report_text" in header
+    clinician = client.get(f"/images/{dicom['image_id']}/file", headers={"X-API-Key": keys["clinician"]})
+    assert clinician.status_code == 200 and clinician.content == (keyed[2] / "ident.dcm").read_bytes()
+
+
 def test_a_clinician_sees_them(keyed):
     client, keys, archive = keyed
     everything = "\n".join(every_response(client, keys["clinician"], archive).values())
     assert all(value in everything for value in ("PID-7781-XYZ", "ACC-99881", "2024-03-12", HEADER["StudyInstanceUID"],
                                                  "Mrs Quigley has a nodule", "1951-02-03", LOCATION))
+    assert "CT CHEST Smithson follow-up" in everything  # the study view's description
 
 
 def test_researchers_filter_only_on_what_they_see(keyed):

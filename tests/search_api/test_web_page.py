@@ -3,11 +3,6 @@ against a real uvicorn server on a loopback socket."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,59 +10,14 @@ import pytest
 
 from core.encoder import HFEncoder
 from core.settings import Settings
-from search_api.app import build_service, create_app
 from search_api.auth import AccessControl
 from tests.conftest import dicom_file
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--no-first-run", "--disable-sync", "--disable-quic"]
-
-
-def serve(api_settings: Settings, encoder: HFEncoder, access: AccessControl) -> Iterator[str]:
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    service = build_service(api_settings, encoder=encoder)
-    app = create_app(api_settings, service=service, access=access)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    instance.should_exit = True
-    thread.join(timeout=10)
-    service.close()
+from tests.search_api.browser import browser_page, screenshot, serve
 
 
 @pytest.fixture(scope="module")
 def server(api_settings: Settings, encoder: HFEncoder) -> Iterator[str]:
     yield from serve(api_settings, encoder, AccessControl(None, open_mode=True))
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make install)")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def browser_page(browser, url: str) -> Iterator[object]:
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(url)
-    yield page
-    page.close()
-
 
 @pytest.fixture(scope="module")
 def page(browser, server: str) -> Iterator[object]:
@@ -83,9 +33,7 @@ def test_query_shows_results_with_previews(page, tmp_path: Path):
     assert "results for" in page.inner_text("#status")
     page.wait_for_function("() => [...document.querySelectorAll('.result img')].slice(0, 4)"
                            ".every(img => img.complete && img.naturalWidth > 0)")
-    screenshot = Path(os.environ.get("MEDSEARCH_SCREENSHOT_DIR", tmp_path)) / "search-page.png"
-    page.screenshot(path=str(screenshot), full_page=True)
-    assert screenshot.stat().st_size > 10_000
+    assert screenshot(page, "search-page.png", tmp_path).stat().st_size > 10_000
 
 
 def test_dropped_dicom_is_ranked_first(page):
@@ -160,5 +108,4 @@ def test_a_result_from_the_pacs_links_to_its_viewer(browser, orthanc, encoder: H
             links = page.locator("#case-meta td.pacs a")
             assert links.count() == 2 and "WADO-RS" in links.nth(1).inner_text()
             assert links.nth(1).get_attribute("href").startswith(orthanc.dicomweb + "/studies/")
-            page.screenshot(path=str(Path(os.environ.get("MEDSEARCH_SCREENSHOT_DIR", tmp_path)) / "pacs-case.png"),
-                            full_page=True)
+            screenshot(page, "pacs-case.png", tmp_path)

@@ -1,0 +1,41 @@
+// Result cards, and moving between them with the keyboard: Tab reaches each card, Enter opens it, the
+// arrow keys move to the neighbouring card (up and down by a row of the grid).
+import {esc, preview} from "./api.js";
+
+function where(source) {  // a PACS instance by the ends of its UIDs, a file by its path
+  if (!source.url) return source.path;
+  const tail = (uid) => uid ? "…" + uid.slice(-8) : "?";
+  return `PACS study ${tail(source.study_uid)} · series ${tail(source.series_uid)} · instance ${tail(source.sop_uid)}`;
+}
+
+export function card(r, {open, study}) {
+  const m = r.metadata, prob = r.probability == null ? "" : ` · p ${r.probability.toFixed(3)}`;
+  const div = document.createElement("div");
+  div.className = "result"; div.tabIndex = 0; div.setAttribute("role", "listitem");
+  div.dataset.imageId = r.image_id; div.dataset.path = r.source.path;
+  const described = [m.modality, m.body_part, m.study_date].filter(Boolean).join(" · ");
+  const studyLine = r.study_images ? `Study: ${r.study_images} image${r.study_images > 1 ? "s" : ""} in ${r.study_series} series` : "No study UID";
+  div.innerHTML = `<img alt="${esc(`result ${r.rank}: ${described || r.source.path}`)}">
+    <div class="score">#${r.rank} · ${r.score.toFixed(3)}${prob}</div>
+    <div class="meta">${esc(described)}</div>
+    <div class="meta" title="${esc(r.source.path)}">${esc(where(r.source))}</div>
+    <div class="meta"><button type="button" class="study-link" tabindex="-1">${esc(studyLine)}</button></div>` + (r.source.viewer_url ?
+    `<div class="meta"><a class="pacs" href="${esc(r.source.viewer_url)}" target="_blank" rel="noopener noreferrer" tabindex="-1">Open in PACS viewer</a></div>` : "");
+  div.querySelector("a.pacs")?.addEventListener("click", (e) => e.stopPropagation());
+  div.querySelector(".study-link").addEventListener("click", (e) => { e.stopPropagation(); study(r.image_id, div); });
+  div.addEventListener("click", () => open(r.image_id, div));
+  div.addEventListener("keydown", (e) => { if (e.key === "Enter" && e.target === div) { e.preventDefault(); open(r.image_id, div); } });
+  preview(div.querySelector("img"), r.image_id, 256);
+  return div;
+}
+
+export function gridKeys(container) {
+  container.addEventListener("keydown", (e) => {
+    const cards = [...container.children], at = cards.indexOf(e.target);
+    if (at < 0 || !["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End"].includes(e.key)) return;
+    const perRow = Math.max(1, cards.filter((c) => c.offsetTop === cards[0].offsetTop).length);
+    const step = {ArrowLeft: -1, ArrowRight: 1, ArrowUp: -perRow, ArrowDown: perRow, Home: -at, End: cards.length - 1 - at}[e.key];
+    const next = cards[Math.min(cards.length - 1, Math.max(0, at + step))];
+    e.preventDefault(); next.focus();
+  });
+}
