@@ -17,7 +17,9 @@ Rendering rules (PREPROCESSING_VERSION in core.preprocess), per PS3.3 C.11 and C
    - a preset name (lung -600/1500, mediastinum 50/350, bone 400/1800, brain 40/80, abdomen 60/400):
      that preset for CT, "auto" for other modalities;
    - "CENTER/WIDTH" (for example "40/400"): that window for every greyscale image;
-   - "percentile": stretch the given percentiles (default 0.5th..99.5th) of the modality values.
+   - "percentile": stretch the given percentiles (default 0.5th..99.5th) of the modality values;
+   - "ct-channels": for CT, three windows in the colour channels (core.preprocess.CT_CHANNEL_WINDOWS,
+     the rendering MedSigLIP was trained with; part of the fingerprint); "auto" for other modalities.
 4. MONOCHROME1 (white = low values) is inverted so that every image shows bone bright on dark.
 5. Output: (H, W, 3) uint8 RGB, grey replicated into three channels.
 """
@@ -52,7 +54,7 @@ from core.dicom_read import (
 )
 from core.errors import ImageError
 from core.metadata import ImageMetadata
-from core.preprocess import grey_to_rgb, percentile_window, unit_to_uint8
+from core.preprocess import CT_CHANNEL_WINDOWS, CT_CHANNELS, ct_channels, grey_to_rgb, percentile_window, unit_to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +95,12 @@ class RenderOptions:
 
 
 def check_window_option(window: str, presets: Mapping[str, tuple[float, float]]) -> None:
-    if window in ("auto", "header", "percentile") or window in presets:
+    if window in ("auto", "header", "percentile", CT_CHANNELS) or window in presets:
         return
     try:
         _, width = (float(part) for part in window.split("/"))
     except ValueError:
-        raise ValueError(f"window {window!r}: expected auto, header, percentile, one of "
+        raise ValueError(f"window {window!r}: expected auto, header, percentile, ct-channels, one of "
                          f"{', '.join(sorted(presets))}, or CENTER/WIDTH such as 40/400") from None
     if width <= 0:
         raise ValueError(f"window {window!r}: the width must be positive")
@@ -234,13 +236,18 @@ def _voi_lut_sequence(values: np.ndarray, view: Dataset) -> np.ndarray:
     return np.clip(np.asarray(mapped, dtype=np.float64) / (2**bits - 1), 0.0, 1.0).astype(np.float32)
 
 
+def modality_lut(frame: np.ndarray, view: Dataset) -> np.ndarray:
+    """Stored values to modality units (Hounsfield for CT), as float64."""
+    values = apply_modality_lut(frame, view) if frame.dtype.kind in "iu" else frame
+    return np.asarray(values, dtype=np.float64)
+
+
 def grey_to_unit(frame: np.ndarray, view: Dataset, meta: ImageMetadata, options: RenderOptions) -> tuple[
     np.ndarray, str
 ]:
     """Modality LUT, VOI transform and MONOCHROME1 inversion. Returns [0, 1] values and a description
     of the window used."""
-    values = apply_modality_lut(frame, view) if frame.dtype.kind in "iu" else frame.astype(np.float64)
-    values = np.asarray(values, dtype=np.float64)
+    values = modality_lut(frame, view)
     function = text(view, "VOILUTFunction") or "LINEAR"
     window = options.window
     unit: np.ndarray | None = None
@@ -304,6 +311,9 @@ def render_frame(ds: Dataset, frame: np.ndarray, index: int, meta: ImageMetadata
         return _colour_to_uint8(frame, bits), "colour"
     if frame.ndim != 2:
         raise ImageError(source, f"unexpected greyscale pixel array shape {frame.shape}")
+    if options.window == CT_CHANNELS and meta.modality == "CT":
+        return ct_channels(modality_lut(frame, frame_view(ds, index))), "ct-channels " + " ".join(
+            f"{low:g}..{high:g}" for low, high in CT_CHANNEL_WINDOWS)
     unit, described = grey_to_unit(frame, frame_view(ds, index), meta, options)
     return grey_to_rgb(unit_to_uint8(unit)), described
 
@@ -353,6 +363,5 @@ def modality_values(data: bytes, source: str, options: RenderOptions, frame: int
         raise ImageError(source, f"a {photometric} image has no modality values, only colours")
     pixels = decode_frame(ds, index, frames, source)
     view = frame_view(ds, index)
-    values = apply_modality_lut(pixels, view) if pixels.dtype.kind in "iu" else pixels
     unit = "HU" if text(ds, "Modality") == "CT" else (text(view, "RescaleType") or "")
-    return ModalityValues(np.asarray(values, dtype=np.float64), unit, index, frames)
+    return ModalityValues(modality_lut(pixels, view), unit, index, frames)

@@ -13,14 +13,14 @@ import os
 import re
 import socket
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from core.errors import ModelLoadError
-from core.preprocess import PREPROCESSING_VERSION, to_pil
+from core.preprocess import preprocessing_version, to_pil
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,8 @@ def _explain_load_failure(name: str, exc: Exception) -> str:
     return f"could not load model {name!r}: {hint}. ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
 
 
-def _fingerprint(name_or_path: str, revision: str | None, local_files_only: bool, config: Any) -> ModelFingerprint:
+def _fingerprint(name_or_path: str, revision: str | None, local_files_only: bool, config: Any,
+                 rendering: str = "") -> ModelFingerprint:
     dim = getattr(config, "projection_dim", None) or config.vision_config.hidden_size
     folder = Path(name_or_path)
     if folder.is_dir():
@@ -202,12 +203,15 @@ def _fingerprint(name_or_path: str, revision: str | None, local_files_only: bool
     else:
         weights, commit, random_weights = None, _hub_commit(name_or_path, revision, local_files_only), False
     return ModelFingerprint(name=name_or_path, revision=commit, weights_sha256=weights, dim=int(dim),
-                            preprocessing_version=PREPROCESSING_VERSION, random_weights=random_weights)
+                            preprocessing_version=preprocessing_version(rendering), random_weights=random_weights)
 
 
-def describe_model(name_or_path: str, revision: str | None = None, local_files_only: bool = False) -> ModelFingerprint:
+def describe_model(name_or_path: str, revision: str | None = None, local_files_only: bool = False,
+                   rendering: str = "") -> ModelFingerprint:
     """The fingerprint HFEncoder.load would give the model, from its configuration and weight files alone
-    (no weights loaded): what a driver that lets other processes run the model needs. Raises ModelLoadError."""
+    (no weights loaded): what a driver that lets other processes run the model needs. `rendering`: a
+    model rendering images are made with (core.preprocess.MODEL_RENDERINGS), part of the fingerprint.
+    Raises ModelLoadError."""
     from transformers import AutoConfig
 
     try:
@@ -217,7 +221,7 @@ def describe_model(name_or_path: str, revision: str | None = None, local_files_o
             if local_files_only or Path(name_or_path).exists() or not hub_reachable():
                 raise
             config = AutoConfig.from_pretrained(name_or_path, revision=revision)
-        return _fingerprint(name_or_path, revision, local_files_only, config)
+        return _fingerprint(name_or_path, revision, local_files_only, config, rendering)
     except Exception as exc:
         raise ModelLoadError(_explain_load_failure(name_or_path, exc)) from exc
 
@@ -238,15 +242,28 @@ class HFEncoder:
 
     @classmethod
     def load(cls, name_or_path: str, *, revision: str | None = None, device: str = "auto",
-             local_files_only: bool = False, precision: str = "auto", quantize: str | None = None) -> HFEncoder:
+             local_files_only: bool = False, precision: str = "auto", quantize: str | None = None,
+             rendering: str = "") -> HFEncoder:
         """Load through AutoModel/AutoProcessor. Raises ModelLoadError with an actionable message.
 
         precision: auto (bf16 on a GPU that supports it, fp16 on other GPUs, fp32 on CPU), fp32, bf16,
         fp16. quantize: "int8" for dynamic int8 quantization of the linear layers (CPU only).
+        rendering: the model rendering images are made with ("" or "ct-channels"), in the fingerprint.
         """
         encoder = cls._load(name_or_path, revision=revision, device=device, local_files_only=local_files_only)
         encoder._set_precision(precision, quantize)
-        return encoder
+        return encoder.for_rendering(rendering)
+
+    def for_rendering(self, rendering: str) -> HFEncoder:
+        """This model (shared, not copied) with the fingerprint of images made with `rendering`."""
+        import copy
+
+        version = preprocessing_version(rendering)
+        if version == self._fingerprint.preprocessing_version:
+            return self
+        other = copy.copy(self)
+        other._fingerprint = replace(self._fingerprint, preprocessing_version=version)
+        return other
 
     def _set_precision(self, precision: str, quantize: str | None) -> None:
         import torch

@@ -15,6 +15,42 @@ from PIL import Image
 #    inverted; grey replicated to RGB (core/dicom.py has the full rules).
 PREPROCESSING_VERSION = "2"
 
+# The CT rendering MedSigLIP's and MedGemma's image encoder was trained with: three windows in the colour
+# channels, red wide -1024..1024 HU, green soft tissue -135..215 HU, blue brain 0..80 HU, each clipped,
+# scaled to 0..255 in float32 and rounded. Source: Google-Health/medgemma (Apache-2.0),
+# notebooks/high_dimensional_ct_hugging_face.ipynb, "Define windowing for CT images". Chosen with
+# `--window ct-channels`; it is part of the fingerprint (preprocessing version "2+ct-channels").
+CT_CHANNELS = "ct-channels"
+CT_CHANNEL_WINDOWS = ((-1024.0, 1024.0), (-135.0, 215.0), (0.0, 80.0))
+MODEL_RENDERINGS = (CT_CHANNELS,)  # renderings that change what the model sees beyond a window choice
+
+
+def ct_channels(hounsfield: np.ndarray) -> np.ndarray:
+    """(H, W) Hounsfield units -> (H, W, 3) uint8, one window per channel, as MedGemma's pipeline does."""
+    channels = []
+    for low, high in CT_CHANNEL_WINDOWS:
+        scaled = np.clip(hounsfield, low, high).astype(np.float32)
+        scaled -= np.float32(low)
+        scaled /= np.float32(high - low)
+        scaled *= np.float32(255.0)
+        channels.append(np.round(scaled, 0).astype(np.uint8))
+    return np.stack(channels, axis=-1)
+
+
+def rendering_of(window: str) -> str:
+    """The model rendering a window option asks for ("" for the standard rendering)."""
+    return window if window in MODEL_RENDERINGS else ""
+
+
+def preprocessing_version(rendering: str = "") -> str:
+    """The fingerprint's preprocessing version of a rendering: "2", or "2+ct-channels"."""
+    return f"{PREPROCESSING_VERSION}+{rendering}" if rendering else PREPROCESSING_VERSION
+
+
+def rendering_from_version(version: str) -> str:
+    """The rendering an index's recorded preprocessing version names ("" for the standard one)."""
+    return version.split("+", 1)[1] if "+" in version else ""
+
 
 def to_pil(pixels: np.ndarray) -> Image.Image:
     """Wrap an (H, W, 3) uint8 array as a PIL RGB image, checking what loading promised."""

@@ -71,7 +71,8 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(WINDOW_PRESETS), description="CT window presets, name -> (centre, width)."
     )
     window: str = Field(default="auto", description="DICOM greyscale window: auto, header, percentile, a "
-                        "preset name (lung, mediastinum, bone, brain, abdomen) or CENTER/WIDTH.")
+                        "preset name (lung, mediastinum, bone, brain, abdomen), CENTER/WIDTH, or ct-channels "
+                        "(CT in three windows, the colour channels MedSigLIP was trained with).")
     frames: str = Field(default="middle", description="Multi-frame policy: middle, first, all or every:N.")
 
     # De-identification at index time.

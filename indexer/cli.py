@@ -99,7 +99,9 @@ def main() -> None:
               help="Manifest CSV (default: manifest.csv at the archive's root, if present).")
 @click.option("--max-image-pixels", type=click.IntRange(1), help="Refuse larger images before decoding.")
 @click.option("--window", help="DICOM greyscale window: auto (header, else CT preset by body region, else "
-              "percentile), header, percentile, lung, mediastinum, bone, brain, abdomen, or CENTER/WIDTH.")
+              "percentile), header, percentile, lung, mediastinum, bone, brain, abdomen, CENTER/WIDTH, or "
+              "ct-channels (CT as MedSigLIP was trained: three windows in the colour channels; part of the "
+              "model fingerprint, so it needs its own index or --new-generation).")
 @click.option("--frames", help="Multi-frame DICOM: middle (default), first, all, or every:N - each selected "
               "frame becomes its own image with its frame number.")
 @click.option("--deidentify", is_flag=True, default=None, help="Store keyed pseudonyms instead of patient IDs "

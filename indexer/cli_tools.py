@@ -30,6 +30,7 @@ def evaluate_command(db_dir: Path | None, labels_file: Path | None, labels_from_
     with a bootstrap 95% interval, and the index in use against exact search. Writes report.json,
     report.md and PNG plots (ROC curves, precision@k, confusion matrix) to --out."""
     from core.encoder import HFEncoder
+    from core.preprocess import rendering_from_version
     from indexer.evaluate import evaluate, parse_labels, parse_prompts
     from indexer.evaluate import labels_from_metadata as metadata_labels
 
@@ -41,7 +42,9 @@ def evaluate_command(db_dir: Path | None, labels_file: Path | None, labels_from_
         manifest = store.manifest
         name = model or (manifest.model_name if manifest else settings.model)
         try:
-            encoder = HFEncoder.load(name, device=settings.device, local_files_only=settings.local_files_only)
+            encoder = HFEncoder.load(name, device=settings.device, local_files_only=settings.local_files_only,
+                                     rendering=rendering_from_version(manifest.preprocessing_version)
+                                     if manifest else "")
         except MedsearchError as exc:
             fail(f"the model {name} is not available on this machine, so nothing can be evaluated: {exc}")
         if labels_from_metadata:

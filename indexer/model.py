@@ -23,16 +23,18 @@ class ModelSpec:
     precision: str = "auto"
     quantize: str | None = None
     local_files_only: bool = False
+    rendering: str = ""  # a model rendering (core.preprocess.MODEL_RENDERINGS): part of the fingerprint
 
     def load(self, device: str | None = None) -> HFEncoder:
         """The model itself (weights loaded), on `device` (default: the spec's). Raises ModelLoadError."""
         return HFEncoder.load(self.name, revision=self.revision, device=device or self.device,
                               local_files_only=self.local_files_only, precision=self.precision,
-                              quantize=self.quantize if (device or self.device) == "cpu" else None)
+                              quantize=self.quantize if (device or self.device) == "cpu" else None,
+                              rendering=self.rendering)
 
     def fingerprint(self) -> ModelFingerprint:
         """What the loaded model's fingerprint will be, read from its configuration and weight files."""
-        return describe_model(self.name, self.revision, self.local_files_only)
+        return describe_model(self.name, self.revision, self.local_files_only, self.rendering)
 
     def preprocessor(self) -> PreprocessorSpec:
         return PreprocessorSpec(self.name, self.revision)

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +20,7 @@ from starlette.responses import Response as StarletteResponse
 
 from core.encoder import Encoder, HFEncoder
 from core.errors import MedsearchError
+from core.preprocess import rendering_from_version
 from core.settings import Settings
 from search_api.auth import AccessControl
 from search_api.docs import DOCS_PATHS, DOCS_POLICY, add_docs, declare_keys
@@ -59,15 +61,19 @@ def build_service(settings: Settings, encoder: Encoder | None = None, index: Ope
     model_name = settings.model
     if "model" not in settings.model_fields_set and manifest is not None:
         model_name = manifest.model_name  # default: the model the index was built with
+    # the index's model rendering (ct-channels) applies to queries too: an upload is rendered as indexed
+    rendering = rendering_from_version(manifest.preprocessing_version) if manifest is not None else ""
     device: str = settings.device
     if encoder is None:
         try:
             loaded = HFEncoder.load(model_name, revision=settings.model_revision, device=settings.device,
-                                    local_files_only=settings.local_files_only)
+                                    local_files_only=settings.local_files_only, rendering=rendering)
         except ModelLoadError as exc:
             index.close()
             raise StartupError(str(exc)) from exc
         device, encoder = loaded.device, loaded
+    elif isinstance(encoder, HFEncoder):
+        encoder = encoder.for_rendering(rendering)
     if manifest is not None and manifest.fingerprint_key != encoder.fingerprint.key:
         index.close()
         raise StartupError(
@@ -75,7 +81,10 @@ def build_service(settings: Settings, encoder: Encoder | None = None, index: Ope
             f"{manifest.fingerprint_key}); the loaded model {encoder.fingerprint.name} has fingerprint "
             f"{encoder.fingerprint.key}. Serve it with the model it was built with (--model)."
         )
-    files = ImageFiles(settings.render_options(), dicomweb=settings.dicomweb_config(),
+    render = settings.render_options()
+    if rendering:
+        render = replace(render, window=rendering)
+    files = ImageFiles(render, dicomweb=settings.dicomweb_config(),
                        max_upload_pixels=settings.max_upload_pixels, decode_slots=settings.decode_slots,
                        preview_cache_size=settings.preview_cache_size)
     return SearchService(encoder, store, repository, files, device=device, text_cache_size=settings.text_cache_size,
