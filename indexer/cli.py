@@ -23,6 +23,7 @@ from indexer.cli_common import (
     load_settings,
     open_db,
 )
+from indexer.cli_probes import probes, train_probe
 from indexer.cli_remove import exclusions, remove
 from indexer.cli_tools import contact_sheet, evaluate_command, random_model, sample_archive
 from indexer.job import JobResult
@@ -273,7 +274,7 @@ def verify(db_dir: Path | None, repair: bool) -> None:
     sys.exit(1 if remaining else 0)
 
 
-for command in (remove, exclusions, evaluate_command, sample_archive, contact_sheet, random_model):
+for command in (remove, exclusions, evaluate_command, train_probe, probes, sample_archive, contact_sheet, random_model):
     main.add_command(command)
 
 

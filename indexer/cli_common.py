@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from pydantic import ValidationError
@@ -18,6 +18,10 @@ from indexer.errors import IndexerError
 from indexer.runner import Progress
 from storage.errors import DiskFullError, StorageError
 from storage.opening import OpenIndex, open_index
+from storage.records import Manifest
+
+if TYPE_CHECKING:
+    from core.encoder import HFEncoder
 
 EXIT_OK, EXIT_NOTHING_INDEXED, EXIT_UNUSABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # every error root of ours: the CLI's only job with them is to say them in one line
@@ -86,3 +90,16 @@ class TqdmProgress(Progress):
 
     def close(self) -> None:
         self._bar.close()
+
+
+def index_encoder(model: str | None, manifest: Manifest | None, settings: Settings) -> HFEncoder:
+    """The model an index was built with (or --model), rendering as the index did; exits when absent."""
+    from core.encoder import HFEncoder
+    from core.preprocess import rendering_from_version
+
+    name = model or (manifest.model_name if manifest else settings.model)
+    try:
+        return HFEncoder.load(name, device=settings.device, local_files_only=settings.local_files_only,
+                              rendering=rendering_from_version(manifest.preprocessing_version) if manifest else "")
+    except MedsearchError as exc:
+        fail(f"the model {name} is not available on this machine: {exc}")

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from core.errors import MedsearchError
 from core.logs import configure_logging
-from indexer.cli_common import exit_on_errors, fail, load_settings, open_db
+from indexer.cli_common import exit_on_errors, index_encoder, load_settings, open_db
 
 
 @click.command("eval")
@@ -23,30 +22,33 @@ from indexer.cli_common import exit_on_errors, fail, load_settings, open_db
 @click.option("--model", help="Model to encode prompts with [default: the one the index was built with].")
 @click.option("--bootstrap", type=click.IntRange(0, 100_000), default=1000, show_default=True,
               help="Bootstrap rounds of the AUC confidence intervals.")
+@click.option("--no-probe", is_flag=True, help="Skip zero-shot against a probe (cross-validated by patient) and "
+              "its learning curve.")
+@click.option("--compare-window", "compare_window", metavar="WINDOW", help="Also decode the labelled CT images "
+              "again with WINDOW (for example ct-channels, MedSigLIP's CT rendering) and with --window, and compare "
+              "zero-shot and probe AUC between the two renderings.")
+@click.option("--window", help="The single-window rendering --compare-window is compared with [default: auto].")
 def evaluate_command(db_dir: Path | None, labels_file: Path | None, labels_from_metadata: bool, prompts: Path | None,
-                     out: Path, model: str | None, bootstrap: int) -> None:
+                     out: Path, model: str | None, bootstrap: int, no_probe: bool, compare_window: str | None,
+                     window: str | None) -> None:
     """Measure retrieval quality on labelled cases: image->image precision@k, recall@k and mAP (the
     query's own patient left out), text->image recall@k and mAP per label, zero-shot ROC AUC per label
     with a bootstrap 95% interval, and the index in use against exact search. Writes report.json,
     report.md and PNG plots (ROC curves, precision@k, confusion matrix) to --out."""
-    from core.encoder import HFEncoder
-    from core.preprocess import rendering_from_version
-    from indexer.evaluate import evaluate, parse_labels, parse_prompts
-    from indexer.evaluate import labels_from_metadata as metadata_labels
+    from indexer.evaluate import evaluate
+    from indexer.labels import labels_from_metadata as metadata_labels
+    from indexer.labels import parse_labels, parse_prompts
 
     configure_logging("WARNING")
     if bool(labels_file) == labels_from_metadata:
         raise click.UsageError("give --labels LABELS.csv or --labels-from-metadata")
     settings = load_settings(db_dir=db_dir)
+    windows = [settings.window if window is None else window, compare_window] if compare_window else None
+    if windows:
+        load_settings(window=compare_window)  # a usage error names a bad window option
+        windows[0] = load_settings(window=windows[0]).window
     with open_db(db_dir) as (store, repository), exit_on_errors():
-        manifest = store.manifest
-        name = model or (manifest.model_name if manifest else settings.model)
-        try:
-            encoder = HFEncoder.load(name, device=settings.device, local_files_only=settings.local_files_only,
-                                     rendering=rendering_from_version(manifest.preprocessing_version)
-                                     if manifest else "")
-        except MedsearchError as exc:
-            fail(f"the model {name} is not available on this machine, so nothing can be evaluated: {exc}")
+        encoder = index_encoder(model, store.manifest, settings)
         if labels_from_metadata:
             text = metadata_labels(repository)
             out.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,8 @@ def evaluate_command(db_dir: Path | None, labels_file: Path | None, labels_from_
             assert labels_file is not None
             rows = parse_labels(labels_file.read_bytes(), str(labels_file))
         prompt_map = parse_prompts(prompts.read_text(), str(prompts)) if prompts else None
-        report = evaluate(store, repository, encoder, rows, prompt_map, bootstrap=bootstrap)
+        report = evaluate(store, repository, encoder, rows, prompt_map, bootstrap=bootstrap, probes=not no_probe,
+                          windows=windows, render=settings.render_options())
     from indexer.evaluate import format_value, write_report
 
     files = write_report(report, out)
@@ -68,8 +71,18 @@ def evaluate_command(db_dir: Path | None, labels_file: Path | None, labels_from_
                f"{format_value(i2i['precision@5'])} / {format_value(i2i['precision@10'])}")
     click.echo(f"text->image mAP {format_value(report['text_to_image_mAP'])}; zero-shot mean AUC "
                f"{format_value(report['zero_shot_mean_auc'])}")
+    compared = report.get("probe_vs_zero_shot") or {"labels": {}, "skipped": {}}
     for label, row in report["labels"].items():
-        click.echo(f"  {label:24} positives {row['positives']:4}  AUC {format_value(row['zero_shot_auc'])}")
+        probe = compared["labels"].get(label)
+        click.echo(f"  {label:24} positives {row['positives']:4}  zero-shot AUC {format_value(row['zero_shot_auc'])}"
+                   + (f"  held-out: zero-shot {format_value(probe['zero_shot_auc'])} vs probe "
+                      f"{format_value(probe['probe_auc'])}" if probe else ""))
+    if compared["skipped"]:
+        click.echo(f"  not compared with a probe (fewer than 2 patients with the label, or without it; report.md "
+                   f"says which): {', '.join(compared['skipped'])}")
+    for name, row in ((report.get("ct_windows") or {}).get("windows") or {}).items():
+        click.echo(f"  CT rendered {name:12} zero-shot mean AUC {format_value(row and row['mean_zero_shot_auc'])}, "
+                   f"probe {format_value(row and row['mean_probe_auc'])}")
     click.echo(f"report: {', '.join(str(f) for f in files)}")
 
 

@@ -7,27 +7,29 @@ LABELS.csv: a column `path` (a file's path inside its archive) or `sop_uid`, and
 - text -> image retrieval: one prompt per label (PROMPTS.yaml, else the label itself): recall@k, mAP;
 - zero-shot classification: ROC AUC per label of SigLIP's sigmoid(scale * cos + bias) with a
   bootstrap 95% interval, and a confusion matrix of the most probable label against the first true one;
-- the index in use against exact search: recall@k of its neighbours.
+- the index in use against exact search: recall@k of its neighbours;
+- zero-shot against a probe (indexer/probes.py) on the same held-out patients, with paired bootstrap
+  intervals and the learning curve, and optionally across CT renderings (indexer/evaluate_probes.py).
 Writes report.json, report.md and PNG plots to the report folder.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.csvsafe import csv_text, unescape_cell
+from core.dicom import RenderOptions
 from core.encoder import Encoder
 from indexer.errors import IndexerError
+from indexer.evaluate_probes import compare, compare_windows, plot_learning_curves, report_lines
+from indexer.labels import match, text_vectors
 from indexer.metrics import average_precision, bootstrap_auc_ci, precision_at_k, recall_at_k, roc_auc, roc_curve
+from indexer.probe_fit import Prior
+from indexer.probes import training_set
 from storage.repository import Repository
 from storage.store import Store
 
@@ -35,71 +37,12 @@ logger = logging.getLogger(__name__)
 KS = (1, 5, 10)
 
 
-@dataclass
-class Labelled:
-    image_ids: np.ndarray
-    labels: list[set[str]]
-    patients: list[str | None]
-    names: list[str]
-    unmatched: int
-
-
-def parse_labels(data: bytes, source: str) -> list[tuple[str, str, list[str]]]:
-    """(key kind 'path' or 'sop_uid', key, labels) per row. Raises IndexerError naming the problem."""
-    reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
-    fields = {name.strip().lower(): name for name in reader.fieldnames or []}
-    key = "path" if "path" in fields else "sop_uid" if "sop_uid" in fields else None
-    if key is None or "labels" not in fields:
-        raise IndexerError(f"{source}: needs a 'path' or 'sop_uid' column and a 'labels' column "
-                           f"(columns: {', '.join(reader.fieldnames or [])})")
-    rows = []
-    for line, row in enumerate(reader, start=2):
-        value = unescape_cell((row.get(fields[key]) or "").strip())
-        labels = [unescape_cell(x.strip()) for x in re.split(r"[;|]", unescape_cell(row.get(fields["labels"]) or ""))
-                  if x.strip()]
-        if not value or not labels:
-            raise IndexerError(f"{source} line {line}: empty {key} or labels")
-        rows.append((key, value, labels))
-    return rows
-
-
-def parse_prompts(text: str, source: str) -> dict[str, list[str]]:
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise IndexerError(f"{source}: not valid YAML ({exc})") from exc
-    if not isinstance(loaded, dict):
-        raise IndexerError(f"{source}: expected 'label: prompt' (or a list of prompts) per line")
-    return {str(k): [str(p) for p in (v if isinstance(v, list) else [v])] for k, v in loaded.items()}
-
-
-def match(repository: Repository, rows: list[tuple[str, str, list[str]]]) -> Labelled:
-    everything = repository.get_images(repository.image_ids().tolist())
-    by_key: dict[tuple[str, str], int] = {}
-    for image_id, image in everything.items():
-        for source in image.sources:
-            by_key.setdefault(("path", source.path), image_id)
-            if source.sop_uid:
-                by_key.setdefault(("sop_uid", source.sop_uid), image_id)
-    merged: dict[int, set[str]] = {}
-    names: dict[int, str] = {}
-    unmatched = 0
-    for kind, value, labels in rows:
-        found = by_key.get((kind, value))
-        if found is None:
-            unmatched += 1
-            continue
-        merged.setdefault(found, set()).update(labels)
-        names.setdefault(found, value)
-    ids = sorted(merged)
-    return Labelled(np.asarray(ids, dtype=np.int64), [merged[i] for i in ids],
-                    [everything[i].metadata.patient_id for i in ids], [names[i] for i in ids], unmatched)
-
-
 def evaluate(store: Store, repository: Repository, encoder: Encoder, rows: list[tuple[str, str, list[str]]],
-             prompts: dict[str, list[str]] | None = None, bootstrap: int = 1000) -> dict[str, Any]:
+             prompts: dict[str, list[str]] | None = None, bootstrap: int = 1000, probes: bool = True,
+             windows: list[str] | None = None, render: RenderOptions | None = None) -> dict[str, Any]:
+    """The report (see the module docstring). `probes`: also zero-shot against a probe on the same
+    held-out patients, with the learning curve; `windows` (with `render`): that comparison for the
+    labelled CT images decoded again with each window option."""
     manifest = store.manifest
     if manifest is None or manifest.fingerprint_key != encoder.fingerprint.key:
         raise IndexerError("the model loaded is not the one this index was built with: evaluate with --model "
@@ -138,8 +81,7 @@ def evaluate(store: Store, repository: Repository, encoder: Encoder, rows: list[
 
     # text -> image and zero-shot classification
     prompts = prompts or {}
-    texts = np.stack([encoder.encode_texts(prompts.get(label, [label])).mean(axis=0) for label in all_labels])
-    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    texts = text_vectors(encoder, all_labels, prompts)
     cosines = vectors @ texts.T  # images x labels
     scale = getattr(encoder, "logit_scale", None) or 1.0
     bias = getattr(encoder, "logit_bias", None) or 0.0
@@ -169,6 +111,18 @@ def evaluate(store: Store, repository: Repository, encoder: Encoder, rows: list[
     for t, p in zip(truth, predicted, strict=True):
         confusion[t, p] += 1
     report["confusion_matrix"] = {"labels": all_labels, "rows_true_columns_predicted": confusion.tolist()}
+
+    report["probe_vs_zero_shot"] = report["ct_windows"] = None
+    if probes or windows:
+        try:
+            data_set = training_set(store, repository, encoder, rows, only=all_labels)
+        except IndexerError as exc:
+            report["probe_note"] = str(exc)
+        else:
+            prior = Prior(texts, float(scale), float(bias))
+            report["probe_vs_zero_shot"] = compare(data_set, prior, bootstrap) if probes else None
+            report["ct_windows"] = compare_windows(repository, data_set, encoder, prior, render or RenderOptions(),
+                                                   windows, bootstrap) if windows else None
 
     # the index in use against exact search over every stored vector, for the labelled queries
     chunks = list(repository.iter_embeddings(encoder.dim))
@@ -243,7 +197,12 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
         lines.append(f"| {label} | {row['positives']} | {format_value(row['text_to_image']['AP'])} | "
                      f"{format_value(row['text_to_image']['recall@5'])} | {format_value(row['zero_shot_auc'])} | "
                      f"{f'{ci[0]:.2f}-{ci[1]:.2f}' if ci else row['auc_note']} |")
-    lines += ["", "![ROC](roc.png) ![precision@k](precision_at_k.png) ![confusion](confusion_matrix.png)", ""]
+    lines += ["", "![ROC](roc.png) ![precision@k](precision_at_k.png) ![confusion](confusion_matrix.png)"]
+    if report.get("probe_vs_zero_shot"):
+        curve = plot_learning_curves(report["probe_vs_zero_shot"], out)
+        written += [curve] if curve else []
+        lines += report_lines(report["probe_vs_zero_shot"], report.get("ct_windows"))
+    lines.append("")
     (out / "report.md").write_text("\n".join(lines))
     written.append(out / "report.md")
     return written
@@ -251,13 +210,3 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
 
 def format_value(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def labels_from_metadata(repository: Repository) -> str:
-    """A labels CSV from the index's own metadata: modality and body region of each image."""
-    rows = []
-    for image in repository.get_images(repository.image_ids().tolist()).values():
-        labels = [x for x in (image.metadata.modality, image.metadata.body_part) if x]
-        if labels and image.sources:
-            rows.append([image.sources[0].path, ";".join(labels)])
-    return csv_text(["path", "labels"], rows)

@@ -75,3 +75,36 @@ def bootstrap_auc_ci(scores: np.ndarray, positive: np.ndarray, rounds: int = 100
             values.append(value)
     low, high = np.percentile(values, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     return float(low), float(high)
+
+
+def paired_bootstrap_auc(a: np.ndarray, b: np.ndarray, positive: np.ndarray, groups: np.ndarray | None = None,
+                         rounds: int = 1000, seed: int = 0, level: float = 0.95
+                         ) -> dict[str, tuple[float, float]] | None:
+    """Percentile bootstrap intervals of AUC(a), AUC(b) and AUC(b) - AUC(a) on the same resamples.
+    With `groups` (patients), whole groups are resampled: a patient's images are not independent.
+    None when an AUC is undefined."""
+    positive = np.asarray(positive, dtype=bool)
+    if roc_auc(a, positive) is None or roc_auc(b, positive) is None or rounds <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    keys = np.asarray(groups) if groups is not None else np.arange(len(positive)).astype(str)
+    unique, inverse = np.unique(keys, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    values: list[tuple[float, float]] = []
+    attempts = 0
+    while len(values) < rounds and attempts < rounds * 20:
+        attempts += 1
+        pick = np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+        first, second = roc_auc(a[pick], positive[pick]), roc_auc(b[pick], positive[pick])
+        if first is not None and second is not None:
+            values.append((first, second))
+    if not values:
+        return None
+    table = np.asarray(values)
+    bounds = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+
+    def interval(column: np.ndarray) -> tuple[float, float]:
+        low, high = np.percentile(column, bounds)
+        return float(low), float(high)
+
+    return {"a": interval(table[:, 0]), "b": interval(table[:, 1]), "b_minus_a": interval(table[:, 1] - table[:, 0])}

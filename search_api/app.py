@@ -29,6 +29,7 @@ from search_api.gate import LOOPBACK_HOSTS, PUBLIC, SECURITY_HEADERS, FailureLim
 from search_api.images import ImageFiles
 from search_api.routes import router
 from search_api.routes_images import router as image_router
+from search_api.routes_probes import router as probe_router
 from search_api.schemas import RANDOM_MODEL_WARNING
 from search_api.service import SearchService
 from storage.access import AccessStore
@@ -181,6 +182,7 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
     app.state.access = access
     app.include_router(router)
     app.include_router(image_router)
+    app.include_router(probe_router)
     add_docs(app)
     declare_keys(app, PUBLIC)
     if settings.cors_origins:

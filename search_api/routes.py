@@ -29,6 +29,7 @@ from search_api.auth import (
 from search_api.deps import ServiceDep, SettingsDep
 from search_api.errors import FieldError
 from search_api.presets import PRESETS, prompts_for
+from search_api.probing import ProbeCondition
 from search_api.schemas import (
     BatchSearchRequest,
     BatchSearchResponse,
@@ -58,7 +59,7 @@ from search_api.views import (
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (404, 413, 422)}
-Kind = Literal["text", "image", "similar", "composite"]
+Kind = Literal["text", "image", "similar", "composite", "filter"]
 
 
 Export = Annotated[Literal["csv", "json"] | None, Query(
@@ -72,8 +73,11 @@ def run_search(service: SearchService, access: AccessControl, principal: Princip
     """One page of results with their total (and facets when asked), as the caller's role may see them."""
     check_filters(request, access, principal)
     audit.kind = kind
+    probe = request.filters.probe if request.filters else None
     options = SearchOptions(k=request.k, offset=request.offset, filters=to_filter(request.filters),
-                            min_score=request.min_score, group_by=request.group_by, exclude=exclude)
+                            min_score=request.min_score, group_by=request.group_by, exclude=exclude,
+                            probe=ProbeCondition(probe.name, probe.label, probe.min_probability) if probe else None,
+                            order=request.order)
     hits = service.search(parts, options)
     matches = service.matches(parts, options, facet_names(access, principal) if request.facets else ())
     audit.ids += [hit.image.id for hit in hits]
@@ -85,6 +89,7 @@ def run_search(service: SearchService, access: AccessControl, principal: Princip
         meta = hit.image.metadata
         images, series = studies.get((meta.patient_id, meta.study_uid or ""), (None, None))
         results.append(SearchResult(rank=hit.rank, score=hit.score, probability=hit.probability,
+                                    probe_probability=hit.probe_probability,
                                     study_images=images, study_series=series,
                                     **image_parts(hit.image, service, access, principal)))
     return SearchResponse(query_kind=kind, k=request.k, offset=request.offset, total=matches.total,
@@ -143,12 +148,14 @@ async def search_image(
     group_by: Annotated[Literal["study", "patient"] | None, Form()] = None,
     filters: Annotated[str | None, Form(description="Filters as JSON, as in /search/text.")] = None,
     facets: Annotated[bool, Form(description="Also count matches per value, as in /search/text.")] = False,
+    order: Annotated[Literal["relevance", "probability", "newest", "oldest"], Form(
+        description="As in /search/text.")] = "relevance",
     form: Export = None,
 ) -> SearchResponse | Response:
     """Rank indexed images by similarity to an uploaded image, decoded exactly as the indexer does."""
     audit.kind = "image"
     request = SearchOptionsIn(k=k, offset=offset, min_score=min_score, group_by=group_by,
-                              filters=form_filters(filters), facets=facets)
+                              filters=form_filters(filters), facets=facets, order=order)
     check_filters(request, access, caller)
     image = await read_upload(file, service, settings.max_upload_bytes)
     response = await run_in_threadpool(run_search, service, access, caller, audit, "image",
@@ -189,14 +196,20 @@ async def classify(
     file: Annotated[UploadFile, File(description="A DICOM, PNG or JPEG image.")],
     labels: Annotated[str | None, Form(description="Candidate labels, one per line or comma-separated.")] = None,
     preset: Annotated[str | None, Form(description=f"Or a preset: {', '.join(PRESETS)}.")] = None,
+    probe: Annotated[str | None, Form(max_length=128, description="Or a probe of GET /probes: its labels with "
+                                      "its calibrated probabilities.")] = None,
     neighbours: Annotated[int, Form(ge=0, le=100, description="Nearest indexed cases whose labels vote.")] = 10,
 ) -> ClassifyResponse:
     """Zero-shot labels with SigLIP's semantics: each label's own sigmoid probability, the softmax across
-    the labels and its entropy, a flag when a person should look, and the labels of similar cases."""
-    audit.kind = preset or "labels"
-    prompts = prompts_for((labels or "").replace("\n", ",").split(","), preset)
+    the labels and its entropy, a flag when a person should look, and the labels of similar cases. With
+    `probe`, a site's own trained classifier scores its labels instead (calibrated on held-out folds)."""
+    audit.kind = f"probe:{probe}" if probe else preset or "labels"
+    if probe and (labels or preset):
+        raise FieldError(422, ("body", "probe"), "give labels, a preset or a probe (one of them)", "value_error")
+    trained = service.probe(probe) if probe else None
+    prompts = None if trained else prompts_for((labels or "").replace("\n", ",").split(","), preset)
     image = await read_upload(file, service, settings.max_upload_bytes)
-    result = await run_in_threadpool(service.classify, image, prompts, neighbours)
+    result = await run_in_threadpool(service.classify, image, prompts, neighbours, trained)
     return classify_response(result, service)
 
 

@@ -152,8 +152,9 @@ async def classify_indexed(image_id: ImageId, body: ClassifyIndexedRequest, serv
                            audit: ClassifyAudit) -> ClassifyResponse:
     """Zero-shot labels for an indexed image (its stored embedding; the image itself is left out of
     the neighbours that vote), with the same semantics as POST /classify."""
-    audit.kind = body.preset or "labels"
-    prompts = prompts_for(body.labels, body.preset)
+    audit.kind = f"probe:{body.probe}" if body.probe else body.preset or "labels"
+    trained = service.probe(body.probe) if body.probe else None
+    prompts = None if trained else prompts_for(body.labels, body.preset)
     service.require_image(image_id)
-    result = await run_in_threadpool(service.classify, image_id, prompts, body.neighbours)
+    result = await run_in_threadpool(service.classify, image_id, prompts, body.neighbours, trained)
     return classify_response(result, service)

@@ -13,6 +13,13 @@ RANDOM_MODEL_WARNING = ("The loaded model has RANDOM weights (a test model): sco
 QueryText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 
 
+class ProbeFilter(BaseModel):
+    name: str = Field(max_length=128, description="A probe of GET /probes (medsearch-index train-probe).")
+    label: str = Field(max_length=200, description="One of its labels.")
+    min_probability: float = Field(default=0.5, ge=0, le=1, description="Keep images the probe gives at least "
+                                   "this calibrated probability for the label. Exact: every image is scored.")
+
+
 class Filters(BaseModel):
     """Conditions applied inside the vector search: the top k are the k best matching images."""
 
@@ -30,6 +37,7 @@ class Filters(BaseModel):
         default_factory=list, max_length=50, description="All of these labels.")
     description: str | None = Field(default=None, max_length=200,
                                     description="Substring of the study or series description, any case.")
+    probe: ProbeFilter | None = Field(default=None, description="Only images a site's probe calls positive.")
 
     @model_validator(mode="after")
     def _ranges(self) -> Filters:
@@ -50,6 +58,15 @@ class SearchOptionsIn(BaseModel):
                                                          "study or patient only.")
     facets: bool = Field(default=False, description="Also count the matching images per modality, body part, "
                          "sex and study year (those of these fields the caller's role may see).")
+    order: Literal["relevance", "probability", "newest", "oldest"] = Field(
+        default="relevance", description="relevance: most similar first; probability: highest probability of "
+        "filters.probe first; newest / oldest: by study date (unknown dates last). Every allowed image is "
+        "ordered, not only the nearest ones.")
+
+
+class FilterSearchRequest(SearchOptionsIn):
+    """No query: the images the filters allow, in the order asked (default: by filters.probe's
+    probability when given, else in index order)."""
 
 
 class TextSearchRequest(SearchOptionsIn):
@@ -148,13 +165,16 @@ class SearchResult(ImageOut):
     rank: int = Field(description="1 = best.")
     study_images: int | None = Field(default=None, description="Images indexed from this patient's study.")
     study_series: int | None = Field(default=None, description="Series they belong to.")
-    score: float = Field(description="Cosine similarity between query and image embeddings, -1..1.")
+    score: float | None = Field(description="Cosine similarity between query and image embeddings, -1..1; "
+                                "null for a search without a query (/search/filter).")
     probability: float | None = Field(default=None, description="For text queries: SigLIP's calibrated "
                                       "probability sigmoid(logit_scale * cosine + logit_bias), from the model.")
+    probe_probability: float | None = Field(default=None, description="With filters.probe: the probe's "
+                                            "calibrated probability of its label for this image.")
 
 
 class SearchResponse(BaseModel):
-    query_kind: Literal["text", "image", "similar", "composite"]
+    query_kind: Literal["text", "image", "similar", "composite", "filter"]
     k: int
     offset: int = 0
     total: int | None = Field(default=None, description="How many results there are to page through: the "
@@ -175,7 +195,7 @@ class LabelScoreOut(BaseModel):
     label: str
     probability: float = Field(description="sigmoid(logit_scale * cosine + logit_bias): this label alone.")
     softmax: float = Field(description="Share of this label among the candidates.")
-    cosine: float
+    cosine: float | None = Field(description="To the label's prompt; null when a probe scored the labels.")
 
 
 class NeighbourVote(BaseModel):
@@ -191,6 +211,8 @@ class ClassifyResponse(BaseModel):
     review_reasons: list[str]
     neighbours: int = Field(description="How many nearest indexed cases voted.")
     neighbour_votes: list[NeighbourVote]
+    probe: str | None = Field(default=None, description="The probe whose calibrated probabilities these are; "
+                              "null: zero-shot.")
     model: ModelInfo
     warning: str | None = None
 

@@ -62,12 +62,14 @@ class SeriesResponse(BaseModel):
 class ClassifyIndexedRequest(BaseModel):
     labels: list[Label] = Field(default_factory=list, max_length=100, description="Candidate labels.")
     preset: str | None = Field(default=None, max_length=64, description="Or a preset of GET /presets.")
+    probe: str | None = Field(default=None, max_length=128, description="Or a probe of GET /probes: its labels "
+                              "with its calibrated probabilities.")
     neighbours: int = Field(default=10, ge=0, le=100, description="Nearest indexed cases whose labels vote.")
 
     @model_validator(mode="after")
     def _one_way(self) -> ClassifyIndexedRequest:
-        if bool(self.labels) == bool(self.preset):
-            raise ValueError("give labels or a preset (one of them)")
+        if sum(map(bool, (self.labels, self.preset, self.probe))) != 1:
+            raise ValueError("give labels, a preset or a probe (one of them)")
         return self
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,9 +14,20 @@ import numpy as np
 from core.encoder import Encoder, l2_normalise
 from core.images import LoadedImage
 from core.sources.dicomweb import instance_url, viewer_url
+from search_api.classifying import Classification, classify
 from search_api.errors import UnknownImageError
 from search_api.images import ImageFiles
 from search_api.lru import LRUCache
+from search_api.probing import (
+    Candidates,
+    Order,
+    ProbeCondition,
+    check_label,
+    load_probe,
+    ordered,
+    probe_candidates,
+)
+from storage.probes import Probe
 from storage.records import ImageFilter, StoredImage, StoredSource
 from storage.repository import Repository
 from storage.store import Store
@@ -43,14 +53,17 @@ class SearchOptions:
     min_score: float | None = None
     group_by: str | None = None  # "study" or "patient": the best image of each
     exclude: tuple[int, ...] = ()  # image ids left out (the query image of "more like this")
+    probe: ProbeCondition | None = None  # only images a probe calls positive (exact: every image scored)
+    order: Order = "relevance"  # or by the probe's probability, or by study date
 
 
 @dataclass(frozen=True)
 class Hit:
     rank: int
-    score: float
+    score: float | None  # cosine to the query; None without a query (a filter-only search)
     probability: float | None  # SigLIP's calibrated probability, for single text queries
     image: StoredImage
+    probe_probability: float | None = None  # the filtering probe's probability of its label
 
 
 @dataclass(frozen=True)
@@ -65,24 +78,6 @@ class SourceLinks:
 
     url: str | None
     viewer_url: str | None
-
-
-@dataclass(frozen=True)
-class LabelScore:
-    label: str
-    cosine: float
-    probability: float  # sigmoid(scale * cos + bias): SigLIP's per-label probability
-    softmax: float  # share among the candidate labels
-
-
-@dataclass(frozen=True)
-class Classification:
-    labels: list[LabelScore]
-    entropy: float  # normalised to [0, 1] by log(number of labels)
-    requires_human_review: bool
-    review_reasons: list[str]
-    neighbour_votes: list[tuple[str, int, float]]  # label, count, frequency among the neighbours
-    neighbours: int
 
 
 class SearchService:
@@ -142,16 +137,36 @@ class SearchService:
         return 1.0 / (1.0 + math.exp(-(scale * cosine + bias)))
 
     # -- search ---------------------------------------------------------------------------------------
-    def _allowed(self, options: SearchOptions) -> np.ndarray | None:
+    def probe(self, name: str, loc: tuple[str | int, ...] = ("body", "probe")) -> Probe:
+        """A stored probe of the model in use (FieldError 404 / 409 otherwise)."""
+        manifest = self.store.manifest
+        return load_probe(self.repository, manifest.fingerprint_key if manifest else None, name, loc)
+
+    def _candidates(self, options: SearchOptions) -> Candidates | None:
+        """The ids the filters, the probe condition and the exclusions allow; None: every image."""
         allowed = None if options.filters.empty else self.repository.filter_image_ids(options.filters)
+        scores = None
+        if options.probe is not None:
+            probe = self.probe(options.probe.name, ("body", "filters", "probe", "name"))
+            check_label(probe, options.probe.label, ("body", "filters", "probe", "label"))
+            found = probe_candidates(self.repository, probe, options.probe, allowed)
+            allowed, scores = found.ids, found.probability
         if allowed is not None and options.exclude:
-            allowed = np.setdiff1d(allowed, np.asarray(options.exclude, dtype=np.int64))
-        return allowed
+            keep = ~np.isin(allowed, np.asarray(options.exclude, dtype=np.int64))
+            allowed, scores = allowed[keep], scores[keep] if scores is not None else None
+        return None if allowed is None else Candidates(allowed, scores)
+
+    def _allowed(self, options: SearchOptions) -> np.ndarray | None:
+        candidates = self._candidates(options)
+        return None if candidates is None else candidates.ids
 
     def search(self, parts: Sequence[QueryPart], options: SearchOptions) -> list[Hit]:
+        if options.order != "relevance" or not parts:
+            return self._search_ordered(parts, options)
         vector = self.query_vector(parts)
         calibrated = len(parts) == 1 and parts[0].text is not None and parts[0].weight > 0
-        allowed = self._allowed(options)
+        candidates = self._candidates(options)
+        allowed = None if candidates is None else candidates.ids
         need = options.offset + options.k
         fetch = need * (4 if options.group_by else 1) + len(options.exclude)
         while True:
@@ -163,16 +178,50 @@ class SearchService:
                 break
             fetch *= 2
         return [Hit(rank=options.offset + i + 1, score=score,
-                    probability=self.probability(score) if calibrated else None, image=image)
+                    probability=self.probability(score) if calibrated else None, image=image,
+                    probe_probability=_lookup(candidates, image.id))
                 for i, (score, image) in enumerate(kept[options.offset:need])]
+
+    def _search_ordered(self, parts: Sequence[QueryPart], options: SearchOptions) -> list[Hit]:
+        """Every allowed image in the order asked (without a query and an order: the probe's probability,
+        else index order); with a query, its cosine is each hit's score and min_score still applies."""
+        vector = self.query_vector(parts) if parts else None
+        candidates = self._candidates(options) or Candidates(
+            np.setdiff1d(self.repository.image_ids(), np.asarray(options.exclude, dtype=np.int64)), None)
+        if vector is not None and options.min_score is not None:
+            keep = np.isin(candidates.ids, self.store.ids_scoring(vector, options.min_score, candidates.ids))
+            candidates = Candidates(candidates.ids[keep], None if candidates.probability is None
+                                    else candidates.probability[keep])
+        order = options.order if options.order != "relevance" else (
+            "probability" if candidates.probability is not None else "relevance")  # relevance: index order
+        ids = ordered(self.repository, candidates, options.filters, order)
+        need, start, groups = options.offset + options.k, 0, set[str]()
+        kept: list[StoredImage] = []
+        while len(kept) < need and start < len(ids):
+            chunk = ids[start:start + max(2 * need, 64)]
+            start += len(chunk)
+            images = self.repository.get_images(chunk.tolist())
+            for image_id in chunk.tolist():
+                image = images.get(image_id)
+                if image is not None and image.sources and _new_group(image, options.group_by, groups):
+                    kept.append(image)
+        page = kept[options.offset:need]
+        scores: dict[int, float] = {}
+        if vector is not None and page:
+            found, vectors = self.repository.get_embeddings([image.id for image in page], self.encoder.dim)
+            scores = dict(zip(found.tolist(), (vectors @ vector[0]).tolist(), strict=True))
+        return [Hit(rank=options.offset + i + 1, score=scores.get(image.id), probability=None, image=image,
+                    probe_probability=_lookup(candidates, image.id)) for i, image in enumerate(page)]
 
     def matches(self, parts: Sequence[QueryPart], options: SearchOptions, facets: Sequence[str] = ()) -> Matches:
         """How many results there are to page through (images, or studies/patients when grouped) and the
         facet counts of the matching images: every image the filters allow, or with a cutoff those the
         search finds scoring at least it."""
-        among = None
-        if options.min_score is not None:
-            among = self.store.ids_scoring(self.query_vector(parts), options.min_score, self._allowed(options))
+        candidates = self._candidates(options)
+        among = candidates.ids if candidates is not None and options.probe is not None else None
+        if options.min_score is not None and parts:
+            among = self.store.ids_scoring(self.query_vector(parts), options.min_score,
+                                           None if candidates is None else candidates.ids)
             if options.exclude:
                 among = np.setdiff1d(among, np.asarray(options.exclude, dtype=np.int64))
         if options.group_by:
@@ -195,15 +244,9 @@ class SearchService:
         groups: set[str] = set()
         for image_id, score in pairs:
             image = images.get(image_id)
-            if image is None or not image.sources:  # deleted between the vector search and the row fetch
-                continue
-            if options.group_by:
-                meta = image.metadata
-                key = (meta.study_uid if options.group_by == "study" else meta.patient_id) or f"image:{image_id}"
-                if key in groups:
-                    continue
-                groups.add(key)
-            kept.append((score, image))
+            # deleted between the vector search and the row fetch, or its study / patient shown already
+            if image is not None and image.sources and _new_group(image, options.group_by, groups):
+                kept.append((score, image))
         return kept
 
     def get_image(self, image_id: int) -> StoredImage | None:
@@ -224,36 +267,26 @@ class SearchService:
         return SourceLinks(instance_url(source.archive, source.path),
                            viewer_url(self.viewer_url_template, source.archive, identifiers))
 
-    # -- zero-shot classification ---------------------------------------------------------------------
-    def classify(self, image: LoadedImage | int, prompts: dict[str, str], neighbours: int = 10) -> Classification:
-        """SigLIP semantics for an upload or an indexed image (by id): each label's own sigmoid
-        probability, the softmax across the labels, its entropy, and the labels of the nearest indexed
-        cases (an indexed image itself left out)."""
-        own = image if isinstance(image, int) else None
-        vector = self.image_vector(image) if isinstance(image, int) else self.encoder.encode_images([image.pixels])[0]
-        texts = np.stack([self.text_vector(prompt) for prompt in prompts.values()])
-        cosines = texts @ vector
-        scale = getattr(self.encoder, "logit_scale", None) or 1.0
-        bias = getattr(self.encoder, "logit_bias", None) or 0.0
-        logits = scale * cosines + bias
-        sigmoid = 1.0 / (1.0 + np.exp(-logits))
-        shifted = np.exp(logits - logits.max())
-        softmax = shifted / shifted.sum()
-        entropy = float(-(softmax * np.log(np.clip(softmax, 1e-12, 1))).sum() / math.log(len(softmax))) if (
-            len(softmax) > 1) else 0.0
-        scores = sorted((LabelScore(label, float(c), float(p), float(s)) for label, c, p, s in
-                         zip(prompts, cosines, sigmoid, softmax, strict=True)), key=lambda x: -x.probability)
-        reasons = []
-        if scores[0].probability < self.review_min_probability:
-            reasons.append(f"top probability {scores[0].probability:.2f} < {self.review_min_probability}")
-        if entropy > self.review_max_entropy:
-            reasons.append(f"normalised entropy {entropy:.2f} > {self.review_max_entropy}")
-        votes: Counter[str] = Counter()
-        found = self.store.search(vector[None, :], neighbours + (own is not None))[0] if neighbours else []
-        nearest = [image_id for image_id, _ in found if image_id != own][:neighbours]
-        neighbour_images = self.repository.get_images(nearest)
-        for neighbour in neighbour_images.values():
-            votes.update(set(neighbour.metadata.labels))
-        counted = len(neighbour_images)
-        return Classification(scores, entropy, bool(reasons), reasons,
-                              [(label, n, n / counted) for label, n in votes.most_common()], counted)
+    def classify(self, image: LoadedImage | int, prompts: dict[str, str] | None, neighbours: int = 10,
+                 probe: Probe | None = None) -> Classification:
+        """See search_api/classifying.py."""
+        return classify(self, image, prompts, neighbours, probe)
+
+
+def _new_group(image: StoredImage, group_by: str | None, seen: set[str]) -> bool:
+    """Whether the image is the first of its study / patient (always true without grouping)."""
+    if not group_by:
+        return True
+    meta = image.metadata
+    key = (meta.study_uid if group_by == "study" else meta.patient_id) or f"image:{image.id}"
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
+def _lookup(candidates: Candidates | None, image_id: int) -> float | None:
+    if candidates is None or candidates.probability is None:
+        return None
+    at = int(np.searchsorted(candidates.ids, image_id))
+    return float(candidates.probability[at]) if at < len(candidates.ids) and candidates.ids[at] == image_id else None

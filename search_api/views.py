@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from core.csvsafe import csv_text
 from search_api.auth import AccessControl, Principal
+from search_api.classifying import Classification
 from search_api.errors import FieldError
 from search_api.schemas import (
     RANDOM_MODEL_WARNING,
@@ -25,7 +26,7 @@ from search_api.schemas import (
     SearchResponse,
     Source,
 )
-from search_api.service import Classification, SearchService
+from search_api.service import SearchService
 from storage.browse import FACET_FIELDS
 from storage.records import ImageFilter, StoredImage
 
@@ -79,8 +80,14 @@ def to_filter(filters: Filters | None) -> ImageFilter:
 
 
 def check_filters(request: SearchOptionsIn, access: AccessControl, principal: Principal) -> None:
-    """Researchers may filter only on fields they may see (a filter tells what a hidden field holds)."""
-    if not researcher(principal) or request.filters is None:
+    """Researchers may filter only on fields they may see (a filter tells what a hidden field holds), and
+    order by a study date only when they may see it."""
+    if not researcher(principal):
+        return
+    if request.order in ("newest", "oldest") and access.redactor.forbidden_filters(["study_date_from"]):
+        raise FieldError(403, ("body", "order"), "the researcher role may not order by study date: the field is "
+                         "not in MEDSEARCH_RESEARCHER_FIELDS", "forbidden_order")
+    if request.filters is None:
         return
     given = [name for name, value in request.filters if value not in (None, [])]
     for name in access.redactor.forbidden_filters(given):
@@ -92,7 +99,7 @@ def classify_response(result: Classification, service: SearchService) -> Classif
     info = model_info(service)
     return ClassifyResponse(
         labels=[LabelScoreOut(label=s.label, probability=s.probability, softmax=s.softmax, cosine=s.cosine)
-                for s in result.labels],
+                for s in result.labels], probe=result.probe,
         entropy=result.entropy, requires_human_review=result.requires_human_review,
         review_reasons=result.review_reasons, neighbours=result.neighbours,
         neighbour_votes=[NeighbourVote(label=label, count=n, frequency=f) for label, n, f in result.neighbour_votes],
@@ -104,15 +111,20 @@ EXPORT_SOURCE = ("archive", "path", "frame_index")
 
 
 def export_rows(response: SearchResponse) -> tuple[list[str], list[list[Any]]]:
-    """One row per result: rank, score, probability, ids, the first source, then the metadata fields
+    """One row per result: rank, score, probabilities, ids, the first source, then the metadata fields
     the response carries (already what the caller's role may see; labels joined by ';')."""
     metadata_fields = [name for name in ImageMetadataOut.model_fields if name != "extra"]
-    header = ["rank", "score", "probability", "image_id", "kind", *EXPORT_SOURCE, "study_images", *metadata_fields]
+    header = ["rank", "score", "probability", "probe_probability", "image_id", "kind", *EXPORT_SOURCE,
+              "study_images", *metadata_fields]
     rows = []
+
+    def figure(value: float | None) -> str:
+        return "" if value is None else f"{value:.6f}"
+
     for result in response.results:
         meta = result.metadata.model_dump()
-        cells = [result.rank, f"{result.score:.6f}",
-                 "" if result.probability is None else f"{result.probability:.6f}", result.image_id, result.kind,
+        cells = [result.rank, figure(result.score), figure(result.probability), figure(result.probe_probability),
+                 result.image_id, result.kind,
                  *(getattr(result.source, name) for name in EXPORT_SOURCE), result.study_images]
         for name in metadata_fields:
             value = meta[name]

@@ -179,3 +179,21 @@ class CommittedUnitRow(Base):
     committed_at: Mapped[datetime] = mapped_column(DateTime)
     files: Mapped[int] = mapped_column(Integer)
     frames: Mapped[int] = mapped_column(Integer)
+
+
+class ProbeRow(Base):
+    """A few-shot classifier on the stored embeddings (see storage.records.Probe)."""
+
+    __tablename__ = "probes"
+    __table_args__ = (Index("ix_probes_name", "name", unique=True),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    fingerprint_key: Mapped[str] = mapped_column(String(64))
+    training_fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    labels: Mapped[list[str]] = mapped_column(JSON)
+    dim: Mapped[int] = mapped_column(Integer)
+    weights: Mapped[bytes] = mapped_column(LargeBinary)  # labels x dim float32, the calibrated linear map
+    intercepts: Mapped[list[float]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -1,8 +1,8 @@
 """All SQL of the index database, one transaction per public method, typed records in and out. `Repository`
 is the images, sources and embeddings part; the manifest and facts about the database (storage/meta.py),
-runs (storage/runs.py), removals with their exclusions (storage/removal.py) and browsing by study and
-series with facet counts (storage/browse.py) are mixed in, so that an entry point builds one repository
-and passes it where it is needed.
+runs (storage/runs.py), removals with their exclusions (storage/removal.py), browsing by study and
+series with facet counts (storage/browse.py) and probes (storage/probes.py) are mixed in, so that an
+entry point builds one repository and passes it where it is needed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from storage.errors import DimensionMismatchError
 from storage.filters import filter_query
 from storage.meta import MetaMixin, utcnow
 from storage.models import CommittedUnitRow, EmbeddingRow, ImageRow, RunErrorRow, SourceRow
+from storage.probes import ProbesMixin
 from storage.records import (
     METADATA_FIELDS,
     SOURCE_FIELDS,
@@ -49,7 +50,7 @@ def stored_image(row: ImageRow, sources: Sequence[SourceRow]) -> StoredImage:
         for s in sorted(sources, key=lambda s: s.id)))
 
 
-class Repository(MetaMixin, RunsMixin, RemovalMixin, BrowseMixin):
+class Repository(MetaMixin, RunsMixin, RemovalMixin, BrowseMixin, ProbesMixin):
     """The index database. Build it at the entry point (`Repository.open`) and pass it in."""
 
     def __init__(self, engine: Engine) -> None:

@@ -1,7 +1,7 @@
 // The search page: a text, an uploaded image or "more like this"; filters, facet counts, paging, a URL
 // that reproduces the view, CSV/JSON export, keyboard navigation. Errors replace what was shown.
 import {$, api, esc, fileName, postJSON, problem, saveBlob, showImage} from "./api.js";
-import {classifyRequest, closeCase, openCase, openStudy, renderClassification, setupCase} from "./case.js";
+import {classifyRequest, closeCase, loadChoices, openCase, openStudy, renderClassification, setupCase} from "./case.js";
 import {card, gridKeys} from "./results.js";
 import {loadWindowPresets} from "./viewer.js";
 
@@ -153,7 +153,8 @@ async function exportAs(format) {
 async function classifyUpload() {
   const form = new FormData(), wanted = classifyRequest();
   form.append("file", query.file);
-  if (wanted.preset) form.append("preset", wanted.preset);
+  if (wanted.probe) form.append("probe", wanted.probe);
+  else if (wanted.preset) form.append("preset", wanted.preset);
   else if (wanted.labels.length) form.append("labels", wanted.labels.join(","));
   else form.append("preset", "chest-xray");  // a first look; the case view's form chooses others
   $("upload-classification").textContent = "Classifying...";
@@ -166,6 +167,7 @@ async function whoami() {
   const response = await api("/whoami");
   role = response.ok ? await response.json() : {may_download: false};
   $("role").textContent = response.ok ? `role: ${role.role}` : "";
+  if (openedCase != null) $("download").hidden = !role.may_download;
 }
 
 $("searchbar").addEventListener("submit", searchText);
@@ -189,7 +191,7 @@ gridKeys($("results"));
 addEventListener("popstate", () => { restoring = true; closeCase(); restoring = false; readURL(); });
 $("apikey").value = sessionStorage.getItem("medsearch-key") || "";
 $("apikey").addEventListener("change", () => {
-  sessionStorage.setItem("medsearch-key", $("apikey").value.trim()); status("Key saved for this tab."); whoami();
+  sessionStorage.setItem("medsearch-key", $("apikey").value.trim()); status("Key saved for this tab."); whoami(); loadChoices();
 });
 setupCase({query: () => (query && query.kind !== "text" ? query : null), role: () => role, searchLike, fail, filters,
   opened: (id) => { openedCase = id; if (!restoring && query?.kind !== "image") writeURL(false); }});
@@ -197,5 +199,5 @@ fetch("/health").then((r) => r.json()).then((h) => {
   $("model").textContent = `${h.model.name} · ${h.model.dim}-d · ${h.vectors} images indexed`;
   if (h.model.random_weights) { $("banner").textContent = h.model.warning; $("banner").hidden = false; }
 });
-whoami();
-loadWindowPresets().finally(() => readURL(true));
+// The role decides what a case view offers (download), so it is known before a linked case opens.
+Promise.allSettled([whoami(), loadWindowPresets()]).then(() => readURL(true));

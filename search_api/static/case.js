@@ -3,6 +3,7 @@
 // instance order). Escape closes the top one and gives the focus back to what opened it.
 import {$, api, esc, fileName, postJSON, preview, problem, saveBlob} from "./api.js";
 import {card, gridKeys} from "./results.js";
+import {showSummary} from "./summary.js";
 import {Viewer} from "./viewer.js";
 
 const session = {id: null, opener: null, studyOpener: null, viewer: null, compare: null, context: null};
@@ -18,14 +19,23 @@ export function setupCase(context) {  // context: {query(), role(), searchLike(i
   $("compare").addEventListener("click", toggleCompare);
   $("download").addEventListener("click", download);
   $("classify-form").addEventListener("submit", (e) => { e.preventDefault(); classifyCase(); });
+  $("summarise").addEventListener("click", () => showSummary(session.id, classifyRequest(), openCase));
   gridKeys($("similar")); gridKeys($("series-images"));
   addEventListener("keydown", (e) => {
     if (e.key !== "Escape") return;
     if (!$("study").hidden) closeStudy(); else if (!$("case").hidden) closeCase();
   });
-  fetch("/presets").then((r) => r.json()).then((presets) => {
-    $("classify-preset").innerHTML = `<option value="">(labels below)</option>` + Object.keys(presets).map((n) => `<option>${esc(n)}</option>`).join("");
-  });
+  loadChoices();
+}
+
+// Presets, and the site's probes usable with this index (they need the key: loaded again when it changes).
+export async function loadChoices() {
+  const presets = await (await fetch("/presets")).json();
+  const response = await api("/probes");
+  const probes = response.ok ? (await response.json()).probes.filter((p) => p.usable) : [];
+  $("classify-preset").innerHTML = `<option value="">(labels below)</option>`
+    + `<optgroup label="Zero-shot presets">${Object.keys(presets).map((n) => `<option>${esc(n)}</option>`).join("")}</optgroup>`
+    + (probes.length ? `<optgroup label="Site probes (trained)">${probes.map((p) => `<option value="probe:${esc(p.name)}">${esc(p.name)}: ${esc(p.labels.join(", "))}</option>`).join("")}</optgroup>` : "");
 }
 
 function caseError(message) { $("classification").innerHTML = `<p class="review">${esc(message)}</p>`; }
@@ -50,7 +60,7 @@ export async function openCase(id, opener) {
     + pacs.map((html) => `<tr><td>PACS</td><td class="pacs">${html}</td></tr>`).join("");
   $("download").hidden = !session.context.role().may_download;
   $("compare").hidden = !session.context.query(); $("compare").setAttribute("aria-pressed", "false");
-  $("viewer-query").hidden = true; $("classification").innerHTML = "";
+  $("viewer-query").hidden = true; $("classification").innerHTML = ""; $("case-summary").innerHTML = "";
   session.viewer.show({id}, m, image.source.frame_index, "This case");
   const similar = await postJSON("/search/similar", {image_id: id, k: 12, filters: session.context.filters()});
   const open = (other, from) => openCase(other, from);
@@ -89,7 +99,8 @@ export function renderClassification(target, body) {
   const rows = body.labels.map((l) => `<tr><td>${esc(l.label)}</td><td>${l.probability.toFixed(3)}</td>
     <td class="barcell"><div class="bar" data-width="${Math.round(l.probability * 100)}"></div></td><td>${(l.softmax * 100).toFixed(1)}%</td></tr>`).join("");
   const votes = body.neighbour_votes.map((v) => `${esc(v.label)} (${v.count})`).join(", ") || "none";
-  target.innerHTML = `<table class="labels"><tr><th>Label</th><th>p</th><th></th><th>share</th></tr>${rows}</table>
+  const source = body.probe ? `<p class="method">Probe ${esc(body.probe)}: calibrated probabilities</p>` : "";
+  target.innerHTML = source + `<table class="labels"><tr><th>Label</th><th>p</th><th></th><th>share</th></tr>${rows}</table>
     <p>Entropy ${body.entropy.toFixed(2)} · ${body.requires_human_review ? `<span class="review">Requires human review: ${esc(body.review_reasons.join("; "))}</span>` : `<span class="ok">No review flag</span>`}</p>
     <p>Labels of the ${body.neighbours} nearest cases: ${votes}</p>` + (body.warning ? `<p class="review">${esc(body.warning)}</p>` : "");
   for (const bar of target.querySelectorAll(".bar")) bar.style.width = `${bar.dataset.width}%`;  // CSSOM: allowed by the policy
@@ -97,6 +108,7 @@ export function renderClassification(target, body) {
 
 export function classifyRequest() {
   const preset = $("classify-preset").value, labels = $("classify-labels").value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (preset.startsWith("probe:")) return {probe: preset.slice(6)};
   return preset ? {preset} : {labels};
 }
 

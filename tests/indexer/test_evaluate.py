@@ -14,7 +14,8 @@ import pytest
 
 from core.encoder import HFEncoder
 from core.sources import open_source
-from indexer.evaluate import evaluate, parse_labels
+from indexer.evaluate import evaluate
+from indexer.labels import parse_labels
 from indexer.runner import run_indexing
 from storage.opening import open_index
 from tests.conftest import dicom_file

@@ -98,6 +98,7 @@ def every_response(client: TestClient, key: str, archive: Path) -> dict[str, str
         texts[f"export {form}"] = client.post(f"/search/text?format={form}", json={"query": "ct", "k": 50},
                                               headers=headers).text
     texts["whoami"] = client.get("/whoami", headers=headers).text
+    texts["search/filter"] = client.post("/search/filter", json={"k": 50}, headers=headers).text
     for image_id in ids:
         texts[f"images/{image_id}"] = client.get(f"/images/{image_id}", headers=headers).text
         for part in ("study", "series"):
@@ -105,6 +106,7 @@ def every_response(client: TestClient, key: str, archive: Path) -> dict[str, str
         texts[f"images/{image_id}/classify"] = client.post(f"/images/{image_id}/classify", json={
             "labels": ["nodule", "normal"]}, headers=headers).text
         texts[f"images/{image_id}/file"] = client.get(f"/images/{image_id}/file", headers=headers).text
+        texts[f"images/{image_id}/summary"] = client.get(f"/images/{image_id}/summary", headers=headers).text
         preview = client.get(f"/images/{image_id}/preview", headers=headers)
         assert preview.status_code == 200 and preview.headers["cache-control"] == "no-store"
     texts["health"] = client.get("/health").text

@@ -280,3 +280,44 @@ def test_docs_list_every_operation_without_an_external_request(browser, site, tm
             screenshot(page, f"docs{path.replace('/', '-')}.png", tmp_path)
         outside = [url for url in requested if not url.startswith((site, "data:", "blob:", "about:"))]
         assert outside == [] and len(requested) >= 3
+
+
+def test_a_site_probe_classifies_and_the_summary_links_its_evidence(page, site, workstation, tiny_model_dir,
+                                                                     tmp_path):
+    """A probe trained on the index's own modalities appears in the case view's choices, classifies, and
+    the summary's case links open the cases they cite."""
+    from click.testing import CliRunner
+
+    from indexer.cli import main
+    from indexer.labels import labels_from_metadata
+    from storage.opening import open_index
+
+    _, db, ids = workstation
+    with open_index(db, read_only=True) as (_, repository):
+        rows = list(csv.reader(io.StringIO(labels_from_metadata(repository))))
+    labels = tmp_path / "modality.csv"
+    labels.write_text("\n".join(["path,labels", *(f"{path},{tags.split(';')[0]}" for path, tags in rows[1:])]))
+    trained = CliRunner().invoke(main, ["train-probe", "--db", str(db), "--labels", str(labels), "--name",
+                                        "modality", "--model", str(tiny_model_dir), "--bootstrap", "0", "--replace"])
+    assert trained.exit_code == 0, trained.output
+    open_case(page, site, ids["ct_small"])
+    page.wait_for_selector("#classify-preset option[value='probe:modality']", state="attached")
+    page.select_option("#classify-preset", "probe:modality")
+    page.click("#classify-go")
+    page.wait_for_selector("#classification table.labels")
+    assert "Probe modality: calibrated probabilities" in page.inner_text("#classification")
+    expected = httpx.get(f"{site}/images/{ids['ct_small']}/summary", params={"probe": "modality", "k": 8}).json()
+    page.click("#summarise")
+    page.wait_for_selector("#case-summary .statements li")
+    text = page.inner_text("#case-summary")
+    assert "Findings: probe modality" in text and "not a diagnosis" in text
+    assert page.locator("#case-summary .statements li").count() == len(expected["statements"])
+    for statement in expected["statements"]:
+        assert statement["text"] in text
+    page.locator("#case-summary .disclaimer").scroll_into_view_if_needed()
+    screenshot(page, "case-summary.png", tmp_path, full_page=False)
+    link = page.locator("#case-summary .statements .case-link").first
+    cited = int(link.get_attribute("data-image-id"))
+    link.click()
+    page.wait_for_function("(id) => (document.querySelector('#viewer-main').dataset.shown || '')"
+                           ".startsWith(id + ':')", arg=str(cited))
