@@ -81,7 +81,8 @@ def train_probe(data: TrainingSet, name: str, fingerprint_key: str, prior: Prior
         except IndexerError as exc:
             problems.append(str(exc))
     if problems:
-        raise IndexerError("; ".join(problems))
+        raise IndexerError("; ".join(problems) + ". Label cases of more patients, or leave these labels out of the "
+                           "file: nothing was stored")
     weights, intercepts, per_label = [], [], {}
     for j, label in enumerate(data.labels):
         fitted = train_label(data.vectors, data.targets[:, j], data.groups, prior, j, label, bootstrap)
