@@ -68,10 +68,10 @@ BASE_MODEL := data/random-base
 $(BASE_MODEL)/config.json: | $(STAMP)
 	$(VENV)/bin/medsearch-index random-model $(BASE_MODEL) --shape base
 
-bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json ## Bounded benchmarks: bench/results/*.json, SUMMARY.md, plots (~17 min)
+bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json ## Benchmarks: bench/results/*.json, SUMMARY.md, plots (~45 min; the search bench ~30)
 	$(PIP) install --quiet -e ".[bench]"
 	rm -f bench/results/*.json bench/results/*.png bench/results/SUMMARY.md
-	$(PY) -m bench.search_bench --sizes 100000,1000000
+	$(PY) -m bench.search_bench --sizes 200000,1000000
 	$(PY) -m bench.api_bench --repeat 50 --models $(RANDOM_MODEL),$(BASE_MODEL)
 	$(PY) -m bench.indexing_throughput --model $(BASE_MODEL) --images 48 --batch-size 16 --naive --quantize
 	$(PY) -m bench.ray_throughput --model $(BASE_MODEL) --images 96

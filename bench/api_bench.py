@@ -83,7 +83,55 @@ def bench_model(model: Path, repeat: int, work: Path) -> dict[str, object]:
         parts["request_image"] = median_ms(lambda i: client.post(
             "/search/image", files={"file": ("q.dcm", upload)}, data={"k": "10"}), repeat)
     service.close()
-    return {"model": model.name, "dim": encoder.dim, "vectors": store.ntotal, "median_ms": parts}
+    http = {policy: over_http(db, model, repeat, policy) for policy in ("ACTIVE", "PASSIVE")}
+    return {"model": model.name, "dim": encoder.dim, "vectors": store.ntotal, "median_ms": parts,
+            "http_with_key_and_audit": http}
+
+
+def over_http(db: Path, model: Path, repeat: int, wait_policy: str) -> dict[str, float]:
+    """A real server (`medsearch-api serve`, a clinician key, the audit written) over loopback HTTP with
+    keep-alive: p50/p90 ms of a text query whose embedding is cached (all of it is overhead beyond
+    encoding) and of a fresh text query, with OMP_WAIT_POLICY as given."""
+    import os
+    import socket
+
+    import httpx
+
+    py = Path(sys.executable).parent
+    created = subprocess.run([py / "medsearch-api", "keys", "create", "--db", str(db), "--role", "clinician",
+                              "--name", f"bench-{wait_policy}"], check=True, capture_output=True, text=True)
+    key = created.stdout.strip().splitlines()[-1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_WAIT_POLICY": wait_policy}
+    server = subprocess.Popen([py / "medsearch-api", "serve", "--db", str(db), "--model", str(model), "--port",
+                               str(port), "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            for _ in range(600):
+                try:
+                    if client.get("/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            client.post("/search/text", json={"query": "chest x-ray", "k": 10}).raise_for_status()
+
+            def timed(query: str) -> float:
+                started = time.perf_counter()
+                client.post("/search/text", json={"query": query, "k": 10}).raise_for_status()
+                return (time.perf_counter() - started) * 1000
+
+            cached = [timed("chest x-ray") for _ in range(repeat)]
+            fresh = [timed(f"{TEXTS[i % 5]} {i}") for i in range(repeat)]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {"cached_text_p50_ms": round(float(np.percentile(cached, 50)), 2),
+            "cached_text_p90_ms": round(float(np.percentile(cached, 90)), 2),
+            "fresh_text_p50_ms": round(float(np.percentile(fresh, 50)), 2)}
 
 
 def main() -> None:

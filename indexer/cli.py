@@ -254,7 +254,8 @@ def build_index(db_dir: Path | None, kind: str, memory_budget_gb: float, engine:
             report = store.build_index(kind, budget)
     effort = f", search effort {report.search_effort}" if report.search_effort else ""
     click.echo(f"built {report.kind} index ({report.why}): {report.vectors} vectors in {report.seconds:.1f} s, "
-               f"~{report.bytes_per_vector:.0f} bytes/vector, recall@10 vs exact {report.recall_at_10:.3f}{effort}")
+               f"~{report.bytes_per_vector:.0f} bytes/vector, held-out recall@10 vs exact {report.recall_at_10:.3f} "
+               f"(95% CI {report.recall_95ci[0]:.3f}-{report.recall_95ci[1]:.3f}){effort}")
 
 
 @main.command()

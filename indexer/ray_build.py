@@ -69,10 +69,10 @@ def build_on_ray(store: Store, repository: Repository, engine: RayEngine, kind: 
                            "build again")
     merged, ivfdata = merge_shards(trained, sorted(work.glob("shard-*.index"), key=lambda p: int(p.stem[6:])),
                                    store.folder)
-    recall = tune_against_exact(merged, repository, dim, limit=max(1, plan.nlist))
+    tuning = tune_against_exact(merged, repository, dim, limit=max(1, plan.nlist))
     store.adopt(merged, plan.kind)
     remove_unused_ivfdata(store.folder, ivfdata)
     shutil.rmtree(work, ignore_errors=True)
     return BuildReport(plan.kind, f"{plan.why}; {len(ranges)} shards merged on disk ({ivfdata.name})", len(ids),
-                       time.perf_counter() - started, recall, merged.search_effort(),
-                       bytes_per_vector(plan.kind, dim, plan.pq_m))
+                       time.perf_counter() - started, tuning.recall, merged.search_effort(),
+                       bytes_per_vector(plan.kind, dim, plan.pq_m), tuning.interval)

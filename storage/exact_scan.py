@@ -35,3 +35,19 @@ def ids_at_least(chunks: Iterable[tuple[np.ndarray, np.ndarray]], min_score: flo
     """The ids whose score (one query row) is at least `min_score`, ascending."""
     found = [ids[scores[0] >= min_score] for ids, scores in chunks]
     return np.sort(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+
+
+def rerank(repository: Repository, dim: int, queries: np.ndarray, candidates: np.ndarray, k: int
+           ) -> list[list[tuple[int, float]]]:
+    """For each query, its candidates (ids, -1 padded) re-scored by exact cosine against their stored
+    vectors, the k best first: a lossy index finds candidates, the full vectors on disk rank them."""
+    wanted = np.unique(candidates[candidates >= 0])
+    ids, vectors = repository.get_embeddings(wanted.tolist(), dim) if len(wanted) else (wanted, np.empty((0, dim)))
+    rows = {int(i): n for n, i in enumerate(ids)}
+    result = []
+    for query, row in zip(np.asarray(queries, dtype=np.float32), candidates, strict=True):
+        present = [rows[int(i)] for i in row if i >= 0 and int(i) in rows]
+        scores = vectors[present] @ query if present else np.empty(0, dtype=np.float32)
+        order = np.argsort(-scores, kind="stable")[:k]
+        result.append([(int(ids[present[i]]), float(scores[i])) for i in order])
+    return result

@@ -11,7 +11,7 @@ import numpy as np
 
 from storage.errors import StorageError
 from storage.repository import Repository
-from storage.vector_index import KINDS, IndexPlan, VectorIndex, bytes_per_vector, plan_index, recall_at_k
+from storage.vector_index import KINDS, IndexPlan, VectorIndex, bytes_per_vector, plan_index
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +26,77 @@ class BuildReport:
     why: str
     vectors: int
     seconds: float
-    recall_at_10: float  # against exact search on held-out queries (1.0 for an exact index)
+    recall_at_10: float  # on held-out queries against exact search (1.0 for an exact index)
     search_effort: int  # nprobe or efSearch chosen
     bytes_per_vector: float
+    recall_95ci: tuple[float, float] = (1.0, 1.0)  # bootstrap over the held-out queries
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The search effort chosen and the evidence: the tuning queries chose it, the held-out ones score it."""
+
+    effort: int
+    recall: float  # held-out mean recall@10
+    interval: tuple[float, float]  # its 95% bootstrap interval over the held-out queries
+    tried: tuple[tuple[int, float], ...]  # (effort, tuning recall) in the order tried
+
+
+def efforts_up_to(limit: int) -> list[int]:
+    """Candidate nprobe / efSearch values, ascending, about 1.4x apart: 1, 2, 3, 4, 6, 8, 11, 16, ..."""
+    values: list[int] = []
+    value = 1.0
+    while int(value) < limit:
+        if not values or int(value) != values[-1]:
+            values.append(int(value))
+        value *= 1.41421356
+    return [*values, limit]
+
+
+def recall_per_query(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per query, the share of its exact top k (`truth`, -1 padded) that `found` holds."""
+    return np.asarray([len(set(t[t >= 0].tolist()) & set(f[f >= 0].tolist())) / max(1, int((t >= 0).sum()))
+                       for t, f in zip(truth, found, strict=True)])
+
+
+def bootstrap_interval(values: np.ndarray, rounds: int = 1000, seed: int = 0) -> tuple[float, float]:
+    if not len(values):
+        return (1.0, 1.0)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (rounds, len(values)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def tune(index: VectorIndex, tuning: tuple[np.ndarray, np.ndarray], held_out: tuple[np.ndarray, np.ndarray],
+         limit: int, target: float = RECALL_TARGET, k: int = 10) -> Tuning:
+    """The smallest nprobe / efSearch (of `efforts_up_to(limit)`) whose mean recall@k on the tuning
+    queries reaches `target` (else `limit`), then its recall on the held-out queries with a 95% interval.
+    Each pair is (queries, their exact top-k ids). A lossy index is measured as it is searched: its
+    candidates re-ranked exactly, so an exact top-k id is found when it is among the candidates."""
+    tried = []
+    chosen = limit
+    fetch = index.candidates(k)
+    for effort in efforts_up_to(max(1, limit)):
+        index.set_search_effort(effort)
+        reached = float(recall_per_query(index.search(tuning[0], fetch)[1], tuning[1]).mean())
+        tried.append((effort, reached))
+        if reached >= target:
+            chosen = effort
+            break
+    index.set_search_effort(chosen)
+    held = recall_per_query(index.search(held_out[0], fetch)[1], held_out[1])
+    return Tuning(chosen, float(held.mean()), bootstrap_interval(held), tuple(tried))
+
+
+def held_out_queries(sample: np.ndarray, rng: np.random.Generator, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint query sets (tuning, held-out) of stored vectors with a little noise: what a query
+    near the data looks like without knowing the data's distribution."""
+    picked = sample[rng.choice(len(sample), size=min(n, len(sample)), replace=False)]
+    queries = picked + rng.normal(scale=0.05, size=picked.shape).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    half = max(1, len(queries) // 2)
+    return queries[:half], queries[half:] if len(queries) > 1 else queries
 
 
 def sample_embeddings(repository: Repository, dim: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -54,34 +122,21 @@ def exact_top_k(repository: Repository, dim: int, queries: np.ndarray, k: int) -
 
 
 def tune_against_exact(index: VectorIndex, repository: Repository, dim: int, seed: int = 0,
-                       limit: int = 1024) -> float:
-    """Raise the index's nprobe/efSearch until recall@10 on held-out queries (perturbed stored vectors)
-    against an exact scan reaches RECALL_TARGET or `limit`. Returns the recall reached."""
+                       limit: int = 1024) -> Tuning:
+    """`tune` with queries from the stored vectors and the truth from an exact scan of the database."""
     rng = np.random.default_rng(seed + 1)
-    queries = sample_embeddings(repository, dim, 200, rng)
-    if not len(queries):
-        return 1.0
-    queries = queries + rng.normal(scale=0.05, size=queries.shape).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    truth = exact_top_k(repository, dim, queries, 10)
-
-    def recall() -> float:
-        _, found = index.search(queries, 10)
-        return float(np.mean([len(set(t) & set(f[f >= 0])) / max(1, len(t)) for t, f in zip(truth, found,
-                                                                                           strict=True)]))
-
-    reached = recall()
-    while reached < RECALL_TARGET and index.search_effort() < limit:
-        index.set_search_effort(min(limit, index.search_effort() * 2))
-        reached = recall()
-    return reached
+    tuning, held = held_out_queries(sample_embeddings(repository, dim, 400, rng), rng)
+    if not len(tuning):
+        return Tuning(index.search_effort(), 1.0, (1.0, 1.0), ())
+    return tune(index, (tuning, exact_top_k(repository, dim, tuning, 10)),
+                (held, exact_top_k(repository, dim, held, 10)), limit)
 
 
 def build_index(repository: Repository, dim: int, kind: str = "auto", memory_budget: int = 8 * 1024**3,
                 seed: int = 0) -> tuple[VectorIndex, BuildReport]:
     """A new index of `kind` (auto, flat, ivf, ivfpq, hnsw) holding every stored embedding: trained when
-    it needs training, its nprobe/efSearch raised until recall@10 against exact search on held-out
-    queries reaches RECALL_TARGET (or the effort is exhausted)."""
+    it needs training, its nprobe/efSearch the smallest whose recall@10 against exact search reaches
+    RECALL_TARGET on tuning queries, and its recall reported on other, held-out queries (`tune`)."""
     if kind != "auto" and kind not in KINDS:
         raise StorageError(f"index kind {kind!r}: expected auto, {', '.join(KINDS)}")
     started = time.perf_counter()
@@ -95,17 +150,14 @@ def build_index(repository: Repository, dim: int, kind: str = "auto", memory_bud
         fresh.add(ids, vectors)
         if exact is not None:
             exact.add(ids, vectors)
-    recall = 1.0
+    tuning = Tuning(fresh.search_effort(), 1.0, (1.0, 1.0), ())
     if exact is not None and n:
-        queries = train[rng.choice(len(train), size=min(200, len(train)), replace=False)]
-        queries = queries + rng.normal(scale=0.05, size=queries.shape).astype(np.float32)
-        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        recall = recall_at_k(fresh, exact, queries, 10)
+        tune_queries, held = held_out_queries(train, rng)
+        truth = (exact.search(tune_queries, 10)[1], exact.search(held, 10)[1])
         limit = plan.nlist if plan.kind in ("ivf", "ivfpq") else 1024
-        while recall < RECALL_TARGET and fresh.search_effort() < limit:
-            fresh.set_search_effort(min(limit, fresh.search_effort() * 2))
-            recall = recall_at_k(fresh, exact, queries, 10)
-    report = BuildReport(plan.kind, plan.why, n, time.perf_counter() - started, recall, fresh.search_effort(),
-                         bytes_per_vector(plan.kind, dim, plan.pq_m))
-    logger.info("built %s index of %d vectors in %.1f s, recall@10 %.3f", plan.kind, n, report.seconds, recall)
+        tuning = tune(fresh, (tune_queries, truth[0]), (held, truth[1]), limit)
+    report = BuildReport(plan.kind, plan.why, n, time.perf_counter() - started, tuning.recall, fresh.search_effort(),
+                         bytes_per_vector(plan.kind, dim, plan.pq_m), tuning.interval)
+    logger.info("built %s index of %d vectors in %.1f s, held-out recall@10 %.3f (95%% CI %.3f-%.3f), effort %d",
+                plan.kind, n, report.seconds, tuning.recall, *tuning.interval, tuning.effort)
     return fresh, report

@@ -20,7 +20,7 @@ from typing import IO, Any
 import numpy as np
 
 from storage.errors import DimensionMismatchError, StorageError
-from storage.exact_scan import exact_scores, ids_at_least, top_k
+from storage.exact_scan import exact_scores, ids_at_least, rerank, top_k
 from storage.index_build import BuildReport, build_index
 from storage.layout import remove_stale_temp_files
 from storage.records import FileIssue, Link, Manifest, NewImage, RemovalPreview, Selection, UnitRecord
@@ -271,12 +271,17 @@ class Store:
         if self._index is None or (allowed is not None and len(allowed) == 0):
             return [[] for _ in range(len(queries))]
         with self._lock:
+            lossy = self._index.lossy  # compressed codes find candidates; their stored vectors rank them
+            fetch = self._index.candidates(k)
+            dim = self._index.dim
             if allowed is None:
-                scores, ids = self._index.search(queries, k)
+                scores, ids = self._index.search(queries, fetch)
             elif self._index.exact or len(allowed) > EXACT_FILTER_LIMIT:
-                scores, ids = self._index.search(queries, k, allowed)
+                scores, ids = self._index.search(queries, fetch, allowed)
             else:
-                return top_k(exact_scores(self._repository, self.dim or 0, queries, allowed), len(queries), k)
+                return top_k(exact_scores(self._repository, dim, queries, allowed), len(queries), k)
+        if lossy:
+            return rerank(self._repository, dim, queries, ids, k)
         return [[(int(i), float(s)) for i, s in zip(id_row, score_row, strict=True) if i >= 0]
                 for id_row, score_row in zip(ids, scores, strict=True)]
 
@@ -286,9 +291,13 @@ class Store:
         if self._index is None or (allowed is not None and len(allowed) == 0):
             return np.empty(0, dtype=np.int64)
         with self._lock:
+            dim = self._index.dim
             if allowed is None or self._index.exact or len(allowed) > EXACT_FILTER_LIMIT:
-                return np.sort(self._index.ids_scoring(query, min_score, allowed))
-        return ids_at_least(exact_scores(self._repository, self.dim or 0, query.reshape(1, -1), allowed), min_score)
+                found = np.sort(self._index.ids_scoring(query, min_score, allowed))
+                if not self._index.lossy:
+                    return found
+                allowed = found  # approximate scores: keep those whose exact cosine reaches min_score
+        return ids_at_least(exact_scores(self._repository, dim, query.reshape(1, -1), allowed), min_score)
 
     def vector_of(self, image_id: int) -> np.ndarray | None:
         """The stored embedding of an indexed image."""

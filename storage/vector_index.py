@@ -29,6 +29,9 @@ IndexKind = Literal["flat", "ivf", "ivfpq", "hnsw"]
 KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "ivfpq", "hnsw")
 FLAT_UP_TO = 200_000  # below this an exact scan answers in milliseconds
 HNSW_M = 32
+RERANK_CANDIDATES = 100  # a lossy index's candidates per query, re-ranked by exact cosine (Store.search)
+DIRECT_MAP = 24  # bytes per vector of an IVF index's id -> list hashtable (reconstruct and remove by id)
+EXACT_QUERY_BLOCK = 64  # queries scored together by the exact BLAS path (a 64 x n block of scores)
 MAGIC = b"MEDSRCH\x01"  # then a 4-byte little-endian header length, the JSON header, the FAISS bytes
 
 
@@ -42,14 +45,16 @@ class IndexPlan:
 
 def bytes_per_vector(kind: IndexKind, dim: int, pq_m: int = 0) -> float:
     """Approximate memory of one vector in each kind of index (ids included)."""
-    return {"flat": dim * 4 + 8, "ivf": dim * 4 + 8, "hnsw": dim * 4 + HNSW_M * 2 * 4 + 8,
-            "ivfpq": pq_m + 8}[kind]
+    return {"flat": dim * 4 + 8, "ivf": dim * 4 + 8 + DIRECT_MAP, "hnsw": dim * 4 + HNSW_M * 2 * 4 + 8,
+            "ivfpq": pq_m + 8 + DIRECT_MAP}[kind]
 
 
 def plan_index(n: int, dim: int, kind: str = "auto", memory_budget: int = 8 * 1024**3) -> IndexPlan:
     """Which index to build for `n` vectors of `dim` within `memory_budget` bytes."""
     nlist = max(1, min(65536, int(4 * math.sqrt(max(n, 1)))))
-    pq_m = next(m for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and m <= dim)
+    # PQ codes of 8 dimensions per byte (144 bytes for 1152-d): with the id and the direct map ~176
+    # bytes a vector in memory, and re-ranked by exact cosine from the stored vectors (Store.search)
+    pq_m = max(m for m in range(1, min(dim, 256) + 1) if dim % m == 0 and dim // m >= min(8, dim))
     if kind != "auto":
         if kind not in KINDS:
             raise ValueError(f"index kind {kind!r}: expected auto, {', '.join(KINDS)}")
@@ -74,6 +79,7 @@ class VectorIndex:
         # so removed ids stay in them and every search leaves them out (a rebuild compacts; after a reload
         # the store finds them again as ids without an embedding)
         self._tombstones = np.zeros(0, dtype=np.int64)
+        self._flat_ids: np.ndarray | None = None  # the id of each row of an exact index (cached)
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -147,6 +153,15 @@ class VectorIndex:
         return self.kind == "flat"
 
     @property
+    def lossy(self) -> bool:
+        """Compressed codes: its scores are approximate, so its results are re-ranked from full vectors."""
+        return self.kind == "ivfpq"
+
+    def candidates(self, k: int) -> int:
+        """How many results to ask for so that the k best survive re-ranking (k where scores are exact)."""
+        return max(RERANK_CANDIDATES, 4 * k) if self.lossy else k
+
+    @property
     def dim(self) -> int:
         return int(self._index.d)
 
@@ -206,6 +221,7 @@ class VectorIndex:
             raise DimensionMismatchError(f"vectors of shape {vectors.shape} for a {self.dim}-d index")
         if len(ids):
             self._index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+            self._flat_ids = None
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove ids. HNSW cannot remove: the caller rebuilds it (see `can_remove`)."""
@@ -219,6 +235,7 @@ class VectorIndex:
             self._tombstones = np.union1d(self._tombstones, wanted)
             return len(wanted)
         if isinstance(self._index, faiss.IndexIDMap2):
+            self._flat_ids = None
             return int(self._index.remove_ids(faiss.IDSelectorBatch(wanted)))
         # IVF with a hashtable direct map removes only through an IDSelectorArray
         return int(self._index.remove_ids(faiss.IDSelectorArray(len(wanted), faiss.swig_ptr(wanted))))
@@ -233,10 +250,33 @@ class VectorIndex:
         if k <= 0:
             empty = np.zeros((queries.shape[0], 0))
             return empty.astype(np.float32), empty.astype(np.int64)
+        if allowed is None and self.exact:
+            return self._exact_blas(queries, k)
         params = self._params(allowed)
         scores, ids = self._index.search(queries, k) if params is None else self._index.search(queries, k,
                                                                                                params=params)
         return scores, ids
+
+    def _exact_blas(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search as BLAS matrix products over the flat index's own storage (no copy): FAISS's
+        Flat scans one query on one thread and takes BLAS only for very large batches, so this is what
+        makes a single exact query as fast as NumPy's product (bench/search_bench.py). Same results."""
+        flat = faiss.downcast_index(self._index.index)
+        n = int(flat.ntotal)
+        stored = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+        if self._flat_ids is None:
+            self._flat_ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        all_scores = np.empty((len(queries), k), dtype=np.float32)
+        all_ids = np.empty((len(queries), k), dtype=np.int64)
+        for start in range(0, len(queries), EXACT_QUERY_BLOCK):
+            block = queries[start:start + EXACT_QUERY_BLOCK]
+            scores = block @ stored.T
+            top = np.argpartition(scores, n - k, axis=1)[:, n - k:] if k < n else np.tile(np.arange(n), (len(block), 1))
+            chosen = np.take_along_axis(scores, top, axis=1)
+            order = np.argsort(-chosen, axis=1, kind="stable")
+            all_scores[start:start + len(block)] = np.take_along_axis(chosen, order, axis=1)
+            all_ids[start:start + len(block)] = self._flat_ids[np.take_along_axis(top, order, axis=1)]
+        return all_scores, all_ids
 
     def ids_scoring(self, query: np.ndarray, min_score: float, allowed: np.ndarray | None = None) -> np.ndarray:
         """Every id (among `allowed`) that a search for the query (one row) can find with a score of at

@@ -1,0 +1,110 @@
+"""The search paths behind the figures of bench/search_bench.py, checked without timing: the exact BLAS
+path returns what FAISS's own exact search returns; the tuner picks the smallest search effort that
+meets the target (the answer found by trying every effort); a compressed index's candidates come back
+in exactly their exact-cosine order; filtered top-k equals brute force for every index kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage.index_build import efforts_up_to, recall_per_query, tune
+from storage.opening import open_index
+from storage.vector_index import IndexPlan, VectorIndex, faiss
+from tests.storage.test_store import fingerprint, records
+
+DIM = 16
+
+
+def clustered(n: int, seed: int, dim: int = DIM) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, dim))
+    x = (centres[rng.integers(0, 40, n)] + 0.35 * rng.normal(size=(n, dim))).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_the_exact_blas_path_returns_what_faiss_returns():
+    vectors = clustered(3000, 1)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 3
+    index = VectorIndex.create(DIM)
+    index.add(ids, vectors)
+    reference = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+    reference.add_with_ids(vectors, ids)
+    for queries, k in ((clustered(1, 9), 10), (clustered(130, 10), 25), (clustered(3, 11), 5000)):
+        scores, found = index.search(queries, k)
+        want_scores, want_ids = reference.search(queries, min(k, 3000))
+        assert found.shape == want_ids.shape
+        np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+        for row, (f, w) in enumerate(zip(found, want_ids, strict=True)):  # equal up to exact ties
+            assert set(f.tolist()) == set(w.tolist()) or np.allclose(scores[row][-1], scores[row][-2]), row
+    index.remove(ids[:1000])  # the cached id list follows changes
+    index.add(np.array([99_999]), clustered(1, 12))
+    _, found = index.search(clustered(1, 12), 1)
+    assert found[0, 0] == 99_999 and not set(index.search(clustered(50, 13), 50)[1].ravel()) & set(ids[:1000])
+
+
+def test_the_tuner_picks_the_smallest_effort_meeting_the_target():
+    vectors = clustered(6000, 2)
+    ids = np.arange(6000, dtype=np.int64)
+    index = VectorIndex.build(IndexPlan("ivf", 64), DIM, vectors)
+    index.add(ids, vectors)
+    exact = VectorIndex.create(DIM)
+    exact.add(ids, vectors)
+    tuning, held = clustered(150, 20), clustered(150, 21)
+    truth = (exact.search(tuning, 10)[1], exact.search(held, 10)[1])
+    curve = {}
+    for effort in efforts_up_to(64):  # the known answer: every effort tried
+        index.set_search_effort(effort)
+        curve[effort] = recall_per_query(index.search(tuning, 10)[1], truth[0]).mean()
+    for target in (0.8, 0.9, 0.95, 0.99):
+        expected = min(e for e, r in curve.items() if r >= target)
+        chosen = tune(index, (tuning, truth[0]), (held, truth[1]), 64, target=target)
+        assert chosen.effort == expected and index.search_effort() == expected, (target, curve)
+        assert chosen.interval[0] <= chosen.recall <= chosen.interval[1]
+        assert expected == 1 or curve[[e for e in curve if e < expected][-1]] < target  # smallest, not just enough
+    assert tune(index, (tuning, truth[0]), (held, truth[1]), 64, target=1.01).effort == 64  # unreachable: limit
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, list[int]]:
+    vectors = clustered(4000, 3)
+    db = tmp_path_factory.mktemp("paths") / "db"
+    with open_index(db, create=True) as (store, _):
+        store.bind_model(fingerprint(dim=DIM))
+        ids = store.write(records(4000, vectors=vectors)) or []
+    return db, vectors, ids
+
+
+def test_a_compressed_index_ranks_its_candidates_by_exact_cosine(stored):
+    db, vectors, ids = stored
+    by_id = dict(zip(ids, vectors, strict=True))
+    queries = clustered(20, 30)
+    with open_index(db) as (store, _):
+        report = store.build_index("ivfpq")
+        assert report.kind == "ivfpq" and report.recall_at_10 >= 0.9
+        index = store._index  # the raw candidates, to check the re-ranking against
+        assert index is not None and index.lossy
+        _, candidates = index.search(queries, index.candidates(10))
+        for query, row, hits in zip(queries, candidates, store.search(queries, 10), strict=True):
+            pool = [int(i) for i in row if i >= 0]
+            exact = sorted(pool, key=lambda i: -float(by_id[i] @ query))[:10]
+            assert [i for i, _ in hits] == exact
+            assert [s for _, s in hits] == pytest.approx([float(by_id[i] @ query) for i in exact], abs=1e-5)
+        floor = float(np.sort(vectors @ queries[0])[-30])
+        found = store.ids_scoring(queries[0], floor)
+        assert all(float(by_id[int(i)] @ queries[0]) >= floor for i in found)  # exact scores, not PQ's
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+def test_filtered_top_k_equals_brute_force_for_every_kind(stored, kind: str):
+    db, vectors, ids = stored
+    allowed = np.asarray(ids[::7], dtype=np.int64)
+    rows = {i: n for n, i in enumerate(ids)}
+    queries = clustered(5, 40)
+    with open_index(db) as (store, _):
+        store.build_index(kind)
+        for query, hits in zip(queries, store.search(queries, 10, allowed), strict=True):
+            brute = sorted(allowed.tolist(), key=lambda i: -float(vectors[rows[i]] @ query))[:10]
+            assert [i for i, _ in hits] == brute, kind
