@@ -82,3 +82,11 @@ def ordered(repository: Repository, candidates: Candidates, where: ImageFilter, 
         key = -day if order == "newest" else day
         return ids[np.lexsort((ids, key, unknown))]
     return ids
+
+
+def probability_of(candidates: Candidates | None, image_id: int) -> float | None:
+    """The probe's probability of one candidate (None without a probe, or for an id not among them)."""
+    if candidates is None or candidates.probability is None:
+        return None
+    at = int(np.searchsorted(candidates.ids, image_id))
+    return float(candidates.probability[at]) if at < len(candidates.ids) and candidates.ids[at] == image_id else None

@@ -78,8 +78,7 @@ def run_search(service: SearchService, access: AccessControl, principal: Princip
                             min_score=request.min_score, group_by=request.group_by, exclude=exclude,
                             probe=ProbeCondition(probe.name, probe.label, probe.min_probability) if probe else None,
                             order=request.order)
-    hits = service.search(parts, options)
-    matches = service.matches(parts, options, facet_names(access, principal) if request.facets else ())
+    hits, matches = service.page(parts, options, facet_names(access, principal) if request.facets else ())
     audit.ids += [hit.image.id for hit in hits]
     info = model_info(service)
     studies = service.repository.study_counts([(h.image.metadata.patient_id, h.image.metadata.study_uid)

@@ -25,6 +25,7 @@ from search_api.probing import (
     check_label,
     load_probe,
     ordered,
+    probability_of,
     probe_candidates,
 )
 from storage.probes import Probe
@@ -70,6 +71,15 @@ class Hit:
 class Matches:
     total: int
     facets: dict[str, dict[str, int]] | None  # field -> value -> images
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a page of results and its total share: the query vector (None without a query) and the
+    candidate set of the filters (None: every image), each computed once per request."""
+
+    vector: np.ndarray | None
+    candidates: Candidates | None
 
 
 @dataclass(frozen=True)
@@ -156,16 +166,25 @@ class SearchService:
             allowed, scores = allowed[keep], scores[keep] if scores is not None else None
         return None if allowed is None else Candidates(allowed, scores)
 
-    def _allowed(self, options: SearchOptions) -> np.ndarray | None:
-        candidates = self._candidates(options)
-        return None if candidates is None else candidates.ids
+    def prepare(self, parts: Sequence[QueryPart], options: SearchOptions) -> Prepared:
+        return Prepared(self.query_vector(parts) if parts else None, self._candidates(options))
 
-    def search(self, parts: Sequence[QueryPart], options: SearchOptions) -> list[Hit]:
+    def page(self, parts: Sequence[QueryPart], options: SearchOptions, facets: Sequence[str] = ()
+             ) -> tuple[list[Hit], Matches]:
+        """One page of results and its total (and facets): the query encoded and the filters' (and a
+        probe's) candidates computed once for both."""
+        prepared = self.prepare(parts, options)
+        return self.search(parts, options, prepared), self.matches(parts, options, facets, prepared)
+
+    def search(self, parts: Sequence[QueryPart], options: SearchOptions, prepared: Prepared | None = None
+               ) -> list[Hit]:
+        prepared = prepared or self.prepare(parts, options)
         if options.order != "relevance" or not parts:
-            return self._search_ordered(parts, options)
-        vector = self.query_vector(parts)
+            return self._search_ordered(prepared, options)
+        vector = prepared.vector
+        assert vector is not None  # parts were given
         calibrated = len(parts) == 1 and parts[0].text is not None and parts[0].weight > 0
-        candidates = self._candidates(options)
+        candidates = prepared.candidates
         allowed = None if candidates is None else candidates.ids
         need = options.offset + options.k
         fetch = need * (4 if options.group_by else 1) + len(options.exclude)
@@ -179,14 +198,14 @@ class SearchService:
             fetch *= 2
         return [Hit(rank=options.offset + i + 1, score=score,
                     probability=self.probability(score) if calibrated else None, image=image,
-                    probe_probability=_lookup(candidates, image.id))
+                    probe_probability=probability_of(candidates, image.id))
                 for i, (score, image) in enumerate(kept[options.offset:need])]
 
-    def _search_ordered(self, parts: Sequence[QueryPart], options: SearchOptions) -> list[Hit]:
+    def _search_ordered(self, prepared: Prepared, options: SearchOptions) -> list[Hit]:
         """Every allowed image in the order asked (without a query and an order: the probe's probability,
         else index order); with a query, its cosine is each hit's score and min_score still applies."""
-        vector = self.query_vector(parts) if parts else None
-        candidates = self._candidates(options) or Candidates(
+        vector = prepared.vector
+        candidates = prepared.candidates or Candidates(
             np.setdiff1d(self.repository.image_ids(), np.asarray(options.exclude, dtype=np.int64)), None)
         if vector is not None and options.min_score is not None:
             keep = np.isin(candidates.ids, self.store.ids_scoring(vector, options.min_score, candidates.ids))
@@ -211,16 +230,18 @@ class SearchService:
             found, vectors = self.repository.get_embeddings([image.id for image in page], self.encoder.dim)
             scores = dict(zip(found.tolist(), (vectors @ vector[0]).tolist(), strict=True))
         return [Hit(rank=options.offset + i + 1, score=scores.get(image.id), probability=None, image=image,
-                    probe_probability=_lookup(candidates, image.id)) for i, image in enumerate(page)]
+                    probe_probability=probability_of(candidates, image.id)) for i, image in enumerate(page)]
 
-    def matches(self, parts: Sequence[QueryPart], options: SearchOptions, facets: Sequence[str] = ()) -> Matches:
+    def matches(self, parts: Sequence[QueryPart], options: SearchOptions, facets: Sequence[str] = (),
+                prepared: Prepared | None = None) -> Matches:
         """How many results there are to page through (images, or studies/patients when grouped) and the
         facet counts of the matching images: every image the filters allow, or with a cutoff those the
         search finds scoring at least it."""
-        candidates = self._candidates(options)
+        prepared = prepared or self.prepare(parts, options)
+        candidates = prepared.candidates
         among = candidates.ids if candidates is not None and options.probe is not None else None
-        if options.min_score is not None and parts:
-            among = self.store.ids_scoring(self.query_vector(parts), options.min_score,
+        if options.min_score is not None and prepared.vector is not None:
+            among = self.store.ids_scoring(prepared.vector, options.min_score,
                                            None if candidates is None else candidates.ids)
             if options.exclude:
                 among = np.setdiff1d(among, np.asarray(options.exclude, dtype=np.int64))
@@ -284,9 +305,3 @@ def _new_group(image: StoredImage, group_by: str | None, seen: set[str]) -> bool
     seen.add(key)
     return True
 
-
-def _lookup(candidates: Candidates | None, image_id: int) -> float | None:
-    if candidates is None or candidates.probability is None:
-        return None
-    at = int(np.searchsorted(candidates.ids, image_id))
-    return float(candidates.probability[at]) if at < len(candidates.ids) and candidates.ids[at] == image_id else None

@@ -17,13 +17,18 @@ def api_settings(indexed_db: Path, tiny_model_dir: Path) -> Settings:
     return Settings(db_dir=indexed_db, model=str(tiny_model_dir), device="cpu", max_upload_bytes=2 * 1024 * 1024)
 
 
-@pytest.fixture(scope="session")
-def client(api_settings: Settings, encoder: HFEncoder) -> Iterator[TestClient]:
-    service = build_service(api_settings, encoder=encoder)
-    app = create_app(api_settings, service=service, access=AccessControl(None, open_mode=True))
+def open_client(settings: Settings, encoder: HFEncoder, access: AccessControl | None = None) -> Iterator[TestClient]:
+    """A test client of the real app over `settings`' index (open mode unless `access` is given)."""
+    service = build_service(settings, encoder=encoder)
+    app = create_app(settings, service=service, access=access or AccessControl(None, open_mode=True))
     with TestClient(app, base_url="http://localhost") as test_client:
         yield test_client
     service.close()
+
+
+@pytest.fixture(scope="session")
+def client(api_settings: Settings, encoder: HFEncoder) -> Iterator[TestClient]:
+    yield from open_client(api_settings, encoder)
 
 
 @pytest.fixture(scope="session")
@@ -52,11 +57,7 @@ def workstation_settings(workstation, tiny_model_dir: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def workstation_client(workstation_settings: Settings, encoder: HFEncoder) -> Iterator[TestClient]:
-    service = build_service(workstation_settings, encoder=encoder)
-    app = create_app(workstation_settings, service=service, access=AccessControl(None, open_mode=True))
-    with TestClient(app, base_url="http://localhost") as test_client:
-        yield test_client
-    service.close()
+    yield from open_client(workstation_settings, encoder)
 
 
 @pytest.fixture(scope="session")

@@ -19,12 +19,12 @@ from PIL import Image
 from core.encoder import HFEncoder
 from core.settings import Settings
 from indexer.cli import main
-from search_api.app import build_service, create_app
 from search_api.auth import AccessControl
 from storage.access import AccessStore
 from storage.opening import open_index
 from storage.probes import Probe
 from tests.probe_corpus import ProbeCorpus, build_probe_corpus
+from tests.search_api.conftest import open_client
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +44,10 @@ def probed(encoder: HFEncoder, tiny_model_dir: Path, tmp_path_factory: pytest.Te
     store = AccessStore.open(corpus.db)
     keys = {role: {"X-API-Key": store.create_key(role, role)[1]} for role in ("clinician", "researcher")}
     settings = Settings(db_dir=corpus.db, model=str(tiny_model_dir), device="cpu")
-    service = build_service(settings, encoder=encoder)
     access = AccessControl(store, pseudonym_secret=store.pseudonym_secret(),
                            researcher_fields=settings.researcher_fields)
-    with TestClient(create_app(settings, service=service, access=access), base_url="http://localhost") as client:
+    for client in open_client(settings, encoder, access):
         yield client, keys, corpus, probe, dict(zip(ids.tolist(), vectors, strict=True))
-    service.close()
 
 
 def test_probes_are_listed_and_one_of_another_model_is_refused(probed):
