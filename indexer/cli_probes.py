@@ -61,8 +61,9 @@ def train_probe(db_dir: Path | None, labels_file: Path, name: str, prompts: Path
 
     configure_logging("WARNING")
     settings = load_settings(db_dir=db_dir)
-    rows = parse_labels(labels_file.read_bytes(), str(labels_file))
-    prompt_map = parse_prompts(prompts.read_text(), str(prompts)) if prompts else None
+    with exit_on_errors():  # a bad file is one line naming it, before the model loads
+        rows = parse_labels(labels_file.read_bytes(), str(labels_file))
+        prompt_map = parse_prompts(prompts.read_text(), str(prompts)) if prompts else None
     # a probe is one row of SQL: the index is opened read-only, so an indexing run may go on meanwhile
     with open_db(db_dir) as (store, repository), exit_on_errors():
         manifest = store.manifest

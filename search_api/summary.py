@@ -145,7 +145,8 @@ def statements(findings: Classification | None, method: str, neighbours: list[Ne
     said.append(Statement(f"The nearest case of another patient (image {nearest.image.id}, cosine similarity "
                           f"{nearest.score:.2f}) carries {labels}.", Evidence([nearest.image.id])))
     for vote in votes[:5]:
-        said.append(Statement(f"{vote.count} of the {len(neighbours)} nearest cases of other patients are labelled "
+        said.append(Statement(f"{vote.count} of the {len(neighbours)} nearest cases of other patients "
+                              f"{'is' if vote.count == 1 else 'are'} labelled "
                               f"'{vote.label}' (agreement {vote.agreement:.2f}).", Evidence(vote.image_ids)))
     if not votes:
         said.append(Statement(f"None of the {len(neighbours)} nearest cases of other patients carries a label.",

@@ -129,6 +129,10 @@ def test_errors_name_the_problem(corpus, tmp_path, tiny_model_dir):
                                               for p in range(6)])
     code, out = train(corpus, tiny_model_dir, "few", few)
     assert code == 2 and "label 'rare'" in out and "label 'common'" in out and "at least 2 patients" in out, out
+    no_column = tmp_path / "no-column.csv"
+    no_column.write_text("file,labels\na.dcm,x\n")
+    code, out = train(corpus, tiny_model_dir, "columns", no_column)
+    assert code == 2 and out.startswith("error: ") and "no-column.csv" in out and "'path' or 'sop_uid'" in out
     code, out = train(corpus, tiny_model_dir, "bad name!", corpus.labels_csv)
     assert code == 2 and "--name" in out
     other = build_random_siglip(tmp_path / "other-model", shape="tiny", seed=5)
