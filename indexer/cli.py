@@ -28,6 +28,7 @@ from indexer.cli_remove import exclusions, remove
 from indexer.cli_tools import contact_sheet, evaluate_command, random_model, sample_archive
 from indexer.job import JobResult
 from storage.layout import writer_active
+from storage.vector_index import KINDS
 
 logger = logging.getLogger("indexer")
 
@@ -222,9 +223,10 @@ def runs(db_dir: Path | None, run_id: int | None) -> None:
 
 @main.command("build-index")
 @click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder.")
-@click.option("--index", "kind", type=click.Choice(["auto", "flat", "ivf", "ivfpq", "hnsw"]), default="auto",
+@click.option("--index", "kind", type=click.Choice(["auto", *KINDS]), default="auto",
               show_default=True, help="auto: exact Flat up to 200k vectors, then IVF-Flat if it fits the memory "
-              "budget, else IVF-PQ; HNSW on request.")
+              "budget, else IVF-RaBitQ (1 bit a dimension, ~190 bytes a vector, re-ranked from the stored vectors); "
+              "IVF-PQ and HNSW on request.")
 @click.option("--memory-budget-gb", type=click.FloatRange(0.001), default=8.0, show_default=True,
               help="Memory the index may use.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,

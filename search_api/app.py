@@ -3,11 +3,10 @@ once, unless the entry point already built them and passes them in."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
@@ -16,7 +15,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response as StarletteResponse
 
 from core.encoder import Encoder, HFEncoder
 from core.errors import MedsearchError
@@ -25,7 +23,8 @@ from core.settings import Settings
 from search_api.auth import AccessControl
 from search_api.docs import DOCS_PATHS, DOCS_POLICY, add_docs, declare_keys
 from search_api.errors import SearchError, http_error
-from search_api.gate import LOOPBACK_HOSTS, PUBLIC, SECURITY_HEADERS, FailureLimiter, Gate, HostPolicy
+from search_api.gate import LOOPBACK_HOSTS, PUBLIC, FailureLimiter, Gate, HostPolicy
+from search_api.headers import Headers
 from search_api.images import ImageFiles
 from search_api.routes import router
 from search_api.routes_images import router as image_router
@@ -189,22 +188,8 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[StarletteResponse]]
-                    ) -> StarletteResponse:
-        try:
-            response = await asyncio.wait_for(call_next(request), timeout=settings.request_timeout_s)
-        except TimeoutError:
-            response = JSONResponse(status_code=503, content={"detail": [{
-                "loc": [], "type": "timeout", "msg": f"the request took longer than {settings.request_timeout_s} s"}]})
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if response.headers.get("content-type", "").startswith("text/html"):
-            docs = request.url.path in DOCS_PATHS
-            response.headers["Content-Security-Policy"] = DOCS_POLICY if docs else PAGE_POLICY
-        elif response.headers.get("content-type", "").startswith("application/json"):
-            response.headers.setdefault("Cache-Control", "no-store")  # answers may carry patient data
-        return response
+    app.add_middleware(Headers, timeout_s=settings.request_timeout_s, page_policy=PAGE_POLICY,
+                       docs_policy=DOCS_POLICY, docs_paths=DOCS_PATHS)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

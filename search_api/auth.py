@@ -9,11 +9,12 @@ request. Open mode (no keys, every caller a clinician) exists only on loopback, 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 
 from search_api.errors import status_of
 from search_api.redact import RESEARCHER_FIELDS, Redactor
@@ -60,12 +61,12 @@ class AccessControl:
             self.store.record(principal.key_id, principal.role, action, kind, ids, status, client)
 
 
-def get_access(request: Request) -> AccessControl:
+async def get_access(request: Request) -> AccessControl:
     access: AccessControl = request.app.state.access
     return access
 
 
-def caller(request: Request) -> Principal:
+async def caller(request: Request) -> Principal:
     """The caller the gate authenticated (it answered 401 before the route otherwise)."""
     principal: Principal | None = request.scope.get("state", {}).get("principal")
     if principal is None:
@@ -74,8 +75,8 @@ def caller(request: Request) -> Principal:
     return principal
 
 
-def require(*roles: str) -> Callable[..., Principal]:
-    def check(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
+    async def check(principal: Annotated[Principal, Depends(caller)]) -> Principal:
         if principal.role not in roles:
             raise HTTPException(status_code=403, detail=[{
                 "loc": ["header", "authorization"], "type": "forbidden",
@@ -93,12 +94,12 @@ class Audit:
     ids: list[int] = field(default_factory=list)
 
 
-def audited(action: str) -> Callable[..., Iterator[Audit]]:
+def audited(action: str) -> Callable[..., AsyncIterator[Audit]]:
     """A dependency that records the request in the audit log when it ends: key id, role, action,
     query kind, result ids (and the image the path names) and the status it ended with (never the
-    query itself)."""
-    def dependency(request: Request, access: Annotated[AccessControl, Depends(get_access)],
-                   principal: Annotated[Principal, Depends(caller)]) -> Iterator[Audit]:
+    query itself). The write runs in the thread pool, the rest on the event loop."""
+    async def dependency(request: Request, access: Annotated[AccessControl, Depends(get_access)],
+                         principal: Annotated[Principal, Depends(caller)]) -> AsyncIterator[Audit]:
         entry = Audit(action)
         named = str(request.path_params.get("image_id", ""))
         if named.isdigit():  # the image a route is about, recorded even when the route refuses
@@ -107,9 +108,9 @@ def audited(action: str) -> Callable[..., Iterator[Audit]]:
             yield entry
         except Exception as exc:
             status = exc.status_code if isinstance(exc, HTTPException) else status_of(exc)
-            access.record(principal, entry.action, entry.kind, entry.ids, status)
+            await run_in_threadpool(access.record, principal, entry.action, entry.kind, entry.ids, status)
             raise
-        access.record(principal, entry.action, entry.kind, entry.ids)
+        await run_in_threadpool(access.record, principal, entry.action, entry.kind, entry.ids)
     return dependency
 
 

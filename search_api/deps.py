@@ -1,4 +1,5 @@
-"""Dependency aliases for route handlers."""
+"""Dependency aliases for route handlers (async: FastAPI runs a plain function dependency in its thread
+pool, a hop that costs more than these lookups)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from core.settings import Settings
 from search_api.service import SearchService
 
 
-def get_service(request: Request) -> SearchService:
+async def get_service(request: Request) -> SearchService:
     service: SearchService = request.app.state.services.get()
     return service
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

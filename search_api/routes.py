@@ -95,9 +95,11 @@ def run_search(service: SearchService, access: AccessControl, principal: Princip
                           facets=matches.facets, results=results, model=info, warning=info.warning)
 
 
-def answer(response: SearchResponse, form: str | None, audit: Audit) -> SearchResponse | Response:
+def answer(response: SearchResponse, form: str | None, audit: Audit) -> Response:
+    """The page as JSON (serialised once, by its own model: FastAPI would validate it again against the
+    response model and encode it twice), or as the export `form` asks for."""
     if form is None:
-        return response
+        return Response(response.model_dump_json(), media_type="application/json")
     audit.action = "export"
     return export_response(response, form)
 
@@ -126,7 +128,7 @@ def form_filters(raw: str | None) -> Filters | None:
 
 @router.post("/search/text", response_model=SearchResponse, responses=EXPORT_RESPONSES, tags=["search"])
 def search_text(body: TextSearchRequest, service: ServiceDep, access: AccessDep, caller: CallerDep,
-                audit: SearchAudit, form: Export = None) -> SearchResponse | Response:
+                audit: SearchAudit, form: Export = None) -> Response:
     """Rank indexed images by similarity to a text description; `probability` is SigLIP's calibrated
     probability that the image matches the text."""
     return answer(run_search(service, access, caller, audit, "text", [QueryPart(text=body.query)], body), form,
@@ -150,7 +152,7 @@ async def search_image(
     order: Annotated[Literal["relevance", "probability", "newest", "oldest"], Form(
         description="As in /search/text.")] = "relevance",
     form: Export = None,
-) -> SearchResponse | Response:
+) -> Response:
     """Rank indexed images by similarity to an uploaded image, decoded exactly as the indexer does."""
     audit.kind = "image"
     request = SearchOptionsIn(k=k, offset=offset, min_score=min_score, group_by=group_by,
@@ -164,7 +166,7 @@ async def search_image(
 
 @router.post("/search/similar", response_model=SearchResponse, responses=EXPORT_RESPONSES, tags=["search"])
 def search_similar(body: SimilarSearchRequest, service: ServiceDep, access: AccessDep, caller: CallerDep,
-                   audit: SearchAudit, form: Export = None) -> SearchResponse | Response:
+                   audit: SearchAudit, form: Export = None) -> Response:
     """More like this: cases similar to an indexed image (the image itself left out)."""
     return answer(run_search(service, access, caller, audit, "similar", [QueryPart(image_id=body.image_id)], body,
                              exclude=(body.image_id,)), form, audit)
@@ -172,7 +174,7 @@ def search_similar(body: SimilarSearchRequest, service: ServiceDep, access: Acce
 
 @router.post("/search", response_model=SearchResponse, responses=EXPORT_RESPONSES, tags=["search"])
 def search_composite(body: CompositeSearchRequest, service: ServiceDep, access: AccessDep, caller: CallerDep,
-                     audit: SearchAudit, form: Export = None) -> SearchResponse | Response:
+                     audit: SearchAudit, form: Export = None) -> Response:
     """A weighted combination of indexed images and texts, for example
     `[{"image_id": 12}, {"text": "pleural effusion"}, {"text": "chest tube", "weight": -0.5}]`."""
     return answer(run_search(service, access, caller, audit, "composite", composite_parts(body), body), form,

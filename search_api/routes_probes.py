@@ -46,7 +46,7 @@ def probes(service: ServiceDep, _caller: CallerDep) -> ProbesResponse:
 @router.post("/search/filter", response_model=SearchResponse, responses={**EXPORT_RESPONSES, **ERRORS},
              tags=["search"])
 def search_filter(body: FilterSearchRequest, service: ServiceDep, access: AccessDep, caller: CallerDep,
-                  audit: SearchAudit, form: Export = None) -> SearchResponse | Response:
+                  audit: SearchAudit, form: Export = None) -> Response:
     """No query: every image the filters allow, in the order asked. With filters.probe, for example "all
     chest films the site's pneumothorax probe calls positive, newest first":
     `{"filters": {"body_part": ["CHEST"], "probe": {"name": "site", "label": "pneumothorax"}},

@@ -11,7 +11,7 @@ import numpy as np
 
 from storage.errors import StorageError
 from storage.repository import Repository
-from storage.vector_index import KINDS, IndexPlan, VectorIndex, bytes_per_vector, plan_index
+from storage.vector_index import IVF_KINDS, KINDS, IndexPlan, VectorIndex, bytes_per_vector, plan_index
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def tune_against_exact(index: VectorIndex, repository: Repository, dim: int, see
 
 def build_index(repository: Repository, dim: int, kind: str = "auto", memory_budget: int = 8 * 1024**3,
                 seed: int = 0) -> tuple[VectorIndex, BuildReport]:
-    """A new index of `kind` (auto, flat, ivf, ivfpq, hnsw) holding every stored embedding: trained when
+    """A new index of `kind` (auto or one of KINDS) holding every stored embedding: trained when
     it needs training, its nprobe/efSearch the smallest whose recall@10 against exact search reaches
     RECALL_TARGET on tuning queries, and its recall reported on other, held-out queries (`tune`)."""
     if kind != "auto" and kind not in KINDS:
@@ -154,7 +154,7 @@ def build_index(repository: Repository, dim: int, kind: str = "auto", memory_bud
     if exact is not None and n:
         tune_queries, held = held_out_queries(train, rng)
         truth = (exact.search(tune_queries, 10)[1], exact.search(held, 10)[1])
-        limit = plan.nlist if plan.kind in ("ivf", "ivfpq") else 1024
+        limit = plan.nlist if plan.kind in IVF_KINDS else 1024
         tuning = tune(fresh, (tune_queries, truth[0]), (held, truth[1]), limit)
     report = BuildReport(plan.kind, plan.why, n, time.perf_counter() - started, tuning.recall, fresh.search_effort(),
                          bytes_per_vector(plan.kind, dim, plan.pq_m), tuning.interval)

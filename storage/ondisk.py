@@ -21,7 +21,7 @@ import numpy as np
 
 from storage.index_build import sample_embeddings
 from storage.repository import Repository
-from storage.vector_index import IndexPlan, VectorIndex, faiss, plan_index
+from storage.vector_index import IVF_KINDS, IndexPlan, VectorIndex, faiss, plan_index
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +30,10 @@ IVFDATA_SUFFIX = ".ivfdata"
 
 def train_empty(repository: Repository, dim: int, kind: str, memory_budget: int, seed: int = 0,
                 sample: int = 100_000) -> tuple[VectorIndex, IndexPlan]:
-    """An IVF (or IVF-PQ) index trained on a sample of the stored embeddings, holding nothing yet."""
+    """An IVF index (IVF-Flat, -RaBitQ or -PQ) trained on a sample of the stored embeddings, holding nothing yet."""
     n = len(repository.embedding_ids())
     plan = plan_index(n, dim, kind, memory_budget)
-    if plan.kind not in ("ivf", "ivfpq"):
+    if plan.kind not in IVF_KINDS:
         plan = IndexPlan("ivf", plan.nlist or plan_index(n, dim, "ivf").nlist, why="on disk: IVF-Flat")
     train = sample_embeddings(repository, dim, min(n, sample), np.random.default_rng(seed))
     return VectorIndex.build(plan, dim, train if len(train) else np.zeros((1, dim), dtype=np.float32)), plan

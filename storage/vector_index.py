@@ -1,5 +1,5 @@
-"""FAISS inner-product indexes whose ids are image ids: exact (Flat) or approximate (IVF-Flat, IVF-PQ,
-HNSW), built and trained from the stored embeddings.
+"""FAISS inner-product indexes whose ids are image ids: exact (Flat) or approximate (IVF-Flat, IVF-RaBitQ,
+IVF-PQ, HNSW), built and trained from the stored embeddings.
 
 Vectors are L2-normalised upstream, so inner product = cosine. Saved atomically (storage.layout), with
 a small header naming the database the index was built from, so that a store never serves an index
@@ -25,10 +25,14 @@ from storage.layout import write_atomically
 logger = logging.getLogger(__name__)
 faiss: Any = _faiss  # its shipped stubs miss most SWIG attributes (DirectMap, hnsw, invlists...)
 
-IndexKind = Literal["flat", "ivf", "ivfpq", "hnsw"]
-KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "ivfpq", "hnsw")
+IndexKind = Literal["flat", "ivf", "ivfrabitq", "ivfpq", "hnsw"]
+KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "ivfrabitq", "ivfpq", "hnsw")
+IVF_KINDS: tuple[IndexKind, ...] = ("ivf", "ivfrabitq", "ivfpq")  # nprobe, inverted lists, on disk
+LOSSY_KINDS: tuple[IndexKind, ...] = ("ivfrabitq", "ivfpq")  # compressed codes, re-ranked from full vectors
 FLAT_UP_TO = 200_000  # below this an exact scan answers in milliseconds
 HNSW_M = 32
+RABITQ_FACTORS = 12  # bytes of per-vector factors beside a RaBitQ code of one bit a dimension
+RABITQ_QUERY_BITS = 8  # the query's scalar quantization when it is compared with RaBitQ codes
 RERANK_CANDIDATES = 100  # a lossy index's candidates per query, re-ranked by exact cosine (Store.search)
 DIRECT_MAP = 24  # bytes per vector of an IVF index's id -> list hashtable (reconstruct and remove by id)
 EXACT_QUERY_BLOCK = 64  # queries scored together by the exact BLAS path (a 64 x n block of scores)
@@ -46,7 +50,7 @@ class IndexPlan:
 def bytes_per_vector(kind: IndexKind, dim: int, pq_m: int = 0) -> float:
     """Approximate memory of one vector in each kind of index (ids included)."""
     return {"flat": dim * 4 + 8, "ivf": dim * 4 + 8 + DIRECT_MAP, "hnsw": dim * 4 + HNSW_M * 2 * 4 + 8,
-            "ivfpq": pq_m + 8 + DIRECT_MAP}[kind]
+            "ivfrabitq": math.ceil(dim / 8) + RABITQ_FACTORS + 8 + DIRECT_MAP, "ivfpq": pq_m + 8 + DIRECT_MAP}[kind]
 
 
 def plan_index(n: int, dim: int, kind: str = "auto", memory_budget: int = 8 * 1024**3) -> IndexPlan:
@@ -59,15 +63,16 @@ def plan_index(n: int, dim: int, kind: str = "auto", memory_budget: int = 8 * 10
         if kind not in KINDS:
             raise ValueError(f"index kind {kind!r}: expected auto, {', '.join(KINDS)}")
         return IndexPlan(kind, nlist, pq_m, why="asked for")
-    # Measured by bench/search_bench.py on 1152-d embeddings (2 CPU cores): at 1M vectors IVF-Flat
-    # reaches recall@10 1.000 at 10.5 ms in a 22 s build, while HNSW builds 6x slower and, with the
-    # parameters a CPU build can afford, stays far below 0.95. So: exact, then IVF-Flat, then IVF-PQ.
+    # Measured by bench/search_bench.py on 1M clustered 1152-d vectors (2 CPU cores): IVF-Flat meets
+    # recall@10 0.95 within 5 ms; IVF-RaBitQ (one bit a dimension, ~190 bytes a vector) re-ranked from
+    # the stored vectors meets it too where IVF-Flat does not fit; IVF-PQ re-ranked needs far more
+    # probes for the same recall; HNSW builds many times slower. So: exact, IVF-Flat, then IVF-RaBitQ.
     if n <= FLAT_UP_TO and n * bytes_per_vector("flat", dim) <= memory_budget:
         return IndexPlan("flat", why=f"{n} vectors: an exact scan is fast enough")
     if n * bytes_per_vector("ivf", dim) <= memory_budget:
         return IndexPlan("ivf", nlist, why=f"{n} vectors: IVF-Flat, recall tuned with nprobe")
-    return IndexPlan("ivfpq", nlist, pq_m, why=f"{n} vectors: only product quantization fits the memory budget "
-                     "(lossy: check the recall build-index prints)")
+    return IndexPlan("ivfrabitq", nlist, why=f"{n} vectors: only IVF-RaBitQ (1 bit a dimension) fits the memory "
+                     "budget; its candidates are re-ranked from the stored vectors (see the recall it reports)")
 
 
 class VectorIndex:
@@ -100,6 +105,9 @@ class VectorIndex:
         quantizer = faiss.IndexFlatIP(dim)
         if plan.kind == "ivf":
             ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        elif plan.kind == "ivfrabitq":
+            ivf = faiss.IndexIVFRaBitQ(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            ivf.qb = RABITQ_QUERY_BITS
         else:
             bits = 8 if len(train) >= 256 * 39 else max(1, int(math.log2(max(2, len(train) // 39))))
             ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, plan.pq_m, bits, faiss.METRIC_INNER_PRODUCT)
@@ -144,6 +152,8 @@ class VectorIndex:
             return "hnsw"
         if isinstance(inner, faiss.IndexIVFPQ):
             return "ivfpq"
+        if isinstance(inner, faiss.IndexIVFRaBitQ):
+            return "ivfrabitq"
         if isinstance(inner, faiss.IndexIVFFlat):
             return "ivf"
         return "flat"
@@ -155,7 +165,7 @@ class VectorIndex:
     @property
     def lossy(self) -> bool:
         """Compressed codes: its scores are approximate, so its results are re-ranked from full vectors."""
-        return self.kind == "ivfpq"
+        return self.kind in LOSSY_KINDS
 
     def candidates(self, k: int) -> int:
         """How many results to ask for so that the k best survive re-ranking (k where scores are exact)."""
@@ -172,7 +182,7 @@ class VectorIndex:
     @property
     def on_disk(self) -> bool:
         """IVF lists in a file of their own (storage/ondisk.py), mapped into memory."""
-        if isinstance(self._index, faiss.IndexIDMap2) or self.kind not in ("ivf", "ivfpq"):
+        if isinstance(self._index, faiss.IndexIDMap2) or self.kind not in IVF_KINDS:
             return False
         lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(self._index).invlists)
         return isinstance(lists, faiss.OnDiskInvertedLists)
@@ -204,13 +214,13 @@ class VectorIndex:
         """nprobe (IVF) or efSearch (HNSW); no effect on exact indexes."""
         if self.kind == "hnsw":
             faiss.downcast_index(self._index.index).hnsw.efSearch = effort
-        elif self.kind in ("ivf", "ivfpq"):
+        elif self.kind in IVF_KINDS:
             faiss.extract_index_ivf(self._index).nprobe = effort
 
     def search_effort(self) -> int:
         if self.kind == "hnsw":
             return int(faiss.downcast_index(self._index.index).hnsw.efSearch)
-        if self.kind in ("ivf", "ivfpq"):
+        if self.kind in IVF_KINDS:
             return int(faiss.extract_index_ivf(self._index).nprobe)
         return 0
 
@@ -252,6 +262,10 @@ class VectorIndex:
             return empty.astype(np.float32), empty.astype(np.int64)
         if allowed is None and self.exact:
             return self._exact_blas(queries, k)
+        if self.kind == "ivf":
+            # one query: split its inverted lists over the threads (FAISS splits over queries by default,
+            # which leaves one core idle for a single query; same results either way)
+            faiss.extract_index_ivf(self._index).parallel_mode = 1 if len(queries) == 1 else 0
         params = self._params(allowed)
         scores, ids = self._index.search(queries, k) if params is None else self._index.search(queries, k,
                                                                                                params=params)
@@ -304,7 +318,7 @@ class VectorIndex:
             selector.referenced = removed  # keep the inner selector alive as long as the outer one
         if self.kind == "hnsw":
             return faiss.SearchParametersHNSW(sel=selector, efSearch=self.search_effort())
-        if self.kind in ("ivf", "ivfpq"):
+        if self.kind in IVF_KINDS:
             return faiss.SearchParametersIVF(sel=selector, nprobe=self.search_effort())
         return faiss.SearchParameters(sel=selector)
 

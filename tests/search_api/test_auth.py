@@ -165,6 +165,7 @@ def test_headers_cors_and_timeouts(keyed, api_settings: Settings, encoder: HFEnc
     with TestClient(app, base_url="http://localhost") as fast_fail:
         response = fast_fail.post("/search/text", json={"query": "ct"})
         assert response.status_code == 503 and response.json()["detail"][0]["type"] == "timeout"
+        assert response.headers["x-frame-options"] == "DENY" and response.headers["cache-control"] == "no-store"
     service.close()
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from storage.opening import open_index
 from storage.records import Selection
-from storage.vector_index import plan_index
+from storage.vector_index import KINDS, bytes_per_vector, plan_index
 from tests.storage.test_store import fingerprint, records, unit_vectors
 
 N, DIM = 3000, 8
@@ -31,7 +31,7 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, 
     return fill(tmp_path_factory.mktemp("kinds") / "db")
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_build_each_kind_and_reach_recall(filled, kind: str, tmp_path: Path):
     db, vectors, ids = filled
     with open_index(db) as (store, _repository):
@@ -39,6 +39,7 @@ def test_build_each_kind_and_reach_recall(filled, kind: str, tmp_path: Path):
         assert report.kind == kind and report.vectors == N
         # the effort was tuned on other queries: the held-out recall's interval holds the target
         assert report.recall_95ci[0] <= report.recall_at_10 <= report.recall_95ci[1]
+        # (on these isotropic vectors IVF-PQ's 100 candidates miss some of the top 10, and nprobe cannot help)
         assert report.recall_95ci[1] >= (0.95 if kind != "ivfpq" else 0.5) and report.recall_at_10 > 0.9
         assert store.verify() == []
         query = unit_vectors(1, seed=11)
@@ -63,7 +64,8 @@ def test_auto_plan_by_size_and_memory():
     assert plan_index(10_000, 1152).kind == "flat"
     assert plan_index(1_000_000, 1152).kind == "ivf"
     assert plan_index(10_000_000, 1152, memory_budget=48 * 1024**3).kind == "ivf"  # 46.2 GB
-    assert plan_index(100_000_000, 1152, memory_budget=48 * 1024**3).kind == "ivfpq"
+    compressed = plan_index(100_000_000, 1152, memory_budget=48 * 1024**3)
+    assert compressed.kind == "ivfrabitq" and bytes_per_vector(compressed.kind, 1152) <= 300
     assert plan_index(1_000_000, 1152, kind="hnsw").kind == "hnsw"  # on request
 
 

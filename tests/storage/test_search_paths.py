@@ -12,7 +12,7 @@ import pytest
 
 from storage.index_build import efforts_up_to, recall_per_query, tune
 from storage.opening import open_index
-from storage.vector_index import IndexPlan, VectorIndex, faiss
+from storage.vector_index import KINDS, LOSSY_KINDS, IndexPlan, VectorIndex, faiss
 from tests.storage.test_store import fingerprint, records
 
 DIM = 16
@@ -67,6 +67,21 @@ def test_the_tuner_picks_the_smallest_effort_meeting_the_target():
     assert tune(index, (tuning, truth[0]), (held, truth[1]), 64, target=1.01).effort == 64  # unreachable: limit
 
 
+def test_one_query_split_over_lists_answers_as_in_a_batch():
+    vectors = clustered(5000, 4)
+    ids = np.arange(5000, dtype=np.int64) + 1
+    index = VectorIndex.build(IndexPlan("ivf", 64), DIM, vectors)
+    index.add(ids, vectors)
+    index.set_search_effort(16)
+    queries = clustered(40, 22)
+    batch_scores, batch_ids = index.search(queries, 10)  # FAISS's split over queries
+    for row, query in enumerate(queries):  # one query: its lists split over the threads
+        scores, found = index.search(query[None, :], 10)
+        np.testing.assert_allclose(scores[0], batch_scores[row], atol=1e-5)
+        assert set(found[0].tolist()) == set(batch_ids[row].tolist()) or np.isclose(scores[0][-1], scores[0][-2])
+    assert faiss.extract_index_ivf(index.raw).parallel_mode == 1
+
+
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, list[int]]:
     vectors = clustered(4000, 3)
@@ -77,13 +92,14 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, 
     return db, vectors, ids
 
 
-def test_a_compressed_index_ranks_its_candidates_by_exact_cosine(stored):
+@pytest.mark.parametrize("kind", LOSSY_KINDS)
+def test_a_compressed_index_ranks_its_candidates_by_exact_cosine(stored, kind: str):
     db, vectors, ids = stored
     by_id = dict(zip(ids, vectors, strict=True))
     queries = clustered(20, 30)
     with open_index(db) as (store, _):
-        report = store.build_index("ivfpq")
-        assert report.kind == "ivfpq" and report.recall_at_10 >= 0.9
+        report = store.build_index(kind)
+        assert report.kind == kind and report.recall_at_10 >= 0.9
         index = store._index  # the raw candidates, to check the re-ranking against
         assert index is not None and index.lossy
         _, candidates = index.search(queries, index.candidates(10))
@@ -97,7 +113,7 @@ def test_a_compressed_index_ranks_its_candidates_by_exact_cosine(stored):
         assert all(float(by_id[int(i)] @ queries[0]) >= floor for i in found)  # exact scores, not PQ's
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_filtered_top_k_equals_brute_force_for_every_kind(stored, kind: str):
     db, vectors, ids = stored
     allowed = np.asarray(ids[::7], dtype=np.int64)
