@@ -73,6 +73,7 @@ bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json 
 	rm -f bench/results/*.json bench/results/*.png bench/results/SUMMARY.md
 	$(PY) -m bench.search_bench --sizes 200000,1000000
 	$(PY) -m bench.api_bench --repeat 50 --models $(RANDOM_MODEL),$(BASE_MODEL)
+	$(PY) -m bench.indexing_throughput --encoder null --model $(BASE_MODEL) --input-size 448 --batch-size 32
 	$(PY) -m bench.indexing_throughput --model $(BASE_MODEL) --images 48 --batch-size 16 --naive --quantize
 	$(PY) -m bench.ray_throughput --model $(BASE_MODEL) --images 96
 	if command -v Orthanc >/dev/null; then $(PY) -m bench.pacs_throughput --model $(BASE_MODEL) --generated 100; \

@@ -6,7 +6,7 @@
 (make the models with `medsearch-index random-model OUT --shape medsiglip|base`.)
 
 Figures, all measured in this run on this machine:
-- bare model images/s: `encode_pixel_values` alone over the preprocessed batches the pipeline makes;
+- bare model images/s: the model alone (`start_encoding`) over the batches the pipeline assembles;
 - end-to-end images/s: `run_indexing` over a folder of distinct DICOM files (read, decode, window,
   preprocess in worker processes, encode, write to SQLite + FAISS), model already loaded;
 - their ratio; the time of a rerun over the unchanged archive as a fraction of the first run;
@@ -27,8 +27,10 @@ import numpy as np
 import pydicom
 
 from bench.common import write_result
+from core.dicom import RenderOptions
 from core.encoder import HFEncoder, PreprocessorSpec
 from core.images import load_image_file
+from core.model_input import assemble
 from core.sources import open_source
 from indexer.load import LoadOptions, LoadPool
 from indexer.runner import run_indexing
@@ -58,7 +60,10 @@ def make_archive(root: Path, count: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="a model folder (with --encoder null: its processor only)")
+    parser.add_argument("--encoder", choices=("model", "null"), default="model",
+                        help="null: the pipeline's own ceiling by image size class, no model (bench/pipeline.py)")
+    parser.add_argument("--input-size", type=int, help="with --encoder null: the processor at this input size")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=None, help="default: one per core but one")
@@ -66,6 +71,13 @@ def main() -> None:
     parser.add_argument("--naive", action="store_true", help="also time the naive loop: one image per forward "
                         "pass, the processor called per image (the seed article's approach)")
     args = parser.parse_args()
+    if args.encoder == "null":
+        from bench.pipeline import run
+
+        figures = run(args.model, args.input_size, args.batch_size)
+        name = f"pipeline_null_{figures['input_size']}px"
+        print(f"written {write_result(name, figures)}")
+        return
     workers = args.workers if args.workers is not None else max(0, (os.cpu_count() or 1) - 1)
 
     work = Path(tempfile.mkdtemp(prefix="medsearch-bench-"))
@@ -73,14 +85,16 @@ def main() -> None:
     try:
         archive = make_archive(work / "archive", args.images)
         # as the CLI does: workers start while the model loads
-        pool = LoadPool(workers, LoadOptions(), PreprocessorSpec(args.model)) if workers else None
-        encoder = HFEncoder.load(args.model)
+        pool = LoadPool(workers, LoadOptions(reduced=True), PreprocessorSpec(args.model)) if workers else None
+        encoder = HFEncoder.load(args.model, rendering="reduced")
+        reduced = RenderOptions(reduce_to=encoder.decode_side)
         files = sorted(archive.iterdir())
-        pixel_values = encoder.preprocess([load_image_file(f).pixels for f in files])
-        batches = [pixel_values[i:i + args.batch_size] for i in range(0, len(files), args.batch_size)]
-        encoder.encode_pixel_values(batches[0][:1])  # warm-up
+        resized = encoder.preprocess([load_image_file(f, reduced).pixels for f in files])
+        batches = [assemble(resized[i:i + args.batch_size], encoder.input_buffer(args.batch_size))
+                   for i in range(0, len(files), args.batch_size)]
+        encoder.start_encoding(batches[0][:1]).result()  # warm-up
         started = time.perf_counter()
-        bare_vectors = np.vstack([encoder.encode_pixel_values(batch) for batch in batches])
+        bare_vectors = np.vstack([encoder.start_encoding(batch).result() for batch in batches])
         bare = len(files) / (time.perf_counter() - started)
 
         with open_index(work / "db", create=True) as (store, repository):
@@ -108,7 +122,7 @@ def main() -> None:
         if args.quantize:
             quantized = HFEncoder.load(args.model, quantize="int8")
             started = time.perf_counter()
-            int8_vectors = np.vstack([quantized.encode_pixel_values(batch) for batch in batches])
+            int8_vectors = np.vstack([quantized.start_encoding(batch).result() for batch in batches])
             result["int8_images_per_s"] = round(len(files) / (time.perf_counter() - started), 3)
             cosines = np.sum(int8_vectors * bare_vectors, axis=1)
             result["int8_cosine_to_fp32_min"] = round(float(cosines.min()), 4)

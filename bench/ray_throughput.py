@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.ray_throughput --model data/random-base --images 96
 
 Figures, all measured in this run on this machine:
-- bare model images/s (encode_pixel_values on preprocessed batches), local and Ray engine images/s
+- bare model images/s (start_encoding on the assembled batches), local and Ray engine images/s
   (the run, `medsearch-index run` as a user runs it), their ratios, the commands' wall times, and when
   the Ray run committed its first unit (scheduling, actor start and model load: a fixed cost per run);
 - the per-unit overhead: the same run with small and large units;
@@ -30,6 +30,7 @@ from bench.common import write_result
 from bench.indexing_throughput import make_archive
 from core.encoder import HFEncoder
 from core.images import load_image_file
+from core.model_input import assemble
 from storage.opening import open_index
 from tests.storage.test_store import fingerprint, records
 
@@ -78,10 +79,11 @@ def main() -> None:
 
     encoder = HFEncoder.load(str(args.model), device="cpu")
     pixels = [load_image_file(path).pixels for path in sorted(archive.iterdir())]
-    batches = [encoder.preprocess(pixels[i:i + 16]) for i in range(0, len(pixels), 16)]
+    batches = [assemble(encoder.preprocess(pixels[i:i + 16]), encoder.input_buffer(16))
+               for i in range(0, len(pixels), 16)]
     started = time.perf_counter()
     for batch in batches:
-        encoder.encode_pixel_values(batch)
+        encoder.start_encoding(batch).result()
     bare = len(pixels) / (time.perf_counter() - started)
     del encoder
 

@@ -107,6 +107,22 @@ def indexing_section(results: list[dict], lines: list[str]) -> None:
     lines += ["", "![indexing](indexing.png)", ""]
 
 
+def pipeline_section(results: list[dict], lines: list[str]) -> None:
+    for r in results:
+        cores = r["cores"]
+        lines += [f"## The pipeline's own ceiling (null encoder, {r['input_size']} px processor)", "",
+                  f"| class | per core images/s | {cores} cores images/s | bytes/image crossing (before) | "
+                  "ESTIMATE cores for 500 images/s |", "|---|---:|---:|---:|---:|"]
+        for row in r["rows"]:
+            lines.append(f"| {row['class']} | {row['per_core_images_per_s']} | "
+                         f"{row[f'all_{cores}_cores_images_per_s']} | {row['bytes_per_image_crossing']:,} "
+                         f"({row['bytes_per_image_before']:,}) | {row['ESTIMATE_cores_for_500_per_s']} |")
+        ckpt = r["checkpoint"]
+        lines += ["", f"Checkpoint of {ckpt['vectors']:,} x {ckpt['dim']} vectors: saved whole "
+                  f"{ckpt['save_whole_s']} s, {ckpt['added']:,} added appended to the log {ckpt['append_to_log_s']} s "
+                  f"({ckpt['ratio']}x).", ""]
+
+
 def pacs_section(results: list[dict], lines: list[str]) -> None:
     lines += ["## PACS (Orthanc on loopback) against a folder, same files", "",
               "| model | instances | folder files/s | PACS instances/s | PACS / folder | fetch only inst/s | "
@@ -133,6 +149,9 @@ def main() -> None:
     if indexing:
         machine = machine or indexing[0]["machine"]
         indexing_section(indexing, lines)
+    pipelines = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("pipeline_null_*.json"))]
+    if pipelines:
+        pipeline_section(pipelines, lines)
     pacs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("pacs_*.json"))]
     if pacs:
         machine = machine or pacs[0]["machine"]

@@ -54,7 +54,16 @@ from core.dicom_read import (
 )
 from core.errors import ImageError
 from core.metadata import ImageMetadata
-from core.preprocess import CT_CHANNEL_WINDOWS, CT_CHANNELS, ct_channels, grey_to_rgb, percentile_window, unit_to_uint8
+from core.preprocess import (
+    CT_CHANNEL_WINDOWS,
+    CT_CHANNELS,
+    ct_channels,
+    grey_to_rgb,
+    percentile_window,
+    reduce_pixels,
+    reduction_factor,
+    unit_to_uint8,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +97,7 @@ class RenderOptions:
     frames: str = "middle"
     max_pixels: int = 100_000_000
     limit_setting: str = "MEDSEARCH_MAX_IMAGE_PIXELS"  # named in the refusal of a larger image
+    reduce_to: int = 0  # > 0: decode at no less than this side (core.preprocess.REDUCED); 0: full resolution
 
     def __post_init__(self) -> None:
         check_window_option(self.window, self.presets)
@@ -289,12 +299,23 @@ def _colour_to_uint8(rgb: np.ndarray, bits: int) -> np.ndarray:
     return unit_to_uint8(rgb.astype(np.float64) / scale)
 
 
+def _reduced_modality_values(frame: np.ndarray, view: Dataset, factor: int) -> np.ndarray:
+    """A frame in modality units, averaged over factor x factor boxes. A rescale is linear, so it is
+    applied after averaging (on the smaller array); a modality LUT sequence before it."""
+    if "ModalityLUTSequence" in view or frame.dtype.kind not in "iu":
+        return reduce_pixels(modality_lut(frame, view), factor)
+    slope, intercept = _first_number(view.get("RescaleSlope")), _first_number(view.get("RescaleIntercept"))
+    reduced = reduce_pixels(frame, factor)
+    return reduced * np.float32(1.0 if slope is None else slope) + np.float32(intercept or 0.0)
+
+
 def render_frame(ds: Dataset, frame: np.ndarray, index: int, meta: ImageMetadata, options: RenderOptions,
                  source: str) -> tuple[np.ndarray, str]:
     """One decoded frame to (H, W, 3) uint8 RGB, and a description of how it was windowed."""
     samples = integer(ds, "SamplesPerPixel") or 1
     photometric = text(ds, "PhotometricInterpretation") or ("MONOCHROME2" if samples == 1 else "RGB")
     bits = integer(ds, "BitsStored") or 8
+    factor = reduction_factor(frame.shape[0], frame.shape[1], options.reduce_to)
     if photometric == "PALETTE COLOR":
         try:
             rgb = apply_color_lut(frame, ds)
@@ -304,13 +325,15 @@ def render_frame(ds: Dataset, frame: np.ndarray, index: int, meta: ImageMetadata
         lut_bits = int(descriptor[2]) if descriptor else 16
         if rgb.dtype != np.uint8 and lut_bits == 16 and int(np.max(rgb, initial=0)) < 256:
             lut_bits = 8  # some writers declare 16 bits but store 8-bit entries
-        return _colour_to_uint8(rgb, lut_bits), "palette"
+        return reduce_pixels(_colour_to_uint8(rgb, lut_bits), factor), "palette"
     if samples == 3 or frame.ndim == 3:
         if frame.ndim != 3 or frame.shape[-1] != 3:
             raise ImageError(source, f"unexpected colour pixel array shape {frame.shape}")
-        return _colour_to_uint8(frame, bits), "colour"
+        return reduce_pixels(_colour_to_uint8(frame, bits), factor), "colour"
     if frame.ndim != 2:
         raise ImageError(source, f"unexpected greyscale pixel array shape {frame.shape}")
+    if factor > 1:  # averaged in modality units, before the window: floats from here on
+        frame = _reduced_modality_values(frame, frame_view(ds, index), factor)
     if options.window == CT_CHANNELS and meta.modality == "CT":
         return ct_channels(modality_lut(frame, frame_view(ds, index))), "ct-channels " + " ".join(
             f"{low:g}..{high:g}" for low, high in CT_CHANNEL_WINDOWS)

@@ -19,8 +19,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from core.device import CPU_BATCH, CudaPending, batch_size_for, choose_device
 from core.errors import ModelLoadError
-from core.preprocess import preprocessing_version, to_pil
+from core.model_input import ModelInput, assemble
+from core.preprocess import preprocessing_version
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +66,11 @@ class PreprocessorSpec:
 
 
 class ImagePreprocessor:
-    """The model's own image processor (resize, rescale, normalise): RGB uint8 -> pixel_values."""
+    """The workers' half of the model's image processor (core.model_input): RGB uint8 -> uint8 at the
+    model's input size (grey kept as one channel)."""
 
     def __init__(self, processor: Any) -> None:
-        self._processor = processor
+        self.input = ModelInput.from_processor(processor)
 
     @classmethod
     def load(cls, spec: PreprocessorSpec) -> ImagePreprocessor:
@@ -79,10 +82,22 @@ class ImagePreprocessor:
         except Exception as exc:
             raise ModelLoadError(_explain_load_failure(spec.name_or_path, exc)) from exc
 
-    def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """(n, 3, H, W) float32 pixel values, exactly as the model's processor makes them."""
-        inputs = self._processor(images=[to_pil(image) for image in images], return_tensors="np")
-        return np.asarray(inputs["pixel_values"], dtype=np.float32)
+    def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [self.input.resize(image) for image in images]
+
+
+class Pending(Protocol):
+    """Vectors being computed (on a GPU, asynchronously); `result()` waits for them."""
+
+    def result(self) -> np.ndarray: ...
+
+
+@dataclass
+class Ready:
+    vectors: np.ndarray
+
+    def result(self) -> np.ndarray:
+        return self.vectors
 
 
 class Encoder(Protocol):
@@ -105,12 +120,22 @@ class Encoder(Protocol):
     @property
     def preprocessor_spec(self) -> PreprocessorSpec: ...
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """RGB uint8 images -> the model's pixel values (what workers compute ahead of the model)."""
+    @property
+    def decode_side(self) -> int:
+        """The side images are decoded at, at least (core.model_input.ModelInput.decode_side)."""
         ...
 
-    def encode_pixel_values(self, pixel_values: np.ndarray) -> np.ndarray:
-        """Preprocessed pixel values -> (n, dim) float32, rows L2-normalised."""
+    def preprocess(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """RGB uint8 images -> uint8 at the model's input size (what workers compute ahead of the model)."""
+        ...
+
+    def input_buffer(self, rows: int) -> np.ndarray:
+        """A (rows, height, width, 3) uint8 array to assemble a batch in (pinned memory on CUDA)."""
+        ...
+
+    def start_encoding(self, batch: np.ndarray) -> Pending:
+        """Begin encoding a uint8 batch (n, height, width, 3); the batch may be refilled once the result
+        is taken. `result()` is (n, dim) float32, rows L2-normalised."""
         ...
 
 
@@ -118,24 +143,6 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
-
-
-def choose_device(requested: str) -> str:
-    """'auto' picks CUDA, then Apple MPS, then CPU. An explicit device that is absent is an error."""
-    import torch
-
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("--device cuda was asked for but torch sees no CUDA GPU "
-                             f"(torch {torch.__version__}; README says how to install a CUDA build)")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        raise ModelLoadError("--device mps was asked for but this torch has no MPS support")
-    return requested
 
 
 def hash_weights(folder: Path) -> str | None:
@@ -243,15 +250,19 @@ class HFEncoder:
     @classmethod
     def load(cls, name_or_path: str, *, revision: str | None = None, device: str = "auto",
              local_files_only: bool = False, precision: str = "auto", quantize: str | None = None,
-             rendering: str = "") -> HFEncoder:
+             rendering: str = "", compile_model: bool = False) -> HFEncoder:
         """Load through AutoModel/AutoProcessor. Raises ModelLoadError with an actionable message.
 
         precision: auto (bf16 on a GPU that supports it, fp16 on other GPUs, fp32 on CPU), fp32, bf16,
         fp16. quantize: "int8" for dynamic int8 quantization of the linear layers (CPU only).
         rendering: the model rendering images are made with ("" or "ct-channels"), in the fingerprint.
+        compile_model: torch.compile the image tower (worth it for long runs on a GPU; the first batch
+        waits for the compilation). Attention runs through torch's SDPA where the model supports it.
         """
         encoder = cls._load(name_or_path, revision=revision, device=device, local_files_only=local_files_only)
         encoder._set_precision(precision, quantize)
+        if compile_model:
+            encoder._compile()
         return encoder.for_rendering(rendering)
 
     def for_rendering(self, rendering: str) -> HFEncoder:
@@ -264,6 +275,37 @@ class HFEncoder:
         other = copy.copy(self)
         other._fingerprint = replace(self._fingerprint, preprocessing_version=version)
         return other
+
+    def _compile(self) -> None:
+        import torch
+
+        tower = getattr(self._model, "vision_model", None)
+        if tower is None:
+            raise ModelLoadError(f"--compile: {type(self._model).__name__} has no vision_model to compile")
+        self._model.vision_model = torch.compile(tower)
+        logger.info("image tower compiled with torch.compile (the first batch waits for it)")
+
+    def suggest_batch_size(self) -> int:
+        """Images a forward pass: from the free memory on a GPU (the activations of a measured batch of
+        8), CPU_BATCH elsewhere."""
+        if self._device != "cuda":
+            return CPU_BATCH
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        self.start_encoding(np.zeros((8, *self.input_buffer(1).shape[1:]), dtype=np.uint8)).result()
+        per_image = max(1.0, (torch.cuda.max_memory_allocated() - before) / 8)
+        free, _ = torch.cuda.mem_get_info()
+        size = batch_size_for(free, per_image)
+        logger.info("batch size %d (%.0f MB of activations an image, %.0f GB free)", size, per_image / 1e6, free / 1e9)
+        return size
+
+    @property
+    def attention(self) -> str:
+        """The attention implementation the model runs (sdpa where supported)."""
+        return str(getattr(self._model.config, "_attn_implementation", "unknown"))
 
     def _set_precision(self, precision: str, quantize: str | None) -> None:
         import torch
@@ -363,24 +405,41 @@ class HFEncoder:
     def preprocessor_spec(self) -> PreprocessorSpec:
         return self._spec
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    @property
+    def decode_side(self) -> int:
+        return self._preprocessor.input.decode_side
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self._preprocessor(images)
 
-    def encode_pixel_values(self, pixel_values: np.ndarray) -> np.ndarray:
+    def input_buffer(self, rows: int) -> np.ndarray:
+        shape = (rows, self._preprocessor.input.height, self._preprocessor.input.width, 3)
+        if self._device == "cuda":  # pinned: the copy to the GPU runs without the CPU waiting for it
+            import torch
+
+            return torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()
+        return np.empty(shape, dtype=np.uint8)
+
+    def start_encoding(self, batch: np.ndarray) -> Pending:
         import torch
 
-        if len(pixel_values) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        tensor = torch.from_numpy(np.ascontiguousarray(pixel_values)).to(self._device)
-        if self._dtype is not None:
-            tensor = tensor.to(self._dtype)
+        if len(batch) == 0:
+            return Ready(np.zeros((0, self.dim), dtype=np.float32))
         with torch.inference_mode():
-            return self._features(self._model.get_image_features(pixel_values=tensor))
+            values = self._preprocessor.input.normalise(
+                torch.from_numpy(batch).to(self._device, non_blocking=True))  # rescale, mean/std on the device
+            if self._dtype is not None:
+                values = values.to(self._dtype)
+            output = self._model.get_image_features(pixel_values=values)
+            if self._device != "cuda":
+                return Ready(self._features(output))
+            return CudaPending(output if hasattr(output, "detach") else output.pooler_output, self.dim)
 
     def encode_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self.encode_pixel_values(self.preprocess(images))
+        resized = self.preprocess(images)
+        return self.start_encoding(assemble(resized, self.input_buffer(len(resized)))).result()
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -395,3 +454,4 @@ class HFEncoder:
             kwargs["attention_mask"] = inputs["attention_mask"].to(self._device)
         with torch.inference_mode():
             return self._features(self._model.get_text_features(**kwargs))
+

@@ -36,7 +36,7 @@ def load_image_frames(data: bytes, source: str, options: RenderOptions | None = 
         return [LoadedImage(pixels=pixels, kind="dicom", metadata=meta)
                 for pixels, meta in load_dicom_frames(data, source, options)]
     pixels, fmt = load_raster(data, source, max_pixels=options.max_pixels, percentiles=options.percentiles,
-                              limit_setting=options.limit_setting)
+                              limit_setting=options.limit_setting, reduce_to=options.reduce_to)
     meta = ImageMetadata(rows=int(pixels.shape[0]), columns=int(pixels.shape[1]), frames=1, frame_index=0)
     return [LoadedImage(pixels=pixels, kind=fmt.lower(), metadata=meta)]
 

@@ -23,6 +23,11 @@ PREPROCESSING_VERSION = "2"
 CT_CHANNELS = "ct-channels"
 CT_CHANNEL_WINDOWS = ((-1024.0, 1024.0), (-135.0, 215.0), (0.0, 80.0))
 MODEL_RENDERINGS = (CT_CHANNELS,)  # renderings that change what the model sees beyond a window choice
+# Decoding at the model's input size: a frame more than twice the model's input is averaged over boxes of
+# the largest whole factor that keeps both sides at least twice the model's input side (a JPEG decoded
+# at that DCT scale) before its window is applied; the rendered pixels (and their hash) are that size. Indexes
+# made since medsearch 0.19 record it ("2+reduced"); an index without it keeps full-resolution rendering.
+REDUCED = "reduced"
 
 
 def ct_channels(hounsfield: np.ndarray) -> np.ndarray:
@@ -37,9 +42,36 @@ def ct_channels(hounsfield: np.ndarray) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
-def rendering_of(window: str) -> str:
-    """The model rendering a window option asks for ("" for the standard rendering)."""
-    return window if window in MODEL_RENDERINGS else ""
+def rendering_of(window: str, reduced: bool = True) -> str:
+    """The rendering of a run: the model rendering a window option asks for, and REDUCED when frames are
+    decoded at the model's input size ("" for the full-resolution standard rendering)."""
+    return "+".join([*([window] if window in MODEL_RENDERINGS else []), *([REDUCED] if reduced else [])])
+
+
+def model_window(rendering: str) -> str:
+    """The window a rendering forces (ct-channels), or ""."""
+    return next((part for part in rendering.split("+") if part in MODEL_RENDERINGS), "")
+
+
+def is_reduced(rendering: str) -> bool:
+    return REDUCED in rendering.split("+")
+
+
+def reduction_factor(height: int, width: int, side: int) -> int:
+    """The largest whole factor that keeps both sides at least `side` (1: none; also for side 0)."""
+    return max(1, min(height // side, width // side)) if side > 0 else 1
+
+
+def reduce_pixels(values: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W) numbers as float32, or (H, W, 3) uint8, averaged over factor x factor boxes (Pillow's
+    reduce: the boxes at the far edges average what they hold)."""
+    if factor <= 1:
+        return values
+    if values.ndim == 2:  # frombuffer: Pillow reads the float32 array in place instead of copying it
+        floats = np.ascontiguousarray(values, dtype=np.float32)
+        image = Image.frombuffer("F", (floats.shape[1], floats.shape[0]), floats, "raw", "F", 0, 1)
+        return np.asarray(image.reduce(factor))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(values, dtype=np.uint8), mode="RGB").reduce(factor))
 
 
 def preprocessing_version(rendering: str = "") -> str:
@@ -52,16 +84,10 @@ def rendering_from_version(version: str) -> str:
     return version.split("+", 1)[1] if "+" in version else ""
 
 
-def to_pil(pixels: np.ndarray) -> Image.Image:
-    """Wrap an (H, W, 3) uint8 array as a PIL RGB image, checking what loading promised."""
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ValueError(f"expected (H, W, 3) uint8 pixels, got {pixels.shape} {pixels.dtype}")
-    return Image.fromarray(pixels, mode="RGB")
-
-
 def grey_to_rgb(grey: np.ndarray) -> np.ndarray:
-    """Replicate an (H, W) uint8 image into three channels."""
-    return np.repeat(grey[:, :, None], 3, axis=2)
+    """An (H, W) uint8 image as (H, W, 3) whose three channels share the grey values' memory (a
+    read-only view: nothing is copied, and core.model_input resizes it as one channel)."""
+    return np.broadcast_to(grey[:, :, None], (*grey.shape, 3))
 
 
 def unit_to_uint8(values: np.ndarray) -> np.ndarray:

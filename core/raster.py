@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.errors import ImageError, ImageTooLargeError, NotAnImageError
-from core.preprocess import grey_to_rgb, percentile_window, unit_to_uint8
+from core.preprocess import grey_to_rgb, percentile_window, reduction_factor, unit_to_uint8
 
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
 MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
@@ -35,10 +35,12 @@ _HIGH_DEPTH_GREY = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
 def load_raster(data: bytes, source: str, *, max_pixels: int, percentiles: tuple[float, float],
-                limit_setting: str = "MEDSEARCH_MAX_IMAGE_PIXELS") -> tuple[
+                limit_setting: str = "MEDSEARCH_MAX_IMAGE_PIXELS", reduce_to: int = 0) -> tuple[
     np.ndarray, str
 ]:
-    """Decode a raster image. Returns (H, W, 3) uint8 RGB and Pillow's format name."""
+    """Decode a raster image. Returns (H, W, 3) uint8 RGB and Pillow's format name. `reduce_to` > 0:
+    decoded at no less than that side (JPEG at a DCT scale, others averaged over boxes) before the
+    conversion to 8-bit RGB (core.preprocess.REDUCED)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -61,12 +63,29 @@ def load_raster(data: bytes, source: str, *, max_pixels: int, percentiles: tuple
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pixels = to_rgb_array(ImageOps.exif_transpose(image), percentiles)
+            upright = ImageOps.exif_transpose(_drafted(image, reduce_to))
+            pixels = to_rgb_array(_box_reduced(upright, reduce_to), percentiles)
     except ImageError:
         raise
     except Exception as exc:  # truncated files, broken streams
         raise ImageError(source, f"corrupt {fmt} image ({type(exc).__name__}: {exc})") from exc
     return pixels, fmt
+
+
+def _drafted(image: Image.Image, side: int) -> Image.Image:
+    """A JPEG set to decode at 1/2, 1/4 or 1/8 scale (DCT scaling), keeping both sides >= side."""
+    if side > 0 and image.format == "JPEG" and image.mode in ("L", "RGB"):
+        image.draft(image.mode, (side, side))
+    return image
+
+
+def _box_reduced(image: Image.Image, side: int) -> Image.Image:
+    factor = reduction_factor(image.height, image.width, side)
+    if factor > 1 and image.mode.startswith("I;16"):
+        image = image.convert("I")  # the same values, in a mode Pillow can reduce
+    if factor <= 1 or image.mode not in ("L", "RGB", "I", "F", "RGBA", "LA"):
+        return image
+    return image.reduce(factor)
 
 
 def _over_black(image: Image.Image) -> Image.Image:

@@ -33,7 +33,8 @@ class Settings(BaseSettings):
                        "SigLIP/CLIP checkpoint.")
     model_revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     device: Device = "auto"
-    batch_size: int = Field(default=16, ge=1, le=4096)
+    batch_size: int = Field(default=0, ge=0, le=4096, description="Images a forward pass; 0: auto (core.device).")
+    compile_model: bool = Field(default=False, description="torch.compile the image tower.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="Model precision: auto = bf16/fp16 on a GPU, fp32 on a CPU.")
     quantize: Literal["int8"] | None = Field(default=None, description="Dynamic int8 quantization (CPU).")

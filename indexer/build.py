@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.preprocess import rendering_of
+from core.preprocess import is_reduced, rendering_from_version, rendering_of
 from core.settings import Settings
 from core.sources import Source, SourceOptions, open_source
 from indexer.errors import IndexerError
@@ -96,8 +96,10 @@ def build_job(source: Source, settings: Settings, manifest: Path | None, prune: 
         recorded = store.manifest
         model = ModelSpec(choose_model(settings, recorded), settings.model_revision, settings.device,
                           settings.precision, settings.quantize, settings.local_files_only,
-                          rendering_of(settings.window))
-        load = LoadOptions(render=settings.render_options(), max_file_bytes=settings.max_file_bytes, deid_secret=(
+                          rendering_of(settings.window, reduced=recorded is None or is_reduced(
+                              rendering_from_version(recorded.preprocessing_version))), settings.compile_model)
+        load = LoadOptions(render=settings.render_options(), reduced=is_reduced(model.rendering),
+                           max_file_bytes=settings.max_file_bytes, deid_secret=(
             settings.deid_secret.get_secret_value() if settings.deidentify and settings.deid_secret else None),
             deid_keep_columns=tuple(settings.deid_keep_columns), deid_keep_reports=settings.deid_keep_reports)
         engine = make_engine(settings, load, model, store.folder)

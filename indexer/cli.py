@@ -94,7 +94,8 @@ def main() -> None:
 @click.option("--model", help="Hugging Face hub id or local folder of a SigLIP/CLIP checkpoint. [default: the model "
               "the index was built with; for a new index google/medsiglip-448]")
 @click.option("--revision", "model_revision", help="Hub revision (branch, tag or commit) of --model.")
-@click.option("--batch-size", type=click.IntRange(1, 4096), help="Images per forward pass. [default 16]")
+@click.option("--batch-size", type=click.IntRange(0, 4096), help="Images per forward pass. [default 0: auto, from "
+              "the free memory on a GPU (up to 512), 16 on a CPU]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Where the model runs. "
               "[default auto: CUDA if present, else CPU]")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -115,6 +116,8 @@ def main() -> None:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
               help="Model precision [default auto: bf16/fp16 on a GPU, fp32 on a CPU].")
 @click.option("--quantize", type=click.Choice(["int8"]), help="Dynamic int8 quantization of the model (CPU).")
+@click.option("--compile", "compile_model", is_flag=True, default=None, help="torch.compile the image tower: faster "
+              "long runs on a GPU; the first batch waits for the compilation (a minute or more).")
 @click.option("--prune", is_flag=True, help="Remove entries of files no longer in ARCHIVE.")
 @click.option("--new-generation", is_flag=True, help="Build a new index generation in --db (for a new model): "
               "the API keeps serving the current one and switches to the new one when this run completes.")

@@ -53,7 +53,7 @@ class Engine(Protocol):
 
 @dataclass(frozen=True)
 class JobOptions:
-    batch_size: int = 16
+    batch_size: int = 0  # 0: the model's suggestion (HFEncoder.suggest_batch_size)
     checkpoint_seconds: float = 30.0
     prune: bool = False
     manifest_bytes: bytes | None = None

@@ -32,7 +32,8 @@ class LocalEngine:
     def run(self, source: Source, store: Store, repository: Repository, model: ModelSpec, listing: Listing,
             options: JobOptions, progress: ProgressFactory | None) -> RunResult:
         encoder = model.load()
-        return run_indexing(source, store, repository, encoder, batch_size=options.batch_size, options=options.load,
+        batch_size = options.batch_size or encoder.suggest_batch_size()
+        return run_indexing(source, store, repository, encoder, batch_size=batch_size, options=options.load,
                             manifest_bytes=options.manifest_bytes, progress=progress,
                             checkpoint_seconds=options.checkpoint_seconds, workers=self.workers, prune=options.prune,
                             pool=self._pool, listing=listing)

@@ -24,13 +24,14 @@ class ModelSpec:
     quantize: str | None = None
     local_files_only: bool = False
     rendering: str = ""  # a model rendering (core.preprocess.MODEL_RENDERINGS): part of the fingerprint
+    compile_model: bool = False
 
     def load(self, device: str | None = None) -> HFEncoder:
         """The model itself (weights loaded), on `device` (default: the spec's). Raises ModelLoadError."""
         return HFEncoder.load(self.name, revision=self.revision, device=device or self.device,
                               local_files_only=self.local_files_only, precision=self.precision,
                               quantize=self.quantize if (device or self.device) == "cpu" else None,
-                              rendering=self.rendering)
+                              rendering=self.rendering, compile_model=self.compile_model)
 
     def fingerprint(self) -> ModelFingerprint:
         """What the loaded model's fingerprint will be, read from its configuration and weight files."""

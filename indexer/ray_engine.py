@@ -27,14 +27,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from core.deid import pseudonym
+from core.device import CPU_BATCH
 from core.encoder import ImagePreprocessor, PreprocessorSpec
 from core.sources import Source, SourceOptions, open_source
+from indexer.encode import BatchEncoder, given_vectors
 from indexer.errors import IndexerError
 from indexer.job import JobOptions
-from indexer.load import LoadOptions, Outcome, Task, load
+from indexer.load import LoadOptions, Outcome, Task, at_model_size, load
 from indexer.model import ModelSpec
 from indexer.result import Progress, ProgressFactory, RunResult
 from indexer.runner import task_for
@@ -116,7 +116,7 @@ def _worker_state(context: DecodeContext, location: str) -> tuple[Source, ImageP
         _WORKER[key] = open_source(location, SourceOptions(context.max_member_bytes, settings.dicomweb_config()))
     if "preprocessor" not in _WORKER:
         _WORKER["preprocessor"] = ImagePreprocessor.load(context.preprocessor)
-    options = context.load
+    options = at_model_size(context.load, _WORKER["preprocessor"].input.decode_side)
     if context.deid_check is not None:
         secret = settings.deid_secret.get_secret_value() if settings.deid_secret else ""
         if pseudonym("key-check", secret, "key") != context.deid_check:
@@ -162,7 +162,8 @@ class EncodeUnits:
             raise IndexerError(f"an encoding actor loaded {model.name} with fingerprint "
                                f"{self.encoder.fingerprint.key}, the driver's is {expected}: every node must have the "
                                "same model files")
-        self.shard_dir, self.digest, self.batch_size = Path(shard_dir), digest, batch_size
+        self.shard_dir, self.digest = Path(shard_dir), digest
+        self.batches = BatchEncoder(self.encoder, batch_size or self.encoder.suggest_batch_size())
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         done: dict[str, list[Any]] = {"unit_id": [], "shard": [], "frames": []}
@@ -170,10 +171,7 @@ class EncodeUnits:
             unit: WorkUnit = pickle.loads(packed_unit)
             outcomes: list[Outcome] = pickle.loads(packed_outcomes)
             frames = [frame for outcome in outcomes for frame in outcome.frames]
-            size = self.batch_size
-            chunks = [self.encoder.encode_pixel_values(np.stack([f.pixel_values for f in frames[i:i + size]]))
-                      for i in range(0, len(frames), size)]
-            vectors = np.vstack(chunks) if chunks else np.zeros((0, self.encoder.dim), dtype=np.float32)
+            vectors = self.batches.encode(frames)
             path = write_shard(self.shard_dir, unit, self.digest, self.encoder.fingerprint, outcomes, vectors)
             done["unit_id"].append(unit.unit_id)
             done["shard"].append(str(path))
@@ -182,10 +180,6 @@ class EncodeUnits:
 
 
 # -- the driver ------------------------------------------------------------------------------------------
-def from_vectors(frames: Any) -> np.ndarray:
-    """The write stage's vectors of frames the actors encoded."""
-    return np.stack([frame.vector for frame in frames])
-
 
 class RayEngine:
     def __init__(self, options: RayOptions, load: LoadOptions, db_folder: Path) -> None:
@@ -225,8 +219,9 @@ class RayEngine:
             usable.append((path, shard))
         if not usable:
             return 0
-        with indexing_run(source, store, repository, usable[0][1].fingerprint, listing, self.load, from_vectors,
-                          batch_size=options.batch_size, checkpoint_seconds=options.checkpoint_seconds) as run:
+        with indexing_run(source, store, repository, usable[0][1].fingerprint, listing, self.load, given_vectors,
+                          batch_size=options.batch_size or CPU_BATCH,
+                          checkpoint_seconds=options.checkpoint_seconds) as run:
             for path, shard in usable:
                 for outcome in shard.outcomes:
                     run.writer.add(outcome)
@@ -261,8 +256,8 @@ class RayEngine:
         fingerprint = model.fingerprint()
         digest = config_digest(fingerprint, self.load, self._deid_check() or "off")
         self.shard_dir.mkdir(parents=True, exist_ok=True)
-        with indexing_run(source, store, repository, fingerprint.to_dict(), listing, self.load, from_vectors,
-                          manifest_bytes=options.manifest_bytes, batch_size=options.batch_size,
+        with indexing_run(source, store, repository, fingerprint.to_dict(), listing, self.load, given_vectors,
+                          manifest_bytes=options.manifest_bytes, batch_size=options.batch_size or CPU_BATCH,
                           checkpoint_seconds=options.checkpoint_seconds, prune=options.prune) as run:
             units = plan_units(source.key, listing, run.manifest, digest, self.load.max_file_bytes,
                                self.options.files_per_unit)

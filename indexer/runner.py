@@ -1,5 +1,7 @@
-"""The local engine's loop: read (in this process, in order) -> load (decode, render, preprocess in
-worker processes) -> encode in batches in this process -> write, timing each stage.
+"""The local engine's loop: read -> load (decode, render, resize to the model's input in worker
+processes, which read folder files and zip members themselves; tar and PACS entries are read here, in
+order) -> encode in batches in this process -> write (the previous batch, while this one encodes),
+timing each stage.
 
 Incremental: a file whose path, size and modification time are unchanged is not even read; one
 whose content hash is unchanged is not decoded; pixels already indexed are not encoded again.
@@ -12,10 +14,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 from core.encoder import Encoder
+from core.preprocess import is_reduced, rendering_from_version
 from core.sources import Entry, ReadItem, Source
-from indexer.encode import encode_frames
+from indexer.encode import BatchEncoder
+from indexer.errors import IndexerError
 from indexer.load import LoadOptions, LoadPool, Outcome, Task
 from indexer.manifest import MANIFEST_NAME
 from indexer.result import Progress, ProgressFactory, RunResult
@@ -35,14 +40,18 @@ def run_indexing(source: Source, store: Store, repository: Repository, encoder: 
     `pool`: decoding workers the caller started (for example while the model loaded), closed by the
     caller; otherwise `workers` processes are started here and stopped at the end.
     `listing`: the source's listing, when the caller made it already (`list_source`)."""
-    options = options or LoadOptions()
+    reduced = is_reduced(rendering_from_version(encoder.fingerprint.preprocessing_version))
+    options = replace(options or LoadOptions(), reduced=reduced)  # decoded as the model's fingerprint says
+    if pool is not None and pool.reduced != reduced:
+        raise IndexerError("the decoding workers were started for another rendering than the model's fingerprint")
     listing = listing or list_source(source, repository)  # listed once: millions of files are walked once
     with indexing_run(source, store, repository, encoder.fingerprint.to_dict(), listing, options,
-                      lambda frames: encode_frames(encoder, frames), manifest_bytes=manifest_bytes,
+                      BatchEncoder(encoder, batch_size).start, manifest_bytes=manifest_bytes,
                       batch_size=batch_size, checkpoint_seconds=checkpoint_seconds, prune=prune) as run:
         own_pool = pool is None
         if pool is None:
-            pool = LoadPool(workers, options, encoder.preprocessor_spec, local=encoder.preprocess, eager=False)
+            pool = LoadPool(workers, options, encoder.preprocessor_spec, local=encoder.preprocess,
+                            local_side=encoder.decode_side, eager=False)
         bar = progress(len(listing.entries)) if progress else Progress()
         try:
             for outcome in pool.map(tasks(source, run, options)):
@@ -60,7 +69,7 @@ def run_indexing(source: Source, store: Store, repository: Repository, encoder: 
 
 def tasks(source: Source, run: IndexingRun, options: LoadOptions) -> Iterator[Task | Outcome]:
     """What each entry needs, in listing order: nothing (unchanged, the manifest, too large: an outcome
-    at once) or a load task (a local file is read by the worker; other bytes are read here, in one
+    at once) or a load task (a local file or zip member is read by the worker; other bytes are read here, in one
     sequential pass for a tar)."""
     known, stages = run.listing.known, run.result.stage_seconds
 
@@ -69,7 +78,8 @@ def tasks(source: Source, run: IndexingRun, options: LoadOptions) -> Iterator[Ta
             entry.size <= options.max_file_bytes)
 
     local = source.local_path("") is not None
-    stream: Iterator[ReadItem] = ((e, None) for e in run.listing.entries) if local else source.iter_read(needed)
+    by_workers = local or source.random_access  # workers read the entries themselves
+    stream: Iterator[ReadItem] = ((e, None) for e in run.listing.entries) if by_workers else source.iter_read(needed)
     t0 = time.perf_counter()
     for entry, data in stream:
         stages["read"] += time.perf_counter() - t0
@@ -92,4 +102,5 @@ def task_for(source: Source, entry: Entry, data: bytes | OSError | None, run: In
     if isinstance(data, OSError):
         return Outcome(entry, "failed", reason=f"{where}: cannot read file: {data}")
     return Task(entry, where, data, source.local_path(entry.path) if local else None,
-                state.file_sha256 if state else None, run.manifest.get(entry.path))
+                state.file_sha256 if state else None, run.manifest.get(entry.path),
+                archive=source.key if data is None and not local and source.random_access else None)

@@ -81,6 +81,7 @@ def indexing_run(source: Source, store: Store, repository: Repository, fingerpri
     try:
         yield IndexingRun(result, writer, manifest, listing)
         writer.flush()
+        writer.finish()
         if prune:
             present = {entry.path for entry in listing.entries}
             gone = [sid for path, state in listing.known.items() if path not in present for sid in state.source_ids]

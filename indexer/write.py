@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from core.encoder import Pending
 from indexer.load import Frame, Outcome
 from indexer.result import RunResult
 from storage.records import (
@@ -39,7 +40,7 @@ from storage.store import Store
 
 logger = logging.getLogger(__name__)
 
-Encode = Callable[[Sequence[Frame]], np.ndarray]  # frames -> (n, dim) L2-normalised vectors
+Encode = Callable[[Sequence[Frame]], Pending]  # frames -> (n, dim) L2-normalised vectors, maybe still computing
 
 
 @dataclass
@@ -102,6 +103,7 @@ class BatchWriter:
         self.exclusions, self.result, self.encode, self.dim = exclusions, result, encode, dim
         self.batch_size, self.checkpoint_seconds = batch_size, checkpoint_seconds
         self._last_checkpoint = time.monotonic()
+        self._in_flight: _Batch | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -155,33 +157,61 @@ class BatchWriter:
             self.items.append((Outcome(entry, "gone"), state))
 
     def flush(self, unit_id: str | None = None) -> bool:
-        """Commit what was added (one transaction). With `unit_id`: as that work unit, which a repeated
-        commit leaves alone; returns False then."""
+        """Commit what was added (one transaction). Without `unit_id` the batch's encoding is started
+        and the batch before it committed meanwhile (this one follows at the next flush or `finish`);
+        a batch sharing pixels with the one in flight, or following one that replaces earlier sources
+        (whose images may go), waits for it, so that it is planned against what that one stored.
+        With `unit_id`: committed now as that work unit, which a repeated commit leaves alone; returns
+        False then."""
         if not (self.items or self.touched or self.issues or unit_id):
             self.result.unchanged += self.unchanged  # nothing to write
             self._reset()
             return True
-        result, started = self.result, time.perf_counter()
+        pixels = {frame.pixel_sha256 for outcome, _ in self.items for frame in outcome.frames}
+        flight = self._in_flight
+        if unit_id or (flight is not None and (pixels & flight.pixels or any(s for _, s in flight.items))):
+            self.finish()
+        started = time.perf_counter()
         plan = plan_batch(self.repository, self.source_key, [outcome for outcome, _ in self.items], self.dim)
-        vectors = self.encode(plan.to_encode) if plan.to_encode else np.zeros((0, self.dim), dtype=np.float32)
+        batch = _Batch(plan, self.encode(plan.to_encode) if plan.to_encode else None, pixels, self.items,
+                       self.touched, self.issues, self.verdicts, self.unchanged, UnitRecord(unit_id, self.files,
+                                                                                            self.frames)
+                       if unit_id else None)
+        self.result.stage_seconds["encode"] += time.perf_counter() - started
+        self._reset()
+        previous, self._in_flight = self._in_flight, batch
+        if previous is not None:
+            self._commit(previous)
+        if unit_id:
+            return self.finish()
+        return True
+
+    def finish(self) -> bool:
+        """Commit the batch in flight, if any. False when it was a work unit committed before."""
+        batch, self._in_flight = self._in_flight, None
+        return self._commit(batch) if batch is not None else True
+
+    def _commit(self, batch: _Batch) -> bool:
+        result, plan, started = self.result, batch.plan, time.perf_counter()
+        vectors = batch.vectors.result() if batch.vectors is not None else np.zeros((0, self.dim), dtype=np.float32)
         encoded = time.perf_counter()
         by_pixels = dict(plan.stored)
         by_pixels.update({frame.pixel_sha256: vector for frame, vector in zip(plan.to_encode, vectors, strict=True)})
         for key, new in plan.new.items():
             new.vector = by_pixels[plan.copies[key]]
-        replaced = [sid for _, state in self.items if state is not None for sid in state.source_ids]
-        unit = UnitRecord(unit_id, self.files, self.frames) if unit_id else None
+        replaced = [sid for _, state in batch.items if state is not None for sid in state.source_ids]
         written = self.store.write(list(plan.new.values()), plan.links, run_id=result.run_id,
-                                   remove_source_ids=replaced, touched=self.touched, issues=self.issues, unit=unit)
+                                   remove_source_ids=replaced, touched=batch.touched, issues=batch.issues,
+                                   unit=batch.unit)
         if written is not None:  # the counts of a unit committed before are not counted again
-            result.unchanged += self.unchanged
-            result.issues += self.verdicts
-            result.failed += sum(1 for issue in self.verdicts if issue.kind == "failed")
-            result.skipped += sum(1 for issue in self.verdicts if issue.kind != "failed")
+            result.unchanged += batch.unchanged
+            result.issues += batch.verdicts
+            result.failed += sum(1 for issue in batch.verdicts if issue.kind == "failed")
+            result.skipped += sum(1 for issue in batch.verdicts if issue.kind != "failed")
             result.indexed += len(plan.new)
             result.encoded += len(plan.to_encode)
             result.linked += len(plan.links) + sum(len(n.sources) - 1 for n in plan.new.values())
-            result.units += unit is not None
+            result.units += batch.unit is not None
             self.repository.update_run(result.run_id, indexed=result.indexed, unchanged=result.unchanged,
                                        skipped=result.skipped, failed=result.failed)
         result.stage_seconds["encode"] += encoded - started
@@ -189,5 +219,19 @@ class BatchWriter:
         if time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
             self.store.checkpoint()
             self._last_checkpoint = time.monotonic()
-        self._reset()
         return written is not None
+
+
+@dataclass
+class _Batch:
+    """A planned batch whose vectors may still be computing, with what it will write."""
+
+    plan: Plan
+    vectors: Pending | None
+    pixels: set[str]
+    items: list[tuple[Outcome, FileState | None]]
+    touched: list[tuple[int, int | None, float | None]]
+    issues: list[FileIssue]
+    verdicts: list[FileIssue]
+    unchanged: int
+    unit: UnitRecord | None

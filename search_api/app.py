@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.encoder import Encoder, HFEncoder
 from core.errors import MedsearchError
-from core.preprocess import rendering_from_version
+from core.preprocess import is_reduced, model_window, rendering_from_version
 from core.settings import Settings
 from search_api.auth import AccessControl
 from search_api.docs import DOCS_PATHS, DOCS_POLICY, add_docs, declare_keys
@@ -82,8 +82,10 @@ def build_service(settings: Settings, encoder: Encoder | None = None, index: Ope
             f"{encoder.fingerprint.key}. Serve it with the model it was built with (--model)."
         )
     render = settings.render_options()
-    if rendering:
-        render = replace(render, window=rendering)
+    if model_window(rendering):
+        render = replace(render, window=model_window(rendering))
+    if is_reduced(rendering):  # an upload is decoded at the model's input size, as the index's images were
+        render = replace(render, reduce_to=encoder.decode_side)
     files = ImageFiles(render, dicomweb=settings.dicomweb_config(),
                        max_upload_pixels=settings.max_upload_pixels, decode_slots=settings.decode_slots,
                        preview_cache_size=settings.preview_cache_size)

@@ -1,7 +1,9 @@
 """The store: the vector index of one database folder, kept consistent with the repository.
 
 Write order: rows and embeddings commit in one transaction (the source of truth), then the vectors go
-into the in-memory FAISS index, which `checkpoint()` saves atomically. After a crash the saved index
+into the in-memory FAISS index, which `checkpoint()` saves: the changes since the last checkpoint appended
+to the index's log (storage.delta), or the whole index atomically once the log has grown to half the
+saved index (so checkpoints cost what was added, in total as well). After a crash the saved index
 may lag behind (or, after deletions, run ahead of) the embeddings table; opening reconciles the two,
 so FAISS, rows and embeddings always agree once a store is open. A store opened read-only (the API,
 `runs`, `verify` without --repair) never writes a file.
@@ -13,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from storage import delta
 from storage.errors import DimensionMismatchError, StorageError
 from storage.exact_scan import exact_scores, ids_at_least, rerank, top_k
 from storage.index_build import BuildReport, build_index
@@ -33,6 +37,7 @@ logger = logging.getLogger(__name__)
 INDEX_NAME = "index.faiss"
 DATABASE_ID = "database_id"
 EXACT_FILTER_LIMIT = 200_000  # filtered searches over fewer allowed vectors scan them exactly
+LOG_MIN = 50_000  # vectors the log may hold before the index is saved whole, however small the index
 
 
 class Store:
@@ -49,7 +54,13 @@ class Store:
         self._index: VectorIndex | None = None
         self._lock = threading.RLock()
         self._dirty = False
-        self._loaded_signature: tuple[int, int, int] | None = None
+        self._loaded_signature: tuple[int, ...] | None = None
+        self._token: str | None = None  # the saved base's token; None: the next checkpoint saves it whole
+        self._log_end = 0  # the log's length this store has applied or written
+        self._logged = 0  # vectors in the log
+        self._base_total = 0  # vectors in the saved base
+        self._changes: list[delta.Change] = []  # since the last checkpoint, for the log
+        self._caught_up: set[int] = set()  # a reader: ids added from the database, not (yet) from the log
         self._load_index()
 
     @property
@@ -60,12 +71,39 @@ class Store:
     def manifest(self) -> Manifest | None:
         return self._repository.get_manifest()
 
-    def _signature(self) -> tuple[int, int, int] | None:
+    def _signature(self) -> tuple[int, ...] | None:
         try:
             info = self.index_path.stat()
         except OSError:
             return None
         return info.st_ino, info.st_mtime_ns, info.st_size
+
+    def _log_size(self) -> int:
+        try:
+            return delta.delta_path(self.index_path).stat().st_size
+        except OSError:
+            return 0
+
+    def _replay(self, index: VectorIndex, offset: int = 0) -> int:
+        """Apply the log's records from `offset` to `index`; returns how many were applied."""
+        found = delta.read(delta.delta_path(self.index_path), self._database_id, self._token, offset)
+        if found is None:
+            return 0
+        changes, self._log_end = found
+        for change in changes:
+            if change.vectors is not None:
+                ids, vectors = change.ids, change.vectors
+                if self._caught_up:
+                    new = ~np.isin(ids, np.fromiter(self._caught_up, dtype=np.int64))
+                    self._caught_up.difference_update(ids.tolist())
+                    ids, vectors = ids[new], vectors[new]
+                index.add(ids, vectors)
+                self._logged += len(change.ids)
+            elif index.can_remove:
+                index.remove(change.ids)
+            else:
+                self._token = None  # left to reconcile (which rebuilds an index that cannot remove)
+        return len(changes)
 
     def _load_index(self) -> None:
         if not self.read_only:  # only the writer may tidy up; a reader could delete a save in progress
@@ -77,7 +115,13 @@ class Store:
         index: VectorIndex | None = None
         if self.index_path.exists():
             try:
-                index, owner = VectorIndex.load(self.index_path)
+                index, header = VectorIndex.load_with_header(self.index_path)
+                owner = header.get("database_id")
+                self._token, self._logged, self._log_end = header.get("token"), 0, 0
+                self._caught_up = set()
+                self._base_total = index.ntotal
+                if owner == self._database_id and index.dim == manifest.dim:
+                    self._replay(index)
                 if owner != self._database_id:
                     logger.warning("%s was not built from this database (%s): rebuilding it from the embeddings "
                                    "table", self.index_path, "no owner mark" if owner is None else "another one")
@@ -118,6 +162,10 @@ class Store:
                 if not self.read_only:
                     logger.warning("FAISS index caught up with the database: %d vectors added, %d removed",
                                    len(missing), len(extra))
+                if self.read_only:  # the writer logs these later: they are not added twice then
+                    self._caught_up.update(missing.tolist())
+                else:
+                    self._token = None  # saved whole
                 self._dirty = True
                 self.checkpoint()
             return len(missing), len(extra)
@@ -127,7 +175,12 @@ class Store:
         written), catching up in memory with rows committed since. Returns True if it reloaded."""
         signature = self._signature()
         if signature == self._loaded_signature and (self._index is not None or self.manifest is None):
-            return False
+            if self._index is None or self._token is None or self._log_size() <= self._log_end:
+                return False
+            with self._lock:  # the same base, a longer log: apply what was appended
+                applied = self._replay(self._index, self._log_end)
+            logger.info("index caught up from its log: %d records, %d vectors", applied, self.ntotal)
+            return applied > 0
         with self._lock:
             self._load_index()
         logger.info("index reloaded: %d vectors", self.ntotal)
@@ -161,7 +214,10 @@ class Store:
         with self._lock:
             self._drop(removed)
             if ids:
-                self._index.add(np.asarray(ids, dtype=np.int64), np.vstack([n.vector for n in new_images]))
+                added = np.asarray(ids, dtype=np.int64)
+                vectors = np.vstack([n.vector for n in new_images])
+                self._index.add(added, vectors)
+                self._changes.append(delta.Change(added, vectors))
             self._dirty = self._dirty or bool(ids or removed)
         return ids
 
@@ -171,6 +227,7 @@ class Store:
             return
         if self._index.can_remove:
             self._index.remove(np.asarray(image_ids, dtype=np.int64))
+            self._changes.append(delta.Change(np.asarray(image_ids, dtype=np.int64), None))
             self._dirty = True
         else:
             self.build_index(self._index.kind)
@@ -188,7 +245,7 @@ class Store:
         preview, removed = self._repository.remove(selection, note)
         with self._lock:
             self._drop(removed)
-            self._dirty = True
+            self._dirty, self._token = True, None  # saved whole: no file keeps the removed vectors
         self.checkpoint()
         self._repository.compact()
         return preview
@@ -218,7 +275,7 @@ class Store:
         fresh, report = build_index(self._repository, manifest.dim, kind, memory_budget, seed)
         with self._lock:
             self._index = fresh
-            self._dirty = True
+            self._dirty, self._token, self._changes = True, None, []
             self.checkpoint()
         if not self.read_only:
             self._repository.set_meta("index_policy", kind)
@@ -229,7 +286,7 @@ class Store:
         readers switch to it whole; `policy` is the kind later rebuilds use."""
         with self._lock:
             self._index = index
-            self._dirty = True
+            self._dirty, self._token, self._changes = True, None, []
             self.checkpoint()
         self._repository.set_meta("index_policy", policy)
 
@@ -248,11 +305,24 @@ class Store:
         return self._index.kind if self._index is not None else "none"
 
     def checkpoint(self) -> None:
-        """Save the FAISS index atomically if it changed (never by a read-only store)."""
+        """Save what changed (never by a read-only store): appended to the log, or the whole index when
+        there is no base to follow yet or the log holds half as many vectors as the base."""
         with self._lock:
-            if self._index is not None and self._dirty and not self.read_only:
-                self._index.save(self.index_path, self._database_id)
-                self._dirty = False
+            if self._index is None or not self._dirty or self.read_only:
+                return
+            adding = sum(len(change.ids) for change in self._changes if change.vectors is not None)
+            if self._token is not None and self._logged + adding <= max(LOG_MIN, self._base_total // 2):
+                self._log_end = delta.append(delta.delta_path(self.index_path), self._changes)
+                self._logged += adding
+            else:
+                token = uuid.uuid4().hex
+                self._index.save(self.index_path, self._database_id, token)
+                self._log_end = delta.start_log(delta.delta_path(self.index_path), self._database_id, token,
+                                                self._index.dim)
+                self._token, self._logged, self._base_total = token, 0, self._index.ntotal
+            self._loaded_signature = self._signature()
+            self._changes = []
+            self._dirty = False
 
     # -- reading --------------------------------------------------------------------------------------
     @property

@@ -122,15 +122,21 @@ class VectorIndex:
     def load(cls, path: Path) -> tuple[VectorIndex, str | None]:
         """The index in `path` and the id of the database it was built from (None: a file without the
         header, written before medsearch marked its index files)."""
+        index, header = cls.load_with_header(path)
+        return index, header.get("database_id")
+
+    @classmethod
+    def load_with_header(cls, path: Path) -> tuple[VectorIndex, dict[str, Any]]:
+        """The index in `path` and its header (database_id, kind, ntotal, token: storage.delta)."""
         try:
             data = path.read_bytes()
-            owner = None
+            header: dict[str, Any] = {}
             if data.startswith(MAGIC):
                 (length,) = struct.unpack_from("<I", data, len(MAGIC))
                 start = len(MAGIC) + 4
-                owner = json.loads(data[start:start + length])["database_id"]
+                header = json.loads(data[start:start + length])
                 data = data[start + length:]
-            return cls(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))), owner
+            return cls(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))), header
         except Exception as exc:  # faiss raises RuntimeError on corrupt or truncated files
             raise StorageError(f"cannot read the FAISS index {path}: {exc}") from exc
 
@@ -322,9 +328,11 @@ class VectorIndex:
             return faiss.SearchParametersIVF(sel=selector, nprobe=self.search_effort())
         return faiss.SearchParameters(sel=selector)
 
-    def save(self, path: Path, owner: str) -> None:
-        """Write atomically, marked with the id of the database (`owner`) it was built from."""
-        header = json.dumps({"database_id": owner, "kind": self.kind, "ntotal": self.ntotal}).encode()
+    def save(self, path: Path, owner: str, token: str | None = None) -> None:
+        """Write atomically, marked with the id of the database (`owner`) it was built from and the
+        token its log of later changes names (storage.delta)."""
+        header = json.dumps({"database_id": owner, "kind": self.kind, "ntotal": self.ntotal,
+                             "token": token}).encode()
         body = faiss.serialize_index(self._index)
 
         def write(handle: Any) -> None:

@@ -36,6 +36,9 @@ class SourceOptions:
 
 class Source(Protocol):
     key: str  # the source's identity in the database (a resolved path, or a dicomweb+ location)
+    # any process that opens the source by its key can read any entry, in any order, at little cost (a
+    # zip file): decoding workers read their entries themselves instead of being sent the bytes
+    random_access: bool
 
     def entries(self, known: Mapping[str, Entry] | None = None) -> list[Entry]:
         """Every file, in a stable order. `known`: what the database recorded of each path, which a

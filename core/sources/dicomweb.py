@@ -430,6 +430,8 @@ class DicomWebArchive:
         except (_FetchError, ArchiveError) as exc:
             raise OSError(str(exc)) from exc
 
+    random_access = False
+
     def local_path(self, path: str) -> str | None:
         return None
 

@@ -39,6 +39,8 @@ class FolderArchive:
     def fetch(self, entry: Entry) -> ReadItem:
         return fetch_by_path(self.read, entry)
 
+    random_access = True
+
     def local_path(self, path: str) -> str | None:
         return str(self.root / path)
 

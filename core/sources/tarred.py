@@ -42,6 +42,8 @@ class TarArchive:
     def fetch(self, entry: Entry) -> ReadItem:
         return fetch_by_path(self.read, entry)
 
+    random_access = False
+
     def local_path(self, path: str) -> str | None:
         return None
 

@@ -64,6 +64,8 @@ class ZipArchive:
     def fetch(self, entry: Entry) -> ReadItem:
         return fetch_by_path(self.read, entry)
 
+    random_access = True
+
     def local_path(self, path: str) -> str | None:
         return None
 

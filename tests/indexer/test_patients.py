@@ -8,13 +8,16 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from core.dicom import RenderOptions
 from core.encoder import HFEncoder
 from core.images import load_image_file
+from core.model_input import ModelInput
 from core.settings import Settings
 from search_api.app import build_service, create_app
 from search_api.auth import AccessControl
@@ -26,7 +29,9 @@ CT = pydicom.dcmread(dicom_file("CT_small.dcm"))
 OTHER_STUDY = CT.StudyInstanceUID + ".99"
 
 
-def cross_patient_archive(root: Path) -> Path:
+def cross_patient_archive(root: Path, decode_side: int) -> Path:
+    """`decode_side`: the model's (core.model_input); the PNG holds the DICOM's pixels rendered at it, as
+    a run renders them, so that it is the same pixels under another patient."""
     (root / "dicom").mkdir(parents=True)
     (root / "images").mkdir()
     shutil.copy2(dicom_file("CT_small.dcm"), root / "dicom" / "ct.dcm")
@@ -35,7 +40,8 @@ def cross_patient_archive(root: Path) -> Path:
     later.StudyInstanceUID, later.SOPInstanceUID = OTHER_STUDY, CT.SOPInstanceUID + ".99"
     later.save_as(root / "dicom" / "ct-later-study.dcm")  # the same pixels in another study of the patient
     shutil.copy2(dicom_file("MR_small.dcm"), root / "dicom" / "mr.dcm")
-    Image.fromarray(load_image_file(dicom_file("CT_small.dcm")).pixels).save(root / "images" / "ct.png")
+    rendered = load_image_file(dicom_file("CT_small.dcm"), RenderOptions(reduce_to=decode_side)).pixels
+    Image.fromarray(np.ascontiguousarray(rendered)).save(root / "images" / "ct.png")
     (root / "manifest.csv").write_text("path,patient_id,labels,report\n"
                                        "images/ct.png,SAMPLE-PNG-1,head,Report of SAMPLE-PNG-1.\n")
     return root
@@ -50,7 +56,10 @@ def identifiers_in(folder: Path, values: list[str]) -> list[str]:
 
 @pytest.fixture
 def indexed(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, Path]:
-    archive, db = cross_patient_archive(tmp_path / "archive"), tmp_path / "db"
+    from transformers import AutoProcessor
+
+    side = ModelInput.from_processor(AutoProcessor.from_pretrained(tiny_model_dir)).decode_side
+    archive, db = cross_patient_archive(tmp_path / "archive", side), tmp_path / "db"
     done = run_cli("run", str(archive), "--db", str(db), "--model", str(tiny_model_dir), "--no-progress")
     assert done.returncode == 0, done.stderr
     # four images of CT_small's pixels and MR_small's, yet the model ran on two distinct pixel contents
