@@ -7,7 +7,8 @@ size, rendering, the resize to the model's input in worker processes, batch asse
 writes. The null encoder turns each batch into vectors of its pixel means (L2-normalised), so its
 cost is near zero. Figures, all measured in this run:
 - images/s in one process (`--workers 0`: every stage on one core, the per-core rate) and with one worker
-  per core (the machine's ceiling), by class;
+  per core (the machine's ceiling), by class; the per-core rate also with full-resolution decoding (an
+  index made before decoding at the model's size), the same run;
 - bytes per image crossing from a worker to the main process (8-bit pixels at the model's size through
   shared memory, the rest of the outcome pickled through the result pipe), against the float32 pixel
   values sent before through the pipe (3 x side x side x 4);
@@ -52,9 +53,10 @@ CLASSES: dict[str, tuple[str, int, int | None]] = {
 class NullEncoder:
     """core.encoder.Encoder without a model: the processor's resize, then vectors of pixel means."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, reduced: bool = True) -> None:
         self._pre = ImagePreprocessor.load(PreprocessorSpec(model))
-        self._fingerprint = replace(describe_model(model, rendering="reduced"), name="null-encoder")
+        rendering = "reduced" if reduced else ""
+        self._fingerprint = replace(describe_model(model, rendering=rendering), name="null-encoder")
         self._spec = PreprocessorSpec(model)
 
     fingerprint = property(lambda self: self._fingerprint)
@@ -136,7 +138,8 @@ def crossing_bytes(archive: Path, encoder: NullEncoder) -> tuple[float, float, i
 def rate(archive: Path, encoder: NullEncoder, workers: int, batch_size: int) -> float:
     """Images/s of the second of two runs into fresh indexes (the first warms the workers up)."""
     work = Path(tempfile.mkdtemp(prefix="medsearch-null-"))
-    pool = LoadPool(workers, LoadOptions(reduced=True), encoder.preprocessor_spec, local=encoder.preprocess,
+    reduced = encoder.fingerprint.preprocessing_version.endswith("reduced")
+    pool = LoadPool(workers, LoadOptions(reduced=reduced), encoder.preprocessor_spec, local=encoder.preprocess,
                     local_side=encoder.decode_side) if workers else None
     try:
         for attempt in range(2):
@@ -181,7 +184,7 @@ def run(model: str, input_size: int | None, batch_size: int) -> dict[str, Any]:
             config["image_processor"]["size"] = {"height": input_size, "width": input_size}
             (work / "model" / "processor_config.json").write_text(json.dumps(config))
             model = str(work / "model")
-        encoder = NullEncoder(model)
+        encoder, full_resolution = NullEncoder(model), NullEncoder(model, reduced=False)
         cores = os.cpu_count() or 1
         rows = []
         for label, (name, count, side) in CLASSES.items():
@@ -190,9 +193,11 @@ def run(model: str, input_size: int | None, batch_size: int) -> dict[str, Any]:
                 print(f"{label}: {name} is not installed (pydicom-data): skipped")
                 continue
             single = rate(archive, encoder, 0, batch_size)
+            full = rate(archive, full_resolution, 0, batch_size)
             pooled = rate(archive, encoder, cores, batch_size)
             sent, piped, before = crossing_bytes(archive, encoder)
             row = {"class": label, "images": count, "per_core_images_per_s": round(single, 1),
+                   "per_core_full_resolution_images_per_s": round(full, 1),
                    f"all_{cores}_cores_images_per_s": round(pooled, 1), "bytes_per_image_crossing": round(sent),
                    "of_them_through_the_pipe": round(piped),
                    "bytes_per_image_before": before,
