@@ -55,7 +55,7 @@ def png(pixels: np.ndarray, size: int) -> bytes:
 class ImageFiles:
     def __init__(self, render: RenderOptions, *, dicomweb: DicomWebConfig | None = None,
                  max_upload_pixels: int | None = None, decode_slots: int = 2, preview_cache_size: int = 256) -> None:
-        self.render = render
+        self.render = replace(render, reduce_to=0)  # what is shown: full resolution
         self.dicomweb = dicomweb
         upload_limit = min(render.max_pixels, max_upload_pixels or render.max_pixels)
         self.upload_render = replace(render, max_pixels=upload_limit, limit_setting="MEDSEARCH_MAX_UPLOAD_PIXELS")
@@ -66,14 +66,15 @@ class ImageFiles:
         self.previews: LRUCache[tuple[int, int, str, int], bytes] = LRUCache(preview_cache_size)
 
     def decode_upload(self, data: bytes, source: str) -> LoadedImage:
-        """An uploaded image decoded exactly as the indexer does, within the upload pixel limit."""
+        """An uploaded image decoded exactly as the indexer does (at the model's input size where the index
+        was made so), within the upload pixel limit."""
         with self._decode_slots:
             return load_image_bytes(data, source, self.upload_render)
 
     def render_upload(self, data: bytes, size: int, window: str | None = None) -> bytes:
         """An uploaded image as PNG, decoded as `decode_upload` does, windowed as asked (the query image
         shown above its results and beside a result)."""
-        options = replace(self.upload_render, window=self._window(window))
+        options = replace(self.upload_render, window=self._window(window), reduce_to=0)
         with self._decode_slots:
             return png(load_image_bytes(data, "uploaded file", options).pixels, size)
 

@@ -15,6 +15,15 @@ from storage.vector_index import VectorIndex
 from tests.storage.test_store import DIM, fingerprint, records, unit_vectors
 
 
+def two_checkpoints(store, later: int) -> None:
+    """10 vectors saved whole, then `later` more appended to the log."""
+    store.bind_model(fingerprint())
+    store.write(records(10, "a", vectors=unit_vectors(10, 1)))
+    store.checkpoint()
+    store.write(records(later, "b", vectors=unit_vectors(later, 2)))
+    store.checkpoint()
+
+
 def test_a_checkpoint_appends_what_was_added_and_leaves_the_saved_index_alone(tmp_path: Path, caplog):
     db = tmp_path / "db"
     with open_index(db, create=True) as (store, _):
@@ -58,11 +67,7 @@ def test_a_reader_applies_only_what_the_log_gained(tmp_path: Path):
 def test_a_torn_log_record_is_caught_up_from_the_database(tmp_path: Path):
     db = tmp_path / "db"
     with open_index(db, create=True) as (store, _):
-        store.bind_model(fingerprint())
-        store.write(records(10, "a", vectors=unit_vectors(10, 1)))
-        store.checkpoint()
-        store.write(records(4, "b", vectors=unit_vectors(4, 2)))
-        store.checkpoint()
+        two_checkpoints(store, 4)
     log = delta_path(db / "index.faiss")
     log.write_bytes(log.read_bytes()[:-20])  # a crash in the middle of the last append
     with open_index(db) as (again, repository):
@@ -73,11 +78,7 @@ def test_a_torn_log_record_is_caught_up_from_the_database(tmp_path: Path):
 def test_a_log_of_another_base_is_ignored(tmp_path: Path):
     db = tmp_path / "db"
     with open_index(db, create=True) as (store, _):
-        store.bind_model(fingerprint())
-        store.write(records(10, "a", vectors=unit_vectors(10, 1)))
-        store.checkpoint()
-        store.write(records(3, "b", vectors=unit_vectors(3, 2)))
-        store.checkpoint()
+        two_checkpoints(store, 3)
     stale = delta_path(db / "index.faiss").read_bytes()
     with open_index(db) as (store, _):
         store.build_index("flat")  # a new base: the log starts again
@@ -90,11 +91,7 @@ def test_removing_a_patient_saves_the_index_whole(tmp_path: Path):
     """No file may keep a removed patient's vectors: the base is rewritten, the log started again."""
     db = tmp_path / "db"
     with open_index(db, create=True) as (store, _):
-        store.bind_model(fingerprint())
-        store.write(records(10, "a", vectors=unit_vectors(10, 1)))
-        store.checkpoint()
-        store.write(records(3, "b", vectors=unit_vectors(3, 2)))
-        store.checkpoint()
+        two_checkpoints(store, 3)
         store.remove(Selection(patient_id="P1"))
         log_size = delta_path(store.index_path).stat().st_size
     assert VectorIndex.load(db / "index.faiss")[0].ntotal == 11  # P1 of "a" and of "b" gone
