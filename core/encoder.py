@@ -6,14 +6,9 @@ return L2-normalised float32 NumPy arrays, so inner product = cosine similarity.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import re
-import socket
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,39 +16,22 @@ import numpy as np
 
 from core.device import CPU_BATCH, CudaPending, batch_size_for, choose_device
 from core.errors import ModelLoadError
+from core.model_files import (
+    RANDOM_WEIGHTS_MARKER,
+    ModelFingerprint,
+    describe_model,
+    explain_load_failure,
+    fingerprint_of,
+    hash_weights,
+    hub_reachable,
+)
 from core.model_input import ModelInput, assemble
 from core.preprocess import preprocessing_version
 
+__all__ = ["RANDOM_WEIGHTS_MARKER", "Encoder", "HFEncoder", "ImagePreprocessor", "ModelFingerprint", "Pending",
+           "PreprocessorSpec", "Ready", "describe_model", "hash_weights", "hub_reachable", "l2_normalise"]
+
 logger = logging.getLogger(__name__)
-
-# A checkpoint folder that carries this file declares its weights random (made for tests or demos);
-# everything it produces is labelled meaningless. core.random_model writes it.
-RANDOM_WEIGHTS_MARKER = "medsearch_random_weights.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-
-
-@dataclass(frozen=True)
-class ModelFingerprint:
-    """Identifies what produced a vector. Vectors with different `key`s must never share an index."""
-
-    name: str
-    revision: str | None
-    weights_sha256: str | None
-    dim: int
-    preprocessing_version: str
-    random_weights: bool
-
-    @property
-    def key(self) -> str:
-        identity = {
-            "weights": self.weights_sha256 or f"{self.name}@{self.revision}",
-            "dim": self.dim,
-            "preprocessing": self.preprocessing_version,
-        }
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "key": self.key}
 
 
 @dataclass(frozen=True)
@@ -80,7 +58,7 @@ class ImagePreprocessor:
             return cls(AutoProcessor.from_pretrained(spec.name_or_path, revision=spec.revision,
                                                      local_files_only=spec.local_files_only))
         except Exception as exc:
-            raise ModelLoadError(_explain_load_failure(spec.name_or_path, exc)) from exc
+            raise ModelLoadError(explain_load_failure(spec.name_or_path, exc)) from exc
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [self.input.resize(image) for image in images]
@@ -143,94 +121,6 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
-
-
-def hash_weights(folder: Path) -> str | None:
-    """sha256 over the weight files of a local checkpoint folder (names and contents, sorted)."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            while chunk := handle.read(8 * 1024 * 1024):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _hub_commit(name: str, revision: str | None, local_files_only: bool) -> str | None:
-    """The commit a hub checkpoint resolved to, read from its cache path (.../snapshots/<commit>/)."""
-    try:
-        from transformers.utils import cached_file
-
-        path = cached_file(name, "config.json", revision=revision, local_files_only=True)
-    except Exception:
-        return revision
-    match = re.search(r"snapshots/([0-9a-f]{40})/", str(path)) if path else None
-    return match.group(1) if match else revision
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the model hub (HF_ENDPOINT, default huggingface.co) accepts a TCP connection."""
-    from urllib.parse import urlparse
-
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _explain_load_failure(name: str, exc: Exception) -> str:
-    text = str(exc)
-    if Path(name).exists():
-        return f"could not load the model from the folder {name}: {text}"
-    hints = []
-    lowered = text.lower()
-    if any(word in lowered for word in ("connect", "offline", "resolve", "network", "max retries", "timed out")):
-        hints.append("the Hugging Face hub could not be reached (no network?): pass a local checkpoint "
-                     "folder with --model / MEDSEARCH_MODEL, or pre-download it on a connected machine")
-    if any(word in lowered for word in ("gated", "401", "403", "access", "token")):
-        hints.append(f"{name} is gated: accept its terms on the hub and log in (`hf auth login`) or set "
-                     "HF_TOKEN")
-    hint = "; ".join(hints) or "check the model id or folder"
-    return f"could not load model {name!r}: {hint}. ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
-
-
-def _fingerprint(name_or_path: str, revision: str | None, local_files_only: bool, config: Any,
-                 rendering: str = "") -> ModelFingerprint:
-    dim = getattr(config, "projection_dim", None) or config.vision_config.hidden_size
-    folder = Path(name_or_path)
-    if folder.is_dir():
-        weights, commit = hash_weights(folder), revision
-        random_weights = (folder / RANDOM_WEIGHTS_MARKER).exists()
-    else:
-        weights, commit, random_weights = None, _hub_commit(name_or_path, revision, local_files_only), False
-    return ModelFingerprint(name=name_or_path, revision=commit, weights_sha256=weights, dim=int(dim),
-                            preprocessing_version=preprocessing_version(rendering), random_weights=random_weights)
-
-
-def describe_model(name_or_path: str, revision: str | None = None, local_files_only: bool = False,
-                   rendering: str = "") -> ModelFingerprint:
-    """The fingerprint HFEncoder.load would give the model, from its configuration and weight files alone
-    (no weights loaded): what a driver that lets other processes run the model needs. `rendering`: a
-    model rendering images are made with (core.preprocess.MODEL_RENDERINGS), part of the fingerprint.
-    Raises ModelLoadError."""
-    from transformers import AutoConfig
-
-    try:
-        try:
-            config = AutoConfig.from_pretrained(name_or_path, revision=revision, local_files_only=True)
-        except OSError:
-            if local_files_only or Path(name_or_path).exists() or not hub_reachable():
-                raise
-            config = AutoConfig.from_pretrained(name_or_path, revision=revision)
-        return _fingerprint(name_or_path, revision, local_files_only, config, rendering)
-    except Exception as exc:
-        raise ModelLoadError(_explain_load_failure(name_or_path, exc)) from exc
 
 
 class HFEncoder:
@@ -356,7 +246,7 @@ class HFEncoder:
                     raise OSError("network unreachable: could not connect to the hub") from None
                 model, processor = from_pretrained(cache_only=False)
         except Exception as exc:
-            raise ModelLoadError(_explain_load_failure(name_or_path, exc)) from exc
+            raise ModelLoadError(explain_load_failure(name_or_path, exc)) from exc
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
             raise ModelLoadError(f"{name_or_path} is a {type(model).__name__}, not a dual image/text encoder "
                                  "(SigLIP or CLIP family)")
@@ -365,7 +255,7 @@ class HFEncoder:
 
         config = model.config
         text_max_length = int(config.text_config.max_position_embeddings)
-        fingerprint = _fingerprint(name_or_path, revision, local_files_only, config)
+        fingerprint = fingerprint_of(name_or_path, revision, local_files_only, config)
         if fingerprint.random_weights:
             logger.warning("model %s has RANDOM weights: search results are meaningless", name_or_path)
         spec = PreprocessorSpec(name_or_path, revision if Path(name_or_path).is_dir() else fingerprint.revision,

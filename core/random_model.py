@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from core.encoder import RANDOM_WEIGHTS_MARKER
+from core.model_files import RANDOM_WEIGHTS_MARKER
 
 Shape = Literal["tiny", "base", "medsiglip"]
 

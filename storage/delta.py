@@ -16,10 +16,12 @@ import json
 import logging
 import os
 import struct
+import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,3 +118,71 @@ def _records(data: bytes, offset: int, dim: int) -> Iterator[tuple[Change, int]]
             ids = np.frombuffer(body, np.int64, count, 13).copy()
             vectors = np.frombuffer(body, np.float32, count * width, 13 + 8 * count).reshape(count, width).copy()
             yield Change(ids, vectors), offset
+
+
+LOG_MIN = 50_000  # vectors the log may hold before the index is saved whole, however small the index
+
+
+class IndexLog:
+    """One store's view of its index's log: the base it follows, how far it has applied or written the
+    log, and the changes since its last checkpoint."""
+
+    def __init__(self, index_path: Path, owner: str) -> None:
+        self.path, self.owner = delta_path(index_path), owner
+        self.token: str | None = None  # the saved base's; None: the next checkpoint saves the index whole
+        self.end = 0  # the log's length applied or written
+        self.logged = 0  # vectors in the log
+        self.base_total = 0  # vectors in the saved base
+        self.changes: list[Change] = []  # since the last checkpoint
+        self.caught_up: set[int] = set()  # a reader: ids it added from the database, not (yet) from the log
+
+    def follow(self, token: str | None, base_total: int) -> None:
+        """A base was loaded (or saved): its log starts empty from here."""
+        self.token, self.base_total, self.logged, self.end = token, base_total, 0, 0
+        self.caught_up, self.changes = set(), []
+
+    def forget(self) -> None:
+        """The next checkpoint saves the index whole (after a rebuild, a removal, a catch-up)."""
+        self.token, self.changes = None, []
+
+    def grown(self) -> bool:
+        try:
+            return self.token is not None and self.path.stat().st_size > self.end
+        except OSError:
+            return False
+
+    def replay(self, index: Any, offset: int = 0) -> int:
+        """Apply the records from `offset` to `index`; how many there were."""
+        found = read(self.path, self.owner, self.token, offset)
+        if found is None:
+            return 0
+        changes, self.end = found
+        for change in changes:
+            if change.vectors is None:
+                if index.can_remove:
+                    index.remove(change.ids)
+                else:
+                    self.token = None  # left to reconcile (which rebuilds an index that cannot remove)
+                continue
+            ids, vectors = change.ids, change.vectors
+            if self.caught_up:
+                new = ~np.isin(ids, np.fromiter(self.caught_up, dtype=np.int64))
+                self.caught_up.difference_update(ids.tolist())
+                ids, vectors = ids[new], vectors[new]
+            index.add(ids, vectors)
+            self.logged += len(change.ids)
+        return len(changes)
+
+    def save(self, index: Any, save_whole: Callable[[str], None]) -> None:
+        """Append the changes, or (no base to follow, or the log at half the base) save the index whole
+        through `save_whole(token)` and start a new log."""
+        adding = sum(len(change.ids) for change in self.changes if change.vectors is not None)
+        if self.token is not None and self.logged + adding <= max(LOG_MIN, self.base_total // 2):
+            self.end = append(self.path, self.changes)
+            self.logged += adding
+            self.changes = []
+            return
+        token = uuid.uuid4().hex
+        save_whole(token)
+        self.follow(token, index.ntotal)
+        self.end = start_log(self.path, self.owner, token, index.dim)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -37,7 +36,6 @@ logger = logging.getLogger(__name__)
 INDEX_NAME = "index.faiss"
 DATABASE_ID = "database_id"
 EXACT_FILTER_LIMIT = 200_000  # filtered searches over fewer allowed vectors scan them exactly
-LOG_MIN = 50_000  # vectors the log may hold before the index is saved whole, however small the index
 
 
 class Store:
@@ -55,12 +53,7 @@ class Store:
         self._lock = threading.RLock()
         self._dirty = False
         self._loaded_signature: tuple[int, ...] | None = None
-        self._token: str | None = None  # the saved base's token; None: the next checkpoint saves it whole
-        self._log_end = 0  # the log's length this store has applied or written
-        self._logged = 0  # vectors in the log
-        self._base_total = 0  # vectors in the saved base
-        self._changes: list[delta.Change] = []  # since the last checkpoint, for the log
-        self._caught_up: set[int] = set()  # a reader: ids added from the database, not (yet) from the log
+        self._log = delta.IndexLog(self.index_path, self._database_id)
         self._load_index()
 
     @property
@@ -78,37 +71,11 @@ class Store:
             return None
         return info.st_ino, info.st_mtime_ns, info.st_size
 
-    def _log_size(self) -> int:
-        try:
-            return delta.delta_path(self.index_path).stat().st_size
-        except OSError:
-            return 0
-
-    def _replay(self, index: VectorIndex, offset: int = 0) -> int:
-        """Apply the log's records from `offset` to `index`; returns how many were applied."""
-        found = delta.read(delta.delta_path(self.index_path), self._database_id, self._token, offset)
-        if found is None:
-            return 0
-        changes, self._log_end = found
-        for change in changes:
-            if change.vectors is not None:
-                ids, vectors = change.ids, change.vectors
-                if self._caught_up:
-                    new = ~np.isin(ids, np.fromiter(self._caught_up, dtype=np.int64))
-                    self._caught_up.difference_update(ids.tolist())
-                    ids, vectors = ids[new], vectors[new]
-                index.add(ids, vectors)
-                self._logged += len(change.ids)
-            elif index.can_remove:
-                index.remove(change.ids)
-            else:
-                self._token = None  # left to reconcile (which rebuilds an index that cannot remove)
-        return len(changes)
-
     def _load_index(self) -> None:
         if not self.read_only:  # only the writer may tidy up; a reader could delete a save in progress
             remove_stale_temp_files(self.folder, INDEX_NAME)
         self._loaded_signature = self._signature()
+        self._log.follow(None, 0)  # until a base is loaded: none to follow
         manifest = self._repository.get_manifest()
         if manifest is None:
             return
@@ -117,11 +84,9 @@ class Store:
             try:
                 index, header = VectorIndex.load_with_header(self.index_path)
                 owner = header.get("database_id")
-                self._token, self._logged, self._log_end = header.get("token"), 0, 0
-                self._caught_up = set()
-                self._base_total = index.ntotal
+                self._log.follow(header.get("token"), index.ntotal)
                 if owner == self._database_id and index.dim == manifest.dim:
-                    self._replay(index)
+                    self._log.replay(index)
                 if owner != self._database_id:
                     logger.warning("%s was not built from this database (%s): rebuilding it from the embeddings "
                                    "table", self.index_path, "no owner mark" if owner is None else "another one")
@@ -163,9 +128,9 @@ class Store:
                     logger.warning("FAISS index caught up with the database: %d vectors added, %d removed",
                                    len(missing), len(extra))
                 if self.read_only:  # the writer logs these later: they are not added twice then
-                    self._caught_up.update(missing.tolist())
+                    self._log.caught_up.update(missing.tolist())
                 else:
-                    self._token = None  # saved whole
+                    self._log.forget()  # saved whole
                 self._dirty = True
                 self.checkpoint()
             return len(missing), len(extra)
@@ -175,10 +140,10 @@ class Store:
         written), catching up in memory with rows committed since. Returns True if it reloaded."""
         signature = self._signature()
         if signature == self._loaded_signature and (self._index is not None or self.manifest is None):
-            if self._index is None or self._token is None or self._log_size() <= self._log_end:
+            if self._index is None or not self._log.grown():
                 return False
             with self._lock:  # the same base, a longer log: apply what was appended
-                applied = self._replay(self._index, self._log_end)
+                applied = self._log.replay(self._index, self._log.end)
             logger.info("index caught up from its log: %d records, %d vectors", applied, self.ntotal)
             return applied > 0
         with self._lock:
@@ -217,7 +182,7 @@ class Store:
                 added = np.asarray(ids, dtype=np.int64)
                 vectors = np.vstack([n.vector for n in new_images])
                 self._index.add(added, vectors)
-                self._changes.append(delta.Change(added, vectors))
+                self._log.changes.append(delta.Change(added, vectors))
             self._dirty = self._dirty or bool(ids or removed)
         return ids
 
@@ -227,7 +192,7 @@ class Store:
             return
         if self._index.can_remove:
             self._index.remove(np.asarray(image_ids, dtype=np.int64))
-            self._changes.append(delta.Change(np.asarray(image_ids, dtype=np.int64), None))
+            self._log.changes.append(delta.Change(np.asarray(image_ids, dtype=np.int64), None))
             self._dirty = True
         else:
             self.build_index(self._index.kind)
@@ -245,7 +210,8 @@ class Store:
         preview, removed = self._repository.remove(selection, note)
         with self._lock:
             self._drop(removed)
-            self._dirty, self._token = True, None  # saved whole: no file keeps the removed vectors
+            self._dirty = True
+            self._log.forget()  # saved whole: no file keeps the removed vectors
         self.checkpoint()
         self._repository.compact()
         return preview
@@ -275,7 +241,8 @@ class Store:
         fresh, report = build_index(self._repository, manifest.dim, kind, memory_budget, seed)
         with self._lock:
             self._index = fresh
-            self._dirty, self._token, self._changes = True, None, []
+            self._dirty = True
+            self._log.forget()
             self.checkpoint()
         if not self.read_only:
             self._repository.set_meta("index_policy", kind)
@@ -286,7 +253,8 @@ class Store:
         readers switch to it whole; `policy` is the kind later rebuilds use."""
         with self._lock:
             self._index = index
-            self._dirty, self._token, self._changes = True, None, []
+            self._dirty = True
+            self._log.forget()
             self.checkpoint()
         self._repository.set_meta("index_policy", policy)
 
@@ -310,18 +278,9 @@ class Store:
         with self._lock:
             if self._index is None or not self._dirty or self.read_only:
                 return
-            adding = sum(len(change.ids) for change in self._changes if change.vectors is not None)
-            if self._token is not None and self._logged + adding <= max(LOG_MIN, self._base_total // 2):
-                self._log_end = delta.append(delta.delta_path(self.index_path), self._changes)
-                self._logged += adding
-            else:
-                token = uuid.uuid4().hex
-                self._index.save(self.index_path, self._database_id, token)
-                self._log_end = delta.start_log(delta.delta_path(self.index_path), self._database_id, token,
-                                                self._index.dim)
-                self._token, self._logged, self._base_total = token, 0, self._index.ntotal
+            index = self._index
+            self._log.save(index, lambda token: index.save(self.index_path, self._database_id, token))
             self._loaded_signature = self._signature()
-            self._changes = []
             self._dirty = False
 
     # -- reading --------------------------------------------------------------------------------------
