@@ -137,6 +137,12 @@ class Settings(BaseSettings):
     access_database_url: str | None = Field(default=None, description="Database of API keys and the audit "
                                             "log (default DIR/access.sqlite).")
 
+    # Reports: the vocabulary of findings and anatomy, and ConText's rules (core/reports), extended by a site.
+    report_vocabulary: Path | None = Field(default=None, description="A CSV of terms added to the shipped "
+                                           "vocabulary (columns kind, term, synonyms, parent).")
+    report_context_rules: Path | None = Field(default=None, description="A JSON file of ConText rules added to the "
+                                              "shipped ones (medspaCy's format, {\"context_rules\": [...]}).")
+
     log_level: str = "INFO"
 
     @field_validator("frames")

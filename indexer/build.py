@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.preprocess import is_reduced, rendering_from_version, rendering_of
+from core.reports import report_analyzer
 from core.settings import Settings
 from core.sources import Source, SourceOptions, open_source
 from indexer.errors import IndexerError
@@ -91,8 +92,9 @@ def build_job(source: Source, settings: Settings, manifest: Path | None, prune: 
         settings.db_dir.mkdir(parents=True, exist_ok=True)
         folder, root = start_generation(settings.db_dir), settings.db_dir
         say(f"building a new index generation in {folder}")
-    with open_index(folder, create=True, generation=not new_generation,
-                    database_url=settings.database_url) as (store, repository):
+    reports = report_analyzer(settings.report_vocabulary, settings.report_context_rules)
+    with open_index(folder, create=True, generation=not new_generation, database_url=settings.database_url,
+                    reports=reports) as (store, repository):
         recorded = store.manifest
         model = ModelSpec(choose_model(settings, recorded), settings.model_revision, settings.device,
                           settings.precision, settings.quantize, settings.local_files_only,

@@ -270,7 +270,7 @@ def verify(db_dir: Path | None, repair: bool) -> None:
     """Check that the FAISS index, the image rows, their sources and the stored embeddings agree, id for
     id and vector for vector. Exit status 1 when problems remain. Without --repair it never writes."""
     configure_logging("WARNING")
-    with open_db(db_dir, read_only=not repair) as (store, repository), exit_on_errors():
+    with open_db(db_dir, read_only=not repair, reports=True) as (store, repository), exit_on_errors():
         problems = store.verify(repair=repair)
         for problem in problems:
             click.echo(f"{'repaired' if repair else 'problem'}: {problem}")

@@ -13,6 +13,7 @@ import click
 from pydantic import ValidationError
 
 from core.errors import MedsearchError
+from core.reports import report_analyzer
 from core.settings import Settings
 from indexer.errors import IndexerError
 from indexer.runner import Progress
@@ -66,11 +67,13 @@ def load_settings(**overrides: Any) -> Settings:
         raise click.UsageError(settings_error(exc)) from None
 
 
-def open_db(db_dir: Path | None, *, read_only: bool = True) -> OpenIndex:
-    """The database folder of --db (or MEDSEARCH_DB_DIR); read-only commands never write to it."""
+def open_db(db_dir: Path | None, *, read_only: bool = True, reports: bool = False) -> OpenIndex:
+    """The database folder of --db (or MEDSEARCH_DB_DIR); read-only commands never write to it. `reports`:
+    with the report analyzer (seconds to build), for commands that write or check the report index."""
     settings = load_settings(db_dir=db_dir)
     with exit_on_errors():
-        return open_index(settings.db_dir, database_url=settings.database_url, read_only=read_only)
+        analyzer = report_analyzer(settings.report_vocabulary, settings.report_context_rules) if reports else None
+        return open_index(settings.db_dir, database_url=settings.database_url, read_only=read_only, reports=analyzer)
 
 
 class TqdmProgress(Progress):

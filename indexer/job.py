@@ -96,6 +96,10 @@ class IndexJob:
         started_on = date.today()
         notes: list[str] = []
         check_not_excluded(source, self.repository.exclusion_matcher())
+        caught_up = self._catch_up_reports()
+        if caught_up:
+            notes.append(f"report index: {caught_up} images' report text and descriptions analysed (an index from "
+                         "before report search, or a changed vocabulary); nothing encoded")
         resumed = self.engine.recover(source, self.store, self.repository, options)
         if resumed:
             notes.append(f"committed {resumed} work units a killed run had finished (nothing encoded again)")
@@ -118,6 +122,18 @@ class IndexJob:
         result = self.engine.run(source, self.store, self.repository, self.model, listing, options, self.progress)
         result.resumed = resumed
         return self._finish(result, remote, started_on, notes, model_loaded=True)
+
+    def _catch_up_reports(self) -> int:
+        """Analyse what the report index lacks (written before it existed) or holds from another
+        vocabulary, before anything new is written."""
+        analyzer = self.repository.reports
+        if analyzer is None:
+            return 0
+        pending, stale = self.repository.reports_pending(), self.repository.reports_stale(analyzer.fingerprint)
+        if not pending and not stale:
+            return 0
+        self.say(f"analysing {pending + stale} images' reports for the report index")
+        return self.repository.backfill_reports(stale=bool(stale))
 
     def _finish(self, result: RunResult, remote: DicomWebArchive | None, started_on: date, notes: list[str],
                 model_loaded: bool) -> JobResult:

@@ -7,7 +7,9 @@ Contents (nothing here is committed; everything is generated from installed pack
 - dicom/pydicom-data/...  the real full-size images of the pydicom-data package (MIT), if installed;
 - dicom/no-suffix/CT_small  a DICOM file without the .dcm suffix (recognised by content);
 - images/*.png, *.jpg     a few DICOMs rendered to 8-bit PNG, 16-bit PNG and JPEG, with
-- manifest.csv            giving those images a patient_id, labels, a report and an extra column.
+- manifest.csv            giving those images a patient_id, labels, a report and an extra column, and
+                          some of the DICOM studies a radiology report (REPORTS: written for this sample,
+                          fictional, in the style of real chest radiograph, CT and MR reports).
 """
 
 from __future__ import annotations
@@ -37,6 +39,27 @@ RENDERED = [
      "Colour ultrasound frame saved as JPEG."),
     ("SC_rgb.dcm", "images/rgb_bars.png", "SAMPLE-PNG-3", "secondary capture;colour test",
      "RGB secondary-capture test pattern."),
+]
+
+
+# (file name prefix, folder, report): every file of the folder whose name starts with the prefix gets it
+REPORTS = [
+    ("RG1_", "pydicom-data", "PA chest radiograph. Small right pleural effusion with blunting of the right "
+     "costophrenic angle. No pneumothorax. Heart size is normal. Findings discussed with Dr. Rivera."),
+    ("RG3_", "pydicom-data", "Radiograph of the left ankle. Well-defined lucent lesion in the distal tibial "
+     "metaphysis with a sclerotic margin, compatible with non-ossifying fibroma. No fracture. No joint effusion."),
+    ("MR2_", "pydicom-data", "MR of the right shoulder. Full-thickness tear of the supraspinatus tendon. Small "
+     "glenohumeral joint effusion. No fracture or dislocation."),
+    ("693_", "pydicom-data", "Non-contrast CT of the head. No intracranial hemorrhage. No midline shift or mass "
+     "effect. Ventricles are normal in size."),
+    ("explicit_VR-UN", "pydicom-data", "CT abdomen with contrast. Possible hypodense lesion in the pancreatic "
+     "head; recommend MR for further evaluation. No ascites. No lymphadenopathy."),
+    ("MR-SIEMENS", "pydicom-data", "MR of the liver. Hepatic steatosis. No focal liver lesion. No ascites."),
+    ("emri_small", "pydicom-data", "MR brain. History of prior left frontal infarct. No acute infarct. No "
+     "hydrocephalus."),
+    ("CT_small", "pydicom", "CT chest. No pleural effusion. No pneumothorax. Questionable small nodule in the "
+     "left lower lobe, likely a granuloma."),
+    ("MR_small", "pydicom", "MR brain. Chronic small vessel ischemic disease. No mass effect. No acute infarct."),
 ]
 
 
@@ -110,6 +133,9 @@ def build_sample_folder(out: Path) -> dict[str, int]:
         rows.append({"path": target_name, "patient_id": patient, "labels": labels, "report": report,
                      "source_file": name})
         counts["rendered"] += 1
+    for prefix, folder, report in REPORTS:
+        for path in sorted((out / "dicom" / folder).glob(f"{prefix}*")):
+            rows.append({"path": path.relative_to(out).as_posix(), "report": report})
     with (out / "manifest.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["path", "patient_id", "labels", "report", "source_file"])
         writer.writeheader()

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from core.encoder import Encoder, HFEncoder
 from core.errors import MedsearchError
 from core.preprocess import is_reduced, model_window, rendering_from_version
+from core.reports import VocabularyError, report_analyzer
 from core.settings import Settings
 from search_api.auth import AccessControl
 from search_api.docs import DOCS_PATHS, DOCS_POLICY, add_docs, declare_keys
@@ -53,7 +54,12 @@ def build_service(settings: Settings, encoder: Encoder | None = None, index: Ope
     from core.errors import ModelLoadError
 
     try:
-        index = index or open_index(settings.db_dir, read_only=True, database_url=settings.database_url)
+        reports = report_analyzer(settings.report_vocabulary, settings.report_context_rules)
+    except VocabularyError as exc:
+        raise StartupError(str(exc)) from exc
+    try:
+        index = index or open_index(settings.db_dir, read_only=True, database_url=settings.database_url,
+                                    reports=reports)
     except StorageError as exc:
         raise StartupError(str(exc)) from exc
     store, repository = index
@@ -89,7 +95,12 @@ def build_service(settings: Settings, encoder: Encoder | None = None, index: Ope
     files = ImageFiles(render, dicomweb=settings.dicomweb_config(),
                        max_upload_pixels=settings.max_upload_pixels, decode_slots=settings.decode_slots,
                        preview_cache_size=settings.preview_cache_size)
-    return SearchService(encoder, store, repository, files, device=device, text_cache_size=settings.text_cache_size,
+    pending = repository.reports_pending()
+    if pending:
+        logger.warning("%d images' reports are not yet in the report index (a run or `medsearch-index verify "
+                       "--repair` adds them): report search does not find them", pending)
+    return SearchService(encoder, store, repository, files, reports=reports, device=device,
+                         text_cache_size=settings.text_cache_size,
                          review_min_probability=settings.review_min_probability,
                          review_max_entropy=settings.review_max_entropy,
                          viewer_url_template=settings.viewer_url_template)

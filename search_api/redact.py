@@ -25,7 +25,8 @@ IDENTIFIERS = {"patient_id": "patient", "accession_number": "accession", "study_
 FILTER_FIELDS = {"modality": ("modality",), "body_part": ("body_part",), "patient_sex": ("patient_sex",),
                  "age_min": ("patient_age",), "age_max": ("patient_age",), "study_date_from": ("study_date",),
                  "study_date_to": ("study_date",), "manufacturer": ("manufacturer",), "labels": ("labels",),
-                 "description": ("study_description", "series_description")}
+                 "description": ("study_description", "series_description"),
+                 "assertion": ("report_text", "study_description", "series_description")}
 AGE_CAP = 90.0
 
 

@@ -28,8 +28,11 @@ from search_api.auth import (
 )
 from search_api.deps import ServiceDep, SettingsDep
 from search_api.errors import FieldError
+from search_api.fusion import Fusion
+from search_api.modes import matches_out, report_query_out, resolve
 from search_api.presets import PRESETS, prompts_for
 from search_api.probing import ProbeCondition
+from search_api.query import QueryPart, SearchOptions
 from search_api.schemas import (
     BatchSearchRequest,
     BatchSearchResponse,
@@ -45,7 +48,8 @@ from search_api.schemas import (
     TextSearchRequest,
 )
 from search_api.schemas_images import WhoAmI
-from search_api.service import QueryPart, SearchOptions, SearchService
+from search_api.schemas_reports import FusionIn
+from search_api.service import SearchService
 from search_api.upload import read_limited
 from search_api.views import (
     check_filters,
@@ -70,29 +74,38 @@ EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {**ERRORS, 200: {"content": 
 
 def run_search(service: SearchService, access: AccessControl, principal: Principal, audit: Audit, kind: Kind,
                parts: list[QueryPart], request: SearchOptionsIn, exclude: tuple[int, ...] = ()) -> SearchResponse:
-    """One page of results with their total (and facets when asked), as the caller's role may see them."""
+    """One page of results with their total (and facets when asked), as the caller's role may see them, in
+    the mode that answers (search_api/modes.py)."""
     check_filters(request, access, principal)
     audit.kind = kind
+    resolved = resolve(service, access, principal, parts, request)
     probe = request.filters.probe if request.filters else None
+    assertions = tuple(request.filters.assertion) if request.filters and request.filters.assertion else None
+    fusion = request.fusion or FusionIn()
     options = SearchOptions(k=request.k, offset=request.offset, filters=to_filter(request.filters),
                             min_score=request.min_score, group_by=request.group_by, exclude=exclude,
                             probe=ProbeCondition(probe.name, probe.label, probe.min_probability) if probe else None,
-                            order=request.order)
-    hits, matches = service.page(parts, options, facet_names(access, principal) if request.facets else ())
+                            order=request.order, mode=resolved.mode, assertions=assertions,
+                            fusion=Fusion(fusion.k, fusion.report_weight, fusion.image_weight, fusion.window))
+    hits, matches = service.page(parts, options, facet_names(access, principal) if request.facets else (),
+                                 resolved.plan if resolved.mode != "image" else None)
     audit.ids += [hit.image.id for hit in hits]
     info = model_info(service)
     studies = service.repository.study_counts([(h.image.metadata.patient_id, h.image.metadata.study_uid)
                                                for h in hits if h.image.metadata.study_uid])
+    why = matches_out(service, access, principal, hits, resolved, assertions)
     results = []
-    for hit in hits:
+    for hit, match in zip(hits, why, strict=True):
         meta = hit.image.metadata
         images, series = studies.get((meta.patient_id, meta.study_uid or ""), (None, None))
         results.append(SearchResult(rank=hit.rank, score=hit.score, probability=hit.probability,
-                                    probe_probability=hit.probe_probability,
+                                    probe_probability=hit.probe_probability, match=match,
                                     study_images=images, study_series=series,
                                     **image_parts(hit.image, service, access, principal)))
     return SearchResponse(query_kind=kind, k=request.k, offset=request.offset, total=matches.total,
-                          facets=matches.facets, results=results, model=info, warning=info.warning)
+                          facets=matches.facets, results=results, mode=resolved.mode, notes=resolved.notes,
+                          report_query=report_query_out(resolved.plan, assertions) if resolved.mode != "image"
+                          else None, model=info, warning=info.warning)
 
 
 def answer(response: SearchResponse, form: str | None, audit: Audit) -> Response:

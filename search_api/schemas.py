@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
+from search_api.schemas_reports import Assertion, FusionIn, MatchOut, ModeIn, ReportQueryOut
+
 RANDOM_MODEL_WARNING = ("The loaded model has RANDOM weights (a test model): scores and rankings are "
                         "meaningless.")
 
@@ -38,6 +40,9 @@ class Filters(BaseModel):
     description: str | None = Field(default=None, max_length=200,
                                     description="Substring of the study or series description, any case.")
     probe: ProbeFilter | None = Field(default=None, description="Only images a site's probe calls positive.")
+    assertion: list[Assertion] = Field(default_factory=list, max_length=6, description="Only images whose report "
+                                       "states the query's findings so (negated: 'no pleural effusion'); empty: "
+                                       "as the query states them (present unless it says 'no', 'possible'...).")
 
     @model_validator(mode="after")
     def _ranges(self) -> Filters:
@@ -62,6 +67,10 @@ class SearchOptionsIn(BaseModel):
         default="relevance", description="relevance: most similar first; probability: highest probability of "
         "filters.probe first; newest / oldest: by study date (unknown dates last). Every allowed image is "
         "ordered, not only the nearest ones.")
+    mode: ModeIn | None = Field(default=None, description="For queries with text: image (similarity of the "
+                                "text to the images), report (the reports' words and findings) or hybrid (both "
+                                "rankings fused). Default: hybrid where the index holds reports, else image.")
+    fusion: FusionIn | None = Field(default=None, description="Hybrid: how the two rankings are fused.")
 
 
 class FilterSearchRequest(SearchOptionsIn):
@@ -171,6 +180,7 @@ class SearchResult(ImageOut):
                                       "probability sigmoid(logit_scale * cosine + logit_bias), from the model.")
     probe_probability: float | None = Field(default=None, description="With filters.probe: the probe's "
                                             "calibrated probability of its label for this image.")
+    match: MatchOut | None = Field(default=None, description="Report and hybrid searches: why it matched.")
 
 
 class SearchResponse(BaseModel):
@@ -183,6 +193,11 @@ class SearchResponse(BaseModel):
     facets: dict[str, dict[str, int]] | None = Field(default=None, description="With facets=true: field -> "
                                                      "value -> matching images.")
     results: list[SearchResult]
+    mode: ModeIn = Field(default="image", description="The mode that answered (a hybrid search falls back to "
+                         "image where reports cannot be searched: `notes` says why).")
+    notes: list[str] = Field(default_factory=list, description="What the search did differently from what was "
+                             "asked, and why.")
+    report_query: ReportQueryOut | None = Field(default=None, description="How the report index read the query.")
     model: ModelInfo
     warning: str | None = None
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from core.encoder import Encoder, l2_normalise
 from core.images import LoadedImage
+from core.reports import ReportAnalyzer
 from core.sources.dicomweb import instance_url, viewer_url
 from search_api.classifying import Classification, classify
 from search_api.errors import UnknownImageError
@@ -20,66 +21,20 @@ from search_api.images import ImageFiles
 from search_api.lru import LRUCache
 from search_api.probing import (
     Candidates,
-    Order,
-    ProbeCondition,
     check_label,
     load_probe,
     ordered,
     probability_of,
     probe_candidates,
 )
+from search_api.query import Hit, Matches, Prepared, QueryPart, ReportPlan, SearchOptions
+from search_api.report_search import ReportSearch, new_group, plan_report_query, report_ids
 from storage.probes import Probe
-from storage.records import ImageFilter, StoredImage, StoredSource
+from storage.records import StoredImage, StoredSource
 from storage.repository import Repository
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class QueryPart:
-    """One weighted part of a query: a text, an indexed image, or an uploaded image."""
-
-    weight: float = 1.0
-    text: str | None = None
-    image_id: int | None = None
-    image: LoadedImage | None = None
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    k: int = 10
-    offset: int = 0
-    filters: ImageFilter = field(default_factory=ImageFilter)
-    min_score: float | None = None
-    group_by: str | None = None  # "study" or "patient": the best image of each
-    exclude: tuple[int, ...] = ()  # image ids left out (the query image of "more like this")
-    probe: ProbeCondition | None = None  # only images a probe calls positive (exact: every image scored)
-    order: Order = "relevance"  # or by the probe's probability, or by study date
-
-
-@dataclass(frozen=True)
-class Hit:
-    rank: int
-    score: float | None  # cosine to the query; None without a query (a filter-only search)
-    probability: float | None  # SigLIP's calibrated probability, for single text queries
-    image: StoredImage
-    probe_probability: float | None = None  # the filtering probe's probability of its label
-
-
-@dataclass(frozen=True)
-class Matches:
-    total: int
-    facets: dict[str, dict[str, int]] | None  # field -> value -> images
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """What a page of results and its total share: the query vector (None without a query) and the
-    candidate set of the filters (None: every image), each computed once per request."""
-
-    vector: np.ndarray | None
-    candidates: Candidates | None
 
 
 @dataclass(frozen=True)
@@ -92,11 +47,14 @@ class SourceLinks:
 
 class SearchService:
     def __init__(self, encoder: Encoder, store: Store, repository: Repository, files: ImageFiles, *,
-                 device: str = "cpu", text_cache_size: int = 1024, review_min_probability: float = 0.5,
-                 review_max_entropy: float = 0.85, viewer_url_template: str | None = None) -> None:
+                 reports: ReportAnalyzer | None = None, device: str = "cpu", text_cache_size: int = 1024,
+                 review_min_probability: float = 0.5, review_max_entropy: float = 0.85,
+                 viewer_url_template: str | None = None) -> None:
         self.encoder = encoder
         self.store = store
         self.repository = repository
+        self.reports = reports  # None: no report search (text queries compare with images only)
+        self.report_search = ReportSearch(store, repository, encoder.dim)
         self.files = files
         self.device = device
         self.viewer_url_template = viewer_url_template
@@ -166,24 +124,72 @@ class SearchService:
             allowed, scores = allowed[keep], scores[keep] if scores is not None else None
         return None if allowed is None else Candidates(allowed, scores)
 
-    def prepare(self, parts: Sequence[QueryPart], options: SearchOptions) -> Prepared:
-        return Prepared(self.query_vector(parts) if parts else None, self._candidates(options))
+    def has_reports(self) -> bool:
+        """Whether report search can answer: an analyzer, and an index holding reports."""
+        return self.reports is not None and self.repository.has_reports()
 
-    def page(self, parts: Sequence[QueryPart], options: SearchOptions, facets: Sequence[str] = ()
-             ) -> tuple[list[Hit], Matches]:
+    def plan_reports(self, text: str, assertions: tuple[str, ...] | None,
+                     loc: tuple[str | int, ...] = ("body", "query")) -> ReportPlan:
+        """The report query of a text (FieldError 422 for one report search cannot take)."""
+        assert self.reports is not None, "report search needs the report analyzer"
+        return plan_report_query(self.reports, text, assertions, loc)
+
+    def prepare(self, parts: Sequence[QueryPart], options: SearchOptions, report: ReportPlan | None = None
+                ) -> Prepared:
+        """The query vector and the candidates; for report and hybrid searches the report query (`report`,
+        from plan_reports) and its matches among the candidates. There, `min_score` is a condition on
+        the candidates (their cosine), applied before ranking."""
+        prepared = Prepared(self.query_vector(parts) if parts else None, self._candidates(options))
+        if options.mode == "image" or report is None:
+            return prepared
+        if options.min_score is not None and prepared.vector is not None:
+            prepared = replace(prepared, candidates=self._scoring(prepared, options))
+        prepared = replace(prepared, report=report)
+        prepared = replace(prepared, report_ids=report_ids(self.repository, prepared, options.exclude))
+        if options.assertions is not None:  # a filter: only images whose reports state the findings so
+            assert prepared.report_ids is not None
+            keep = None if prepared.candidates is None else np.isin(prepared.candidates.ids, prepared.report_ids)
+            probability = None if prepared.candidates is None or prepared.candidates.probability is None or \
+                keep is None else prepared.candidates.probability[keep]
+            prepared = replace(prepared, candidates=Candidates(prepared.report_ids, None) if keep is None else
+                               Candidates(prepared.candidates.ids[keep], probability))  # type: ignore[union-attr]
+        return prepared
+
+    def _scoring(self, prepared: Prepared, options: SearchOptions) -> Candidates:
+        """The candidates whose cosine reaches min_score (exact where the search is)."""
+        assert prepared.vector is not None and options.min_score is not None
+        candidates = prepared.candidates
+        scoring = self.store.ids_scoring(prepared.vector, options.min_score,
+                                         None if candidates is None else candidates.ids)
+        scoring = np.setdiff1d(scoring, np.asarray(options.exclude, dtype=np.int64)) if options.exclude else scoring
+        if candidates is None:
+            return Candidates(scoring, None)
+        keep = np.isin(candidates.ids, scoring)
+        probability = None if candidates.probability is None else candidates.probability[keep]
+        return Candidates(candidates.ids[keep], probability)
+
+    def page(self, parts: Sequence[QueryPart], options: SearchOptions, facets: Sequence[str] = (),
+             report: ReportPlan | None = None) -> tuple[list[Hit], Matches]:
         """One page of results and its total (and facets): the query encoded and the filters' (and a
-        probe's) candidates computed once for both."""
-        prepared = self.prepare(parts, options)
+        probe's, and the report query's) candidates computed once for both."""
+        prepared = self.prepare(parts, options, report)
         return self.search(parts, options, prepared), self.matches(parts, options, facets, prepared)
 
     def search(self, parts: Sequence[QueryPart], options: SearchOptions, prepared: Prepared | None = None
                ) -> list[Hit]:
         prepared = prepared or self.prepare(parts, options)
+        if prepared.report is not None and options.mode == "report" and options.order != "relevance":
+            assert prepared.report_ids is not None  # the reports' matches, in the order asked
+            prepared = replace(prepared, candidates=Candidates(prepared.report_ids, None))
         if options.order != "relevance" or not parts:
             return self._search_ordered(prepared, options)
+        if prepared.report is not None and options.mode == "report":
+            return self.report_search.report_page(prepared, options)
+        if prepared.report is not None and options.mode == "hybrid":
+            return [replace(hit, probability=self._calibrated(parts, hit.score)) for hit in
+                    self.report_search.hybrid_page(prepared, options)]
         vector = prepared.vector
         assert vector is not None  # parts were given
-        calibrated = len(parts) == 1 and parts[0].text is not None and parts[0].weight > 0
         candidates = prepared.candidates
         allowed = None if candidates is None else candidates.ids
         need = options.offset + options.k
@@ -196,10 +202,14 @@ class SearchService:
                     options.min_score is not None and pairs and pairs[-1][1] < options.min_score):
                 break
             fetch *= 2
-        return [Hit(rank=options.offset + i + 1, score=score,
-                    probability=self.probability(score) if calibrated else None, image=image,
+        return [Hit(rank=options.offset + i + 1, score=score, probability=self._calibrated(parts, score), image=image,
                     probe_probability=probability_of(candidates, image.id))
                 for i, (score, image) in enumerate(kept[options.offset:need])]
+
+    def _calibrated(self, parts: Sequence[QueryPart], score: float | None) -> float | None:
+        """SigLIP's probability, for a single text query (its calibration is for text against images)."""
+        single_text = len(parts) == 1 and parts[0].text is not None and parts[0].weight > 0
+        return self.probability(score) if single_text and score is not None else None
 
     def _search_ordered(self, prepared: Prepared, options: SearchOptions) -> list[Hit]:
         """Every allowed image in the order asked (without a query and an order: the probe's probability,
@@ -222,7 +232,7 @@ class SearchService:
             images = self.repository.get_images(chunk.tolist())
             for image_id in chunk.tolist():
                 image = images.get(image_id)
-                if image is not None and image.sources and _new_group(image, options.group_by, groups):
+                if image is not None and image.sources and new_group(image, options.group_by, groups):
                     kept.append(image)
         page = kept[options.offset:need]
         scores: dict[int, float] = {}
@@ -240,7 +250,9 @@ class SearchService:
         prepared = prepared or self.prepare(parts, options)
         candidates = prepared.candidates
         among = candidates.ids if candidates is not None and options.probe is not None else None
-        if options.min_score is not None and prepared.vector is not None:
+        if prepared.report is not None:  # the candidates are already min_score's
+            among = prepared.report_ids if options.mode == "report" else candidates.ids if candidates else None
+        elif options.min_score is not None and prepared.vector is not None:
             among = self.store.ids_scoring(prepared.vector, options.min_score,
                                            None if candidates is None else candidates.ids)
             if options.exclude:
@@ -266,7 +278,7 @@ class SearchService:
         for image_id, score in pairs:
             image = images.get(image_id)
             # deleted between the vector search and the row fetch, or its study / patient shown already
-            if image is not None and image.sources and _new_group(image, options.group_by, groups):
+            if image is not None and image.sources and new_group(image, options.group_by, groups):
                 kept.append((score, image))
         return kept
 
@@ -292,16 +304,4 @@ class SearchService:
                  probe: Probe | None = None) -> Classification:
         """See search_api/classifying.py."""
         return classify(self, image, prompts, neighbours, probe)
-
-
-def _new_group(image: StoredImage, group_by: str | None, seen: set[str]) -> bool:
-    """Whether the image is the first of its study / patient (always true without grouping)."""
-    if not group_by:
-        return True
-    meta = image.metadata
-    key = (meta.study_uid if group_by == "study" else meta.patient_id) or f"image:{image.id}"
-    if key in seen:
-        return False
-    seen.add(key)
-    return True
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -87,10 +88,11 @@ def current_revision(engine: Engine, chain: Chain) -> str | None:
         return context.get_current_revision()
 
 
-def upgrade(engine: Engine, chain: Chain) -> str | None:
+def upgrade(engine: Engine, chain: Chain, attributes: dict[str, Any] | None = None) -> str | None:
     """Upgrade the database behind `engine` to the newest revision of `chain`. Returns the revision it
-    started from (None for a new database). Raises SchemaVersionError for a newer database and
-    StorageError for an unusable one."""
+    started from (None for a new database). `attributes` reach the migrations (the report analyzer that
+    backfills the report index). Raises SchemaVersionError for a newer database and StorageError for an
+    unusable one."""
     script = chain.script
     try:
         with engine.begin() as connection:
@@ -112,6 +114,7 @@ def upgrade(engine: Engine, chain: Chain) -> str | None:
                 return current
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS / chain.name))
+            config.attributes.update(attributes or {})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except SQLAlchemyError as exc:

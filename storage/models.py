@@ -197,3 +197,18 @@ class ProbeRow(Base):
     intercepts: Mapped[list[float]] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ReportDocumentRow(Base):
+    """An image's report index document (storage/reports.py): the normalised words of its report text and
+    descriptions, the concept tokens of its findings with their assertions, and where each was mentioned.
+    The full-text index over it (SQLite FTS5 `report_fts`, or PostgreSQL's `document` tsvector with a GIN
+    index) is the database's own, created by migration 0005 and kept in step in the same transactions."""
+
+    __tablename__ = "report_documents"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    body: Mapped[str] = mapped_column(Text)
+    concepts: Mapped[str] = mapped_column(Text)
+    mentions: Mapped[list[list[Any]]] = mapped_column(JSON)
+    has_report: Mapped[bool] = mapped_column(Boolean)
+    analyzer: Mapped[str] = mapped_column(String(64))

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from storage.db import sqlite_url
 from storage.errors import StorageError
 from storage.layout import current_generation, take_writer_lock
+from storage.report_records import ReportAnalyzer
 from storage.repository import Repository
 from storage.store import Store
 
@@ -35,9 +36,10 @@ class OpenIndex(NamedTuple):
 
 
 def open_index(folder: str | Path, *, create: bool = False, database_url: str | None = None,
-               read_only: bool = False, generation: bool = True) -> OpenIndex:
+               read_only: bool = False, generation: bool = True, reports: ReportAnalyzer | None = None) -> OpenIndex:
     """Open the database folder (its current generation unless `generation` is False; created when
-    `create`), migrating the database in place. Raises StorageError if it is unusable, or
+    `create`), migrating the database in place (`reports` backfills a new report index, and analyses
+    what is written without its document). Raises StorageError if it is unusable, or
     WriterLockedError if another writer holds it."""
     folder = Path(folder)
     if generation and folder.is_dir():
@@ -56,7 +58,7 @@ def open_index(folder: str | Path, *, create: bool = False, database_url: str | 
                            "`medsearch-index run ARCHIVE --db FOLDER` first)")
     lock_file = None if read_only else take_writer_lock(folder)
     try:
-        repository = Repository.open(database_url or sqlite_url(database))
+        repository = Repository.open(database_url or sqlite_url(database), reports)
     except BaseException:
         if lock_file is not None:
             lock_file.close()

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from typing import Any
 
+from storage.report_records import ReportFields
+
 
 @dataclass
 class Metadata:
@@ -59,11 +61,13 @@ def case_key(patient_id: str | None, study_uid: str | None) -> str:
 
 @dataclass
 class ImageRecord:
-    """An image to insert: its pixel hash, kind and metadata (its id is assigned on insert)."""
+    """An image to insert: its pixel hash, kind and metadata (its id is assigned on insert), and its
+    report index document when the caller analysed it already (else the repository's analyzer does)."""
 
     pixel_sha256: str
     kind: str
     metadata: Metadata = field(default_factory=Metadata)
+    report: ReportFields | None = None
 
     @property
     def case_key(self) -> str:

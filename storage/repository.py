@@ -1,8 +1,9 @@
 """All SQL of the index database, one transaction per public method, typed records in and out. `Repository`
 is the images, sources and embeddings part; the manifest and facts about the database (storage/meta.py),
 runs (storage/runs.py), removals with their exclusions (storage/removal.py), browsing by study and
-series with facet counts (storage/browse.py) and probes (storage/probes.py) are mixed in, so that an
-entry point builds one repository and passes it where it is needed.
+series with facet counts (storage/browse.py), probes (storage/probes.py) and the report index
+(storage/reports.py) are mixed in, so that an entry point builds one repository and passes it where it
+is needed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from storage.records import (
     UnitRecord,
 )
 from storage.removal import RemovalMixin
+from storage.report_records import ReportAnalyzer, ReportFields
+from storage.reports import ReportsMixin
 from storage.runs import RunsMixin
 
 
@@ -50,21 +53,24 @@ def stored_image(row: ImageRow, sources: Sequence[SourceRow]) -> StoredImage:
         for s in sorted(sources, key=lambda s: s.id)))
 
 
-class Repository(MetaMixin, RunsMixin, RemovalMixin, BrowseMixin, ProbesMixin):
-    """The index database. Build it at the entry point (`Repository.open`) and pass it in."""
+class Repository(MetaMixin, RunsMixin, RemovalMixin, BrowseMixin, ProbesMixin, ReportsMixin):
+    """The index database. Build it at the entry point (`Repository.open`) and pass it in. `reports`
+    analyses the report text of images written without their document (None: they stay pending)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, reports: ReportAnalyzer | None = None) -> None:
         self.engine = engine
+        self.reports = reports
         self._sessions: sessionmaker[Session] = session_factory(engine)
 
     @classmethod
-    def open(cls, url: str) -> Repository:
-        """Open (and migrate in place) the database at `url`. Raises StorageError."""
+    def open(cls, url: str, reports: ReportAnalyzer | None = None) -> Repository:
+        """Open (and migrate in place, backfilling the report index with `reports`) the database at
+        `url`. Raises StorageError."""
         from storage.migrate import INDEX, upgrade
 
         engine = make_engine(url)
-        upgrade(engine, INDEX)
-        return cls(engine)
+        upgrade(engine, INDEX, {"report_analyzer": reports})
+        return cls(engine, reports)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -121,6 +127,7 @@ class Repository(MetaMixin, RunsMixin, RemovalMixin, BrowseMixin, ProbesMixin):
                                     run_id, now) for n in new_images]
             session.add_all(rows)
             session.flush()
+            self.write_documents(session, [(row, new.record.report) for row, new in zip(rows, new_images, strict=True)])
             for row, new in zip(rows, new_images, strict=True):
                 vector = np.ascontiguousarray(new.vector, dtype=np.float32)
                 session.add(EmbeddingRow(image_id=row.id, fingerprint_key=fingerprint_key, vector=vector.tobytes()))
@@ -128,7 +135,8 @@ class Repository(MetaMixin, RunsMixin, RemovalMixin, BrowseMixin, ProbesMixin):
             session.add_all(self._source_row(link.source, link.image_id, run_id, now) for link in links)
             for link in links:  # every earlier source replaced: the image now reads as the new file
                 if link.record is not None and link.image_id in affected and link.image_id not in survivors:
-                    self._rewrite_metadata(session, link.image_id, link.record.kind, link.record.metadata)
+                    self._rewrite_metadata(session, link.image_id, link.record.kind, link.record.metadata,
+                                           link.record.report)
                     survivors.add(link.image_id)
             for source_id, size, mtime in touched:
                 session.execute(update(SourceRow).where(SourceRow.id == source_id).values(size=size, mtime=mtime))
@@ -147,10 +155,13 @@ class Repository(MetaMixin, RunsMixin, RemovalMixin, BrowseMixin, ProbesMixin):
         return SourceRow(image_id=image_id, **{name: getattr(source, name) for name in SOURCE_FIELDS},
                          run_id=run_id, indexed_at=now)
 
-    @staticmethod
-    def _rewrite_metadata(session: Session, image_id: int, kind: str, metadata: Metadata) -> None:
+    def _rewrite_metadata(self, session: Session, image_id: int, kind: str, metadata: Metadata,
+                          report: ReportFields | None) -> None:
         session.execute(update(ImageRow).where(ImageRow.id == image_id)
                         .values(kind=kind, **{name: getattr(metadata, name) for name in METADATA_FIELDS}))
+        row = session.get(ImageRow, image_id, populate_existing=True)
+        if row is not None:
+            self.write_documents(session, [(row, report)], replace=True)
 
     @staticmethod
     def _drop_sources(session: Session, source_ids: Sequence[int]) -> set[int]:

@@ -213,6 +213,7 @@ class Store:
             self._dirty = True
             self._log.forget()  # saved whole: no file keeps the removed vectors
         self.checkpoint()
+        self._repository.optimize_reports()  # no old full-text segment keeps a removed report's words
         self._repository.compact()
         return preview
 
@@ -225,12 +226,17 @@ class Store:
         with self._lock:
             problems = find_problems(self._repository, self._index, manifest.dim)
         found = problems.describe()
+        reports = self._repository.report_problems()
         if repair and found:
             broken = sorted(set(problems.no_vector) | set(problems.orphans))
             if broken:
                 self._repository.delete_images(broken)
             self.build_index(self._index.kind)
-        return found
+        if repair and reports:
+            self._repository.rebuild_report_index()
+            if self._repository.reports is not None:
+                self._repository.backfill_reports(stale=True)
+        return found + reports
 
     def build_index(self, kind: str = "auto", memory_budget: int = 8 * 1024**3, seed: int = 0) -> BuildReport:
         """(Re)build the FAISS index from the stored embeddings without re-encoding (storage.index_build),

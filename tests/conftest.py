@@ -13,6 +13,7 @@ from PIL import Image
 
 from core.encoder import HFEncoder
 from core.random_model import build_random_siglip
+from core.reports import report_analyzer
 from core.sources import open_source
 from indexer.result import RunResult
 from indexer.runner import run_indexing
@@ -51,8 +52,9 @@ def rows_by_path(repository) -> dict[str, StoredImage]:
 
 
 def index_folder(path: Path, db: Path, encoder: HFEncoder, **options) -> RunResult:
-    """Index an archive into the database folder `db` (created if missing), as a library caller does."""
-    with open_index(db, create=True) as (store, repository):
+    """Index an archive into the database folder `db` (created if missing), as a library caller does (with
+    the report analyzer, as the entry points open it)."""
+    with open_index(db, create=True, reports=report_analyzer()) as (store, repository):
         return run_indexing(open_source(path), store, repository, encoder, **options)
 
 

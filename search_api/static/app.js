@@ -7,8 +7,9 @@ import {loadWindowPresets} from "./viewer.js";
 
 const FIELDS = {modality: "modality", body: "body_part", sex: "patient_sex", amin: "age_min", amax: "age_max",
   from: "study_date_from", to: "study_date_to", labels: "labels", desc: "description", mfr: "manufacturer",
-  min: "min_score", group: "group_by", k: "k"};  // URL parameter -> form field
+  min: "min_score", group: "group_by", k: "k", assert: "assertion"};  // URL parameter -> form field
 let query = null;  // {kind: "text", text} | {kind: "similar", id} | {kind: "image", file, name}
+let mode = "hybrid";  // what a text query searches: hybrid | report | image (search_api/modes.py)
 let page = 0, total = null, role = {may_download: false}, openedCase = null, restoring = false;
 
 const list = (id) => $(id).value.split(",").map((s) => s.trim()).filter(Boolean);
@@ -23,6 +24,15 @@ function filters() {
   return Object.values(f).some((v) => v && (!Array.isArray(v) || v.length)) ? f : null;
 }
 const options = (k, offset) => ({k, offset, filters: filters(), min_score: num("min_score"), group_by: $("group_by").value || null, facets: true});
+function textOptions(k, offset) {  // a text query also says what it searches and which assertions it wants
+  const opts = {...options(k, offset), mode};
+  if ($("assertion").value) opts.filters = {...(opts.filters || {}), assertion: [$("assertion").value]};
+  return opts;
+}
+function showMode(value) {
+  mode = ["hybrid", "report", "image"].includes(value) ? value : "hybrid";
+  for (const button of document.querySelectorAll("#modes button")) button.setAttribute("aria-pressed", String(button.dataset.mode === mode));
+}
 
 function status(text, error = false) { $("status").textContent = text; $("status").className = error ? "error" : ""; }
 
@@ -41,8 +51,8 @@ function request(k, offset, format = null) {  // the current query as a fetch
     if (opts.group_by) form.append("group_by", opts.group_by);
     return api(`/search/image${suffix}`, {method: "POST", body: form});
   }
-  const body = query.kind === "text" ? {query: query.text} : {image_id: query.id};
-  return postJSON(`/search/${query.kind}${suffix}`, {...body, ...options(k, offset)});
+  if (query.kind === "text") return postJSON(`/search/text${suffix}`, {query: query.text, ...textOptions(k, offset)});
+  return postJSON(`/search/${query.kind}${suffix}`, {image_id: query.id, ...options(k, offset)});
 }
 
 async function run(push = true) {
@@ -58,7 +68,9 @@ async function run(push = true) {
   $("results").replaceChildren(...body.results.map((r) => card(r, {open, study: openStudy})));
   const unit = $("group_by").value ? `${$("group_by").value === "study" ? "studies" : "patients"}` : "matches";
   const pages = total == null ? null : Math.max(1, Math.ceil(total / perPage()));
-  status(`${body.results.length} results for ${what}` + (body.warning ? " (random model: meaningless)" : ""));
+  const searched = query.kind === "text" ? {hybrid: " in reports and images", report: " in reports", image: " by image similarity"}[body.mode] || "" : "";
+  status(`${body.results.length} results for ${what}${searched}` + (body.warning ? " (random model: meaningless)" : "") +
+    (body.notes?.length ? `. ${body.notes.join(". ")}` : ""));
   $("summary").textContent = total == null ? "" : `${total} ${unit}`;
   $("page").textContent = `Page ${page + 1}${pages ? ` of ${pages}` : ""}`;
   $("prev").disabled = page === 0; $("next").disabled = pages ? page + 1 >= pages : body.results.length < perPage();
@@ -89,6 +101,7 @@ function writeURL(push = true) {
   const params = new URLSearchParams();
   if (query?.kind === "text") params.set("q", query.text);
   if (query?.kind === "similar") params.set("similar", query.id);
+  if (mode !== "hybrid") params.set("mode", mode);
   for (const [param, id] of Object.entries(FIELDS)) if ($(id).value.trim() && !(id === "k" && perPage() === 24)) params.set(param, $(id).value.trim());
   if (page) params.set("page", page + 1);
   if (openedCase != null) params.set("case", openedCase);
@@ -101,6 +114,7 @@ function readURL(initial = false) {  // a shared link: the same query, filters a
   if (initial && !params.size) return;  // nothing to restore: leave what the user may have typed
   for (const [param, id] of Object.entries(FIELDS)) $(id).value = params.get(param) ?? (id === "k" ? "24" : "");
   page = Math.max(0, Number(params.get("page") || 1) - 1);
+  showMode(params.get("mode"));
   const text = params.get("q"), similar = params.get("similar");
   query = text ? {kind: "text", text} : similar && /^\d+$/.test(similar) ? {kind: "similar", id: Number(similar)} : null;
   $("query").value = text || "";
@@ -172,6 +186,10 @@ async function whoami() {
 
 $("searchbar").addEventListener("submit", searchText);
 $("filters").addEventListener("submit", (e) => { e.preventDefault(); page = 0; if (query) run(); });
+$("assertion").addEventListener("change", () => { page = 0; if (query?.kind === "text") run(); });
+for (const button of document.querySelectorAll("#modes button")) {
+  button.addEventListener("click", () => { showMode(button.dataset.mode); page = 0; if (query?.kind === "text") run(); });
+}
 $("file").addEventListener("change", (e) => e.target.files[0] && searchFile(e.target.files[0]));
 const drop = $("drop");
 ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));

@@ -1,5 +1,6 @@
 """SIGKILL a real indexing process at 20 points spread over a run, rerun, and compare the final state
-with a clean run's: nothing lost, nothing twice, FAISS, rows and embeddings consistent."""
+with a clean run's: nothing lost, nothing twice, FAISS, rows and embeddings consistent, and the
+report documents and their full-text index the same."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def make_archive(root: Path) -> Path:
         ds.save_as(root / f"img{i:03d}.dcm")
     for i in range(0, FILES, 15):
         shutil.copy2(root / f"img{i:03d}.dcm", root / f"copy{i:03d}.dcm")
+    (root / "manifest.csv").write_text("path,report\n" + "".join(  # reports: their documents are written too
+        f"img{i:03d}.dcm,{'No' if i % 3 else 'Small right'} pleural effusion. Marker w{i}x.\n" for i in range(FILES)))
     (root / "truncated.dcm").write_bytes((root / "img001.dcm").read_bytes()[:5000])
     (root / "notes.txt").write_text("not an image")
     return root
@@ -72,7 +75,15 @@ def state(db: Path) -> tuple[set, dict]:
         assert len(sources) == repo.count_sources()
         by_pixels = {rows[int(i)].pixel_sha256: v for i, v in zip(ids, vectors, strict=True)}
         assert len(by_pixels) == len(rows)  # no image twice
-        return sources, by_pixels
+    with sqlite3.connect(db / "medsearch.sqlite") as con:  # documents, and what the full-text index finds
+        documents = {(rows[i].pixel_sha256, body, concepts) for i, body, concepts in con.execute(
+            "SELECT image_id, body, concepts FROM report_documents")}
+        found = {rows[i].pixel_sha256 for (i,) in con.execute(
+            "SELECT rowid FROM report_fts WHERE report_fts MATCH 'concepts:f9ppleuraleffusion'")}
+    assert len(documents) == len(rows)
+    sources |= {("document", body, concepts, pixels) for pixels, body, concepts in documents}
+    sources |= {("asserted", pixels) for pixels in found}
+    return sources, by_pixels
 
 
 def assert_same_state(clean_db: Path, killed_db: Path) -> None:
@@ -107,6 +118,8 @@ def test_kill_nine_at_twenty_points_then_rerun_equals_a_clean_run(tiny_model_dir
     assert clean.returncode == 0, clean.stderr
     total = sources_written(clean_db)
     assert total == FILES + len(range(0, FILES, 15))
+    assert len([s for s in state(clean_db)[0] if s[0] == "asserted"]) == len(
+        [i for i in range(0, FILES, 3) if i % 15])  # "Small right...", less the copies found first (no report)
 
     kill_points = [max(1, round(total * (i + 1) / (KILLS + 1))) for i in range(KILLS)]
     killed_at = []

@@ -18,6 +18,7 @@ from pydicom.uid import generate_uid
 
 from core.encoder import HFEncoder
 from core.errors import ArchiveError
+from core.reports import report_analyzer
 from core.sources import open_source
 from core.sources.dicomweb import DicomWebArchive, DicomWebConfig, StudyQuery, check_date_range, split_location
 from indexer.runner import run_indexing
@@ -81,7 +82,7 @@ def test_pacs_run_then_only_new_studies_are_fetched(orthanc: Orthanc, proxy: Pro
                                                     tmp_path: Path):
     stored = upload(orthanc, FIRST)
     archive = DicomWebArchive("dicomweb+" + proxy.dicomweb, FAST)
-    with open_index(tmp_path / "db", create=True) as (store, repository):
+    with open_index(tmp_path / "db", create=True, reports=report_analyzer()) as (store, repository):
         first = run_indexing(archive, store, repository, encoder, batch_size=4)
         held = pacs_paths(orthanc)
         assert first.failed == 0 and first.indexed + first.linked + first.skipped == len(held) == len(stored)
@@ -94,7 +95,7 @@ def test_pacs_run_then_only_new_studies_are_fetched(orthanc: Orthanc, proxy: Pro
     folder.mkdir()
     for name in stored:
         (folder / name).write_bytes(data_file(name).read_bytes())
-    with open_index(tmp_path / "folder-db", create=True) as (store, repository):
+    with open_index(tmp_path / "folder-db", create=True, reports=report_analyzer()) as (store, repository):
         run_indexing(open_source(folder), store, repository, encoder)
         local = {row["source"]["sop_uid"]: row for row in sources(repository).values()}
     assert len(local) == len(pacs)
@@ -119,7 +120,7 @@ def test_pacs_run_then_only_new_studies_are_fetched(orthanc: Orthanc, proxy: Pro
     new = pacs_paths(orthanc) - before
     assert len(new) >= len(LATER) // 2
     proxy.requests.clear()
-    with open_index(tmp_path / "db") as (store, repository):
+    with open_index(tmp_path / "db", reports=report_analyzer()) as (store, repository):
         second = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, FAST), store, repository, encoder,
                               batch_size=4)
         assert set(proxy.fetched()) == new and len(proxy.fetched()) == len(new)
@@ -151,7 +152,7 @@ def test_passing_failures_are_retried_with_backoff_or_fetched_next_run(orthanc: 
     proxy.faults = Faults(fail_status={flaky: 503, broken: 502}, fail_times={flaky: 2, broken: 99},
                           delay={slow: 3.0})
     config = DicomWebConfig(retries=2, backoff_s=0.01, timeout_s=1.0, fetch_threads=2)
-    with open_index(tmp_path / "db", create=True) as (store, repository):
+    with open_index(tmp_path / "db", create=True, reports=report_analyzer()) as (store, repository):
         result = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, config), store, repository, encoder)
         reasons = {issue.path.rsplit("/", 1)[1]: issue.reason for issue in result.issues}
         assert flaky not in reasons  # two 503s, then fetched on the third attempt
@@ -188,7 +189,7 @@ def test_a_study_deleted_mid_run_and_a_corrupt_instance(orthanc: Orthanc, proxy:
 
     proxy.faults = Faults(hook=delete_doomed)
     one_at_a_time = DicomWebConfig(retries=0, fetch_threads=1)
-    with open_index(tmp_path / "db", create=True) as (store, repository):
+    with open_index(tmp_path / "db", create=True, reports=report_analyzer()) as (store, repository):
         result = run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, one_at_a_time), store, repository, encoder)
         assert sum(1 for p in proxy.fetched() if doomed in p) == 1  # the rest of the study is not asked for
         reasons = {issue.path: issue.reason for issue in result.issues}
@@ -215,7 +216,7 @@ def test_bearer_token_and_refused_credentials(orthanc: Orthanc, proxy: Proxy, en
     with pytest.raises(ArchiveError, match="HTTP 401.*MEDSEARCH_DICOMWEB_TOKEN"):
         DicomWebArchive("dicomweb+" + proxy.dicomweb, FAST).check()
     archive = DicomWebArchive("dicomweb+" + proxy.dicomweb, DicomWebConfig(token="s3cret-token", retries=0))
-    with open_index(tmp_path / "db", create=True) as (store, repository):
+    with open_index(tmp_path / "db", create=True, reports=report_analyzer()) as (store, repository):
         assert run_indexing(archive, store, repository, encoder).indexed == 1
     # basic auth straight to Orthanc, and a wrong password
     DicomWebArchive("dicomweb+" + orthanc.dicomweb, DicomWebConfig(username=USER, password=PASSWORD)).check()
@@ -299,7 +300,7 @@ def test_nightly_cli_runs_with_since_last(orthanc: Orthanc, tiny_model_dir: Path
     assert prune.returncode == 2 and "--prune" in prune.stderr
     folder_with_since = cli(str(tmp_path), "--since", "last", env=env)
     assert folder_with_since.returncode == 2 and "DICOMweb source" in folder_with_since.stderr
-    with open_index(tmp_path / "db") as (store, repository):
+    with open_index(tmp_path / "db", reports=report_analyzer()) as (store, repository):
         assert repository.count_sources() == 4 and store.verify() == []
 
 
@@ -336,7 +337,7 @@ def test_a_pacs_that_stops_answering_stops_the_run_and_the_rerun_finishes(orthan
 
     proxy.faults = Faults(hook=fail_after_five)
     config = DicomWebConfig(retries=1, backoff_s=0.01, fetch_threads=1)
-    with open_index(tmp_path / "db", create=True) as (store, repository):
+    with open_index(tmp_path / "db", create=True, reports=report_analyzer()) as (store, repository):
         with pytest.raises(ArchiveError, match="stopped answering.*rerun to continue"):
             run_indexing(DicomWebArchive("dicomweb+" + proxy.dicomweb, config), store, repository, encoder,
                          batch_size=2)

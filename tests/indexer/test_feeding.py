@@ -15,6 +15,7 @@ import numpy as np
 
 from core.device import CPU_BATCH, batch_size_for
 from core.encoder import HFEncoder
+from core.reports import report_analyzer
 from core.sources import open_source
 from indexer import handover
 from indexer.encode import BatchEncoder
@@ -56,7 +57,7 @@ def copies(folder: Path, names: dict[str, str]) -> Path:
 def test_a_batch_is_written_while_the_next_one_encodes(encoder: HFEncoder, tmp_path: Path):
     archive = copies(tmp_path / "a", {"a.dcm": "CT_small.dcm", "b.dcm": "MR_small.dcm", "c.dcm": "JPEG2000.dcm"})
     recording = Recording(encoder)
-    with open_index(tmp_path / "db", create=True) as (store, repository):
+    with open_index(tmp_path / "db", create=True, reports=report_analyzer()) as (store, repository):
         result = run_indexing(open_source(archive), store, repository, recording, batch_size=1)  # type: ignore[arg-type]
         assert result.indexed == 3 and store.ntotal == 3
     starts = [event for event in recording.events if event[0] == "start"]
@@ -68,7 +69,7 @@ def test_a_batch_is_written_while_the_next_one_encodes(encoder: HFEncoder, tmp_p
 def test_the_same_pixels_in_adjacent_batches_are_encoded_once(encoder: HFEncoder, tmp_path: Path):
     """The second batch shares pixels with the one in flight: it waits for it, then links to it."""
     archive = copies(tmp_path / "a", {"a.dcm": "CT_small.dcm", "b.dcm": "CT_small.dcm", "c.dcm": "MR_small.dcm"})
-    with open_index(tmp_path / "db", create=True) as (store, repository):
+    with open_index(tmp_path / "db", create=True, reports=report_analyzer()) as (store, repository):
         result = run_indexing(open_source(archive), store, repository, encoder, batch_size=1)
         rows = rows_by_path(repository)
         assert (result.indexed, result.encoded, result.linked) == (2, 2, 1)
@@ -93,10 +94,10 @@ def test_workers_read_zip_members_themselves(encoder: HFEncoder, tmp_path: Path)
     zipped = Path(shutil.make_archive(str(tmp_path / "archive"), "zip", archive))
     source = open_source(zipped)
     assert source.random_access
-    with open_index(tmp_path / "db", create=True) as (store, repository):
+    with open_index(tmp_path / "db", create=True, reports=report_analyzer()) as (store, repository):
         result = run_indexing(source, store, repository, encoder, workers=1, batch_size=2)
         zip_rows = {path: row.pixel_sha256 for path, row in rows_by_path(repository).items()}
-    with open_index(tmp_path / "db2", create=True) as (store, repository):
+    with open_index(tmp_path / "db2", create=True, reports=report_analyzer()) as (store, repository):
         run_indexing(open_source(archive), store, repository, encoder, workers=0)
         folder_rows = {path: row.pixel_sha256 for path, row in rows_by_path(repository).items()}
     assert result.indexed == 3 and zip_rows == folder_rows
@@ -132,12 +133,12 @@ def test_pixels_cross_through_shared_memory_and_no_segment_is_left(encoder: HFEn
     assert shared is not None and len(segments(os.getpid())) == 1
     assert all(np.array_equal(a, b) for a, b in zip(handover.receive(shared), pixels, strict=True))
     assert segments(os.getpid()) == []
-    with open_index(tmp_path / "db", create=True) as (store, repository):
+    with open_index(tmp_path / "db", create=True, reports=report_analyzer()) as (store, repository):
         pooled = run_indexing(open_source(archive), store, repository, encoder, workers=1, batch_size=2)
         pooled_rows = {path: row.pixel_sha256 for path, row in rows_by_path(repository).items()}
         _, vectors = repository.get_embeddings([rows_by_path(repository)["a.dcm"].id], encoder.dim)
     assert pooled.indexed == 3 and segments(os.getpid()) == []
-    with open_index(tmp_path / "db2", create=True) as (store, repository):
+    with open_index(tmp_path / "db2", create=True, reports=report_analyzer()) as (store, repository):
         run_indexing(open_source(archive), store, repository, encoder, workers=0)
         assert pooled_rows == {path: row.pixel_sha256 for path, row in rows_by_path(repository).items()}
         _, inline = repository.get_embeddings([rows_by_path(repository)["a.dcm"].id], encoder.dim)
@@ -160,7 +161,7 @@ def test_a_file_taking_the_pixels_of_a_replaced_one_in_the_next_batch(encoder: H
     """a.dcm is replaced (its image loses its only source and goes) while b.dcm, in the next batch,
     brings a.dcm's old pixels in the same case: b waits for a's batch and becomes an image of its own."""
     archive = copies(tmp_path / "a", {"a.dcm": "CT_small.dcm"})
-    with open_index(tmp_path / "db", create=True) as (store, repository):
+    with open_index(tmp_path / "db", create=True, reports=report_analyzer()) as (store, repository):
         run_indexing(open_source(archive), store, repository, encoder, batch_size=1)
         shutil.copy2(dicom_file("MR_small.dcm"), archive / "a.dcm")
         shutil.copy2(dicom_file("CT_small.dcm"), archive / "b.dcm")

@@ -27,7 +27,7 @@ def test_auc_by_hand_with_ties_and_single_class():
     assert bootstrap_auc_ci(np.array([0.1, 0.2]), np.array([0, 0])) is None
     fpr, tpr = roc_curve(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
-    assert np.trapezoid(tpr, fpr) == pytest.approx(0.75)
+    assert float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)) == pytest.approx(0.75)  # the trapezoid area
 
 
 def test_bootstrap_interval_contains_the_estimate():

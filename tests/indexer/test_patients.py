@@ -22,11 +22,15 @@ from core.settings import Settings
 from search_api.app import build_service, create_app
 from search_api.auth import AccessControl
 from storage.opening import open_index
+from storage.report_records import ReportMatch
 from tests.conftest import dicom_file
 from tests.indexer.test_cli import run_cli
 
 CT = pydicom.dcmread(dicom_file("CT_small.dcm"))
 OTHER_STUDY = CT.StudyInstanceUID + ".99"
+# a report naming a person: its words are in the report index too (raw, and as the index's stems)
+CT_REPORT = "Discussed with Dr Quillfeather. Xanthoria pattern of pleural effusion."
+REPORT_TRACES = ["Quillfeather", "quillfeath", "Xanthoria", "xanthoria"]
 
 
 def cross_patient_archive(root: Path, decode_side: int) -> Path:
@@ -43,7 +47,10 @@ def cross_patient_archive(root: Path, decode_side: int) -> Path:
     rendered = load_image_file(dicom_file("CT_small.dcm"), RenderOptions(reduce_to=decode_side)).pixels
     Image.fromarray(np.ascontiguousarray(rendered)).save(root / "images" / "ct.png")
     (root / "manifest.csv").write_text("path,patient_id,labels,report\n"
-                                       "images/ct.png,SAMPLE-PNG-1,head,Report of SAMPLE-PNG-1.\n")
+                                       "images/ct.png,SAMPLE-PNG-1,head,Report of SAMPLE-PNG-1.\n"
+                                       f"dicom/ct.dcm,,,{CT_REPORT}\n"
+                                       f"dicom/ct-copy.dcm,,,{CT_REPORT}\n"
+                                       f"dicom/ct-later-study.dcm,,,{CT_REPORT}\n")
     return root
 
 
@@ -93,8 +100,10 @@ def test_same_pixels_under_two_patients_are_two_results(indexed, encoder: HFEnco
 def test_removing_a_patient_leaves_no_trace_and_sticks(indexed, tiny_model_dir: Path):
     archive, db = indexed
     traces = [CT.PatientID, CT.StudyInstanceUID, OTHER_STUDY, CT.SOPInstanceUID, CT.SeriesInstanceUID,
-              "dicom/ct.dcm", "ct-copy.dcm", "ct-later-study.dcm"]
+              "dicom/ct.dcm", "ct-copy.dcm", "ct-later-study.dcm", *REPORT_TRACES]
     assert identifiers_in(db, traces) == traces
+    with open_index(db, read_only=True) as (_, repository):  # the report index finds the report's words
+        assert len(repository.report_matches(ReportMatch(words=("quillfeath",)))) == 2
 
     preview = run_cli("remove", "--db", str(db), "--patient", CT.PatientID, "--dry-run")
     assert preview.returncode == 0, preview.stderr
@@ -115,6 +124,8 @@ def test_removing_a_patient_leaves_no_trace_and_sticks(indexed, tiny_model_dir: 
         assert {image.metadata.patient_id for image in images.values()} == {"SAMPLE-PNG-1", "MR_small"} or \
             CT.PatientID not in {image.metadata.patient_id for image in images.values()}
         assert store.ntotal == len(images) == 2 and store.verify() == []
+        assert repository.report_matches(ReportMatch(words=("quillfeath",))) == []
+        assert len(repository.report_matches(ReportMatch(words=("sampl", "png")))) == 1  # another's report stays
 
     rerun = run_cli("run", str(archive), "--db", str(db), "--model", str(tiny_model_dir), "--no-progress")
     assert rerun.returncode == 0, rerun.stderr

@@ -245,7 +245,7 @@ def test_build_index_on_ray_merges_on_disk_and_the_api_serves_it(ray_cluster: Ra
     with TestClient(create_app(settings, service=service, access=AccessControl(None, open_mode=True)),
                     base_url="http://localhost") as client:
         for query in ("chest ct", "brain mri", "noise"):
-            found = client.post("/search/text", json={"query": query, "k": 5}).json()["results"]
+            found = client.post("/search/text", json={"query": query, "k": 5, "mode": "image"}).json()["results"]
             exact = ids[np.argsort(-(vectors @ encoder.encode_texts([query])[0]), kind="stable")[:5]]
             assert [r["image_id"] for r in found] == exact.tolist()
     service.close()

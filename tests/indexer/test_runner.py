@@ -11,6 +11,7 @@ import pydicom
 
 from core.encoder import HFEncoder
 from core.images import load_image_file
+from core.reports import report_analyzer
 from core.sources import open_source
 from indexer.runner import run_indexing
 from storage.opening import open_index
@@ -18,7 +19,7 @@ from tests.conftest import BAD_DICOM, GOOD_DICOM, available, dicom_file, rows_by
 
 
 def index(archive: Path, db: Path, encoder: HFEncoder, batch_size: int = 4):
-    with open_index(db, create=True) as (store, repository):
+    with open_index(db, create=True, reports=report_analyzer()) as (store, repository):
         result = run_indexing(open_source(archive), store, repository, encoder, batch_size=batch_size)
         ntotal = store.ntotal
     return result, ntotal, open_index(db, read_only=True).repository
@@ -117,10 +118,10 @@ def test_moved_files_and_prune(archive_dir: Path, encoder: HFEncoder, tmp_path: 
 
 
 def test_workers_give_the_same_result(archive_dir: Path, encoder: HFEncoder, tmp_path: Path):
-    with open_index(tmp_path / "db0", create=True) as (store, repository):
+    with open_index(tmp_path / "db0", create=True, reports=report_analyzer()) as (store, repository):
         inline = run_indexing(open_source(archive_dir), store, repository, encoder, workers=0)
         inline_rows = rows_by_path(repository)
-    with open_index(tmp_path / "db1", create=True) as (store, repository):
+    with open_index(tmp_path / "db1", create=True, reports=report_analyzer()) as (store, repository):
         pooled = run_indexing(open_source(archive_dir), store, repository, encoder, workers=1, batch_size=3)
         pooled_rows = rows_by_path(repository)
         _, vectors = repository.get_embeddings([pooled_rows["dicom/CT_small.dcm"].id], encoder.dim)

@@ -66,3 +66,34 @@ def browser():
     from tests.search_api.browser import launch_browser
 
     yield from launch_browser()
+
+
+@pytest.fixture(scope="session")
+def report_index(encoder: HFEncoder, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, str]]:
+    """The hand-written report corpus (tests/report_corpus.py), indexed once, plus one report that names
+    a person: (database folder, corpus report name by image id)."""
+    from storage.opening import open_index
+    from tests.conftest import index_folder, rows_by_path
+    from tests.report_corpus import build_report_archive
+
+    base = tmp_path_factory.mktemp("reports")
+    names = build_report_archive(base / "archive", {"cr/named.dcm": NAMED_REPORT})
+    db = base / "db"
+    result = index_folder(base / "archive", db, encoder, batch_size=8)
+    assert result.failed == 0, result
+    with open_index(db, read_only=True) as (_, repository):
+        by_path = rows_by_path(repository)
+    return db, {by_path[path].id: name for path, name in names.items()}
+
+
+NAMED_REPORT = "Findings discussed with Dr Quistorp by telephone. Small left pleural effusion."
+
+
+@pytest.fixture(scope="session")
+def report_settings(report_index, tiny_model_dir: Path) -> Settings:
+    return Settings(db_dir=report_index[0], model=str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def report_client(report_settings: Settings, encoder: HFEncoder) -> Iterator[TestClient]:
+    yield from open_client(report_settings, encoder)

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from core.reports import report_analyzer
 from storage.access import AccessBase, AccessStore
 from storage.db import make_engine, sqlite_url
 from storage.errors import SchemaVersionError
@@ -22,6 +23,8 @@ from storage.migrate import ACCESS, INDEX, MIGRATIONS, head
 from storage.models import Base
 from storage.opening import open_index
 from storage.records import case_key
+from storage.report_records import ReportMatch
+from storage.reports import FTS_TABLE
 from tests.postgres import needs_postgres
 
 FIXTURE = Path(__file__).parent / "fixtures" / "schema1"
@@ -37,8 +40,14 @@ def copy_fixture(folder: Path) -> Path:
 
 
 def check_migrated(folder: Path, database_url: str | None = None) -> None:
-    with open_index(folder, database_url=database_url) as (store, repository):
+    with open_index(folder, database_url=database_url, reports=report_analyzer()) as (store, repository):
         assert store.verify() == []
+        # the report index was backfilled from the stored reports and descriptions
+        found = repository.report_matches(ReportMatch(words=("synthet", "nois")))
+        assert [image.metadata.report_text for image in repository.get_images(found).values()] == [
+            "Synthetic noise."]
+        assert len(repository.report_matches(ReportMatch(words=("chest",)))) == sum(
+            1 for old in EXPECTED["images"].values() if "CHEST" in (old["study_description"] or ""))
         images = repository.get_images(repository.image_ids().tolist())
         assert len(images) == len(EXPECTED["images"]) + len(MIXED)
         by_path = {source.path: image for image in images.values() for source in image.sources}
@@ -174,6 +183,54 @@ def test_models_and_migrations_describe_the_same_schema(chain, metadata, tmp_pat
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"version_table": chain.version_table})
         differences = [d for d in compare_metadata(context, metadata) if d[0] != "remove_table"
-                       or d[1].name != chain.version_table]
+                       or (d[1].name != chain.version_table and not d[1].name.startswith(FTS_TABLE))]
     engine.dispose()
     assert differences == []
+
+
+SCHEMA4 = Path(__file__).parent / "fixtures" / "schema4"  # made by commit 0320d5f: fixtures/make_schema4.py
+
+
+def test_an_index_from_before_report_search_gets_its_report_index_backfilled(tmp_path: Path):
+    """Revision 0004 (written by the code before report search) migrates to the report index in place:
+    every image with a report or a description gets the document a fresh analysis gives, nothing is
+    re-encoded, and report search answers with assertions."""
+    folder = tmp_path / "db"
+    folder.mkdir()
+    for name in ("medsearch.sqlite", "index.faiss", "index.faiss.delta"):
+        shutil.copy2(SCHEMA4 / name, folder / name)
+    before = sqlite_rows(folder / "medsearch.sqlite", "SELECT image_id, vector FROM embeddings ORDER BY image_id")
+    analyzer = report_analyzer()
+    with open_index(folder, reports=analyzer) as (store, repository):
+        assert store.verify() == []
+        images = repository.get_images(repository.image_ids().tolist())
+        documents = repository.get_reports(list(images))
+        for image_id, image in images.items():
+            fresh = analyzer.analyze(image.metadata.report_text, (image.metadata.study_description,
+                                                                  image.metadata.series_description))
+            assert fresh is not None  # every fixture image has a description
+            assert [tuple(m.__dict__.values()) for m in documents[image_id].mentions] == [tuple(m) for m in
+                                                                                        fresh.mentions]
+        by_path = {image.sources[0].path: image_id for image_id, image in images.items()}
+
+        def found(text: str, assertions: tuple[str, ...] | None = None) -> set[str]:
+            query = analyzer.parse_query(text)
+            match = ReportMatch(tuple(tuple(g) for g in analyzer.query_groups(query, assertions)), query.words)
+            ids = set(repository.report_matches(match))
+            return {path for path, image_id in by_path.items() if image_id in ids}
+
+        assert found("pleural effusion") == {"p1/cxr.dcm"}
+        assert found("pleural effusion", ("negated",)) == {"p2/cxr.dcm"}
+        assert found("possible pleural effusion") == {"p3/ct.dcm"}
+        assert found("infarct", ("historical",)) == {"p4/ct.dcm", "p4/ct2.dcm"}
+        assert found("knee") == {"p5/mr.dcm"}  # a description alone is searchable
+    assert sqlite_rows(folder / "medsearch.sqlite", "SELECT image_id, vector FROM embeddings ORDER BY image_id") \
+        == before  # nothing re-encoded
+
+
+def sqlite_rows(path: Path, query: str) -> list[tuple]:
+    engine = make_engine(sqlite_url(path))
+    with engine.connect() as connection:
+        rows = [tuple(row) for row in connection.execute(sa.text(query))]
+    engine.dispose()
+    return rows

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from core.encoder import HFEncoder
+from core.reports import report_analyzer
 from core.settings import Settings
 from core.sources import open_source
 from indexer.runner import run_indexing
 from search_api.app import build_service
-from search_api.service import QueryPart, SearchOptions
+from search_api.query import QueryPart, SearchOptions
 from storage.access import AccessStore
 from storage.opening import open_index
 from storage.records import ImageFilter
@@ -25,7 +26,7 @@ pytestmark = needs_postgres
 def test_index_search_and_access_on_postgres(postgres_url: str, archive_dir: Path, encoder: HFEncoder,
                                               tiny_model_dir: Path, tmp_path: Path):
     folder = tmp_path / "db"
-    with open_index(folder, create=True, database_url=postgres_url) as (store, repository):
+    with open_index(folder, create=True, database_url=postgres_url, reports=report_analyzer()) as (store, repository):
         first = run_indexing(open_source(archive_dir), store, repository, encoder, batch_size=4)
         again = run_indexing(open_source(archive_dir), store, repository, encoder)
         assert first.indexed > 10 and again.indexed == again.linked == 0

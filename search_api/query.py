@@ -1,0 +1,92 @@
+"""What a search takes and gives, shared by the search service (search_api/service.py) and the report and
+hybrid searches (search_api/report_search.py): query parts, options, hits and their totals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from core.images import LoadedImage
+from core.reports import ReportQuery
+from search_api.fusion import Fusion
+from search_api.probing import Candidates, Order, ProbeCondition
+from storage.records import ImageFilter, StoredImage
+from storage.report_records import ReportMatch
+
+Mode = Literal["hybrid", "image", "report"]
+MODES: tuple[Mode, ...] = ("hybrid", "image", "report")
+
+
+@dataclass(frozen=True)
+class QueryPart:
+    """One weighted part of a query: a text, an indexed image, or an uploaded image."""
+
+    weight: float = 1.0
+    text: str | None = None
+    image_id: int | None = None
+    image: LoadedImage | None = None
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    k: int = 10
+    offset: int = 0
+    filters: ImageFilter = field(default_factory=ImageFilter)
+    min_score: float | None = None
+    group_by: str | None = None  # "study" or "patient": the best image of each
+    exclude: tuple[int, ...] = ()  # image ids left out (the query image of "more like this")
+    probe: ProbeCondition | None = None  # only images a probe calls positive (exact: every image scored)
+    order: Order = "relevance"  # or by the probe's probability, or by study date
+    mode: Mode = "image"  # image similarity, the reports, or both fused (search_api/fusion.py)
+    assertions: tuple[str, ...] | None = None  # report findings asserted so; None: as the query says
+    fusion: Fusion = field(default_factory=Fusion)
+
+
+@dataclass(frozen=True)
+class MatchInfo:
+    """Why a result matched: its place in each ranking (1 = best; None: not in that ranking's window or
+    not matched), the report engine's relevance, and the fused score of a hybrid search."""
+
+    image_rank: int | None = None
+    report_rank: int | None = None
+    report_score: float | None = None
+    fused_score: float | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    score: float | None  # cosine to the query; None without a query (a filter-only search)
+    probability: float | None  # SigLIP's calibrated probability, for single text queries
+    image: StoredImage
+    probe_probability: float | None = None  # the filtering probe's probability of its label
+    match: MatchInfo | None = None  # report and hybrid searches
+
+
+@dataclass(frozen=True)
+class Matches:
+    total: int
+    facets: dict[str, dict[str, int]] | None  # field -> value -> images
+
+
+@dataclass(frozen=True)
+class ReportPlan:
+    """A query's text as the report index reads it (None match: nothing it could find, and why)."""
+
+    query: ReportQuery
+    match: ReportMatch
+    reason: str | None = None  # why no report can match: stop words only, no words at all
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a page of results and its total share, each computed once per request: the query vector
+    (None without a query), the candidate set of the filters (None: every image), and for report and
+    hybrid searches the report query and its matches among the candidates."""
+
+    vector: np.ndarray | None
+    candidates: Candidates | None
+    report: ReportPlan | None = None
+    report_ids: np.ndarray | None = None  # every matching image the candidates allow, ascending

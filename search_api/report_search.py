@@ -1,0 +1,197 @@
+"""Searching the reports, alone or fused with image similarity (search_api/fusion.py).
+
+A query's text becomes a ReportMatch (`plan`): the vocabulary's findings it names, each with the
+assertion the query gives it ("no pleural effusion": negated) or those of the `assertion` filter, its
+anatomy bound to them, and its other words. The database ranks the matches (BM25 in SQLite, ts_rank_cd
+in PostgreSQL); the filters' candidates, `exclude` and `min_score` restrict the ranking before it is
+paged or fused, so that ranks are ranks among what may be shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.reports import ReportAnalyzer
+from search_api.errors import FieldError
+from search_api.fusion import Fused, fuse
+from search_api.query import Hit, MatchInfo, Prepared, ReportPlan, SearchOptions
+from storage.records import StoredImage
+from storage.report_records import ReportMatch
+from storage.repository import Repository
+from storage.store import Store
+
+MAX_TERMS = 32  # findings, anatomy and words of one query
+
+
+def plan_report_query(analyzer: ReportAnalyzer, text: str, assertions: tuple[str, ...] | None,
+                      loc: tuple[str | int, ...] = ("body", "query")) -> ReportPlan:
+    """The report query of `text`. Raises FieldError (422) for a query with too many terms, or an
+    assertion filter on a query that names no finding of the vocabulary."""
+    query = analyzer.parse_query(text)
+    if len(query.concepts) + len(query.words) > MAX_TERMS:
+        raise FieldError(422, loc, f"the query has {len(query.concepts) + len(query.words)} distinct terms; report "
+                         f"search takes at most {MAX_TERMS}", "too_many_terms")
+    if assertions is not None and not any(c.kind == "finding" for c in query.concepts):
+        raise FieldError(422, ("body", "filters", "assertion"), "the assertion filter applies to findings, and the "
+                         "query names none of the report vocabulary's findings", "assertion_needs_finding")
+    match = ReportMatch(tuple(tuple(group) for group in analyzer.query_groups(query, assertions)), query.words)
+    reason = None if not match.empty else ("the query has no word the report index can match (only stop words "
+                                           "or symbols)")
+    return ReportPlan(query, match, reason)
+
+
+def _allowed(ids: np.ndarray, prepared: Prepared, exclude: Sequence[int]) -> np.ndarray:
+    keep = np.ones(len(ids), dtype=bool)
+    if prepared.candidates is not None:
+        keep &= np.isin(ids, prepared.candidates.ids)
+    if exclude:
+        keep &= ~np.isin(ids, np.asarray(exclude, dtype=np.int64))
+    return ids[keep]
+
+
+def report_ids(repository: Repository, prepared: Prepared, exclude: Sequence[int]) -> np.ndarray:
+    """Every image whose document matches, among the candidates, ascending."""
+    assert prepared.report is not None
+    found = np.asarray(repository.report_matches(prepared.report.match), dtype=np.int64)
+    return _allowed(found, prepared, exclude)
+
+
+@dataclass(frozen=True)
+class ReportList:
+    ids: list[int]  # best first, among the candidates
+    scores: list[float]
+    complete: bool
+
+
+def report_ranking(repository: Repository, prepared: Prepared, exclude: Sequence[int], depth: int) -> ReportList:
+    """The first `depth` matching images among the candidates, best first."""
+    assert prepared.report is not None and prepared.report_ids is not None
+    allowed = set(prepared.report_ids.tolist())
+    limit = max(depth, 16)
+    while True:
+        ranking = repository.rank_reports(prepared.report.match, limit)
+        kept = [(i, s) for i, s in zip(ranking.ids, ranking.scores, strict=True) if i in allowed]
+        if len(kept) >= depth or ranking.complete:
+            kept = kept[:depth]
+            return ReportList([i for i, _ in kept], [s for _, s in kept], len(kept) == len(allowed))
+        limit *= 4
+
+
+def new_group(image: StoredImage, group_by: str | None, seen: set[str]) -> bool:
+    """Whether the image is the first of its study / patient (always true without grouping)."""
+    if not group_by:
+        return True
+    meta = image.metadata
+    key = (meta.study_uid if group_by == "study" else meta.patient_id) or f"image:{image.id}"
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
+def collect(repository: Repository, ids: Iterator[int], need: int, group_by: str | None) -> list[StoredImage]:
+    """The first `need` images of `ids` that still exist, one per group."""
+    kept: list[StoredImage] = []
+    seen: set[str] = set()
+    chunk: list[int] = []
+
+    def take() -> None:
+        images = repository.get_images(chunk)
+        for image_id in chunk:
+            image = images.get(image_id)
+            if len(kept) < need and image is not None and image.sources and new_group(image, group_by, seen):
+                kept.append(image)
+        chunk.clear()
+
+    for image_id in ids:
+        chunk.append(image_id)
+        if len(chunk) >= max(64, 2 * need):
+            take()
+            if len(kept) >= need:
+                return kept
+    if chunk:
+        take()
+    return kept
+
+
+def cosines(repository: Repository, vector: np.ndarray | None, ids: list[int], dim: int) -> dict[int, float]:
+    if vector is None or not ids:
+        return {}
+    found, vectors = repository.get_embeddings(ids, dim)
+    return dict(zip(found.tolist(), (vectors @ vector[0]).tolist(), strict=True))
+
+
+class ReportSearch:
+    """Report-only and hybrid pages over one store and repository (built by SearchService)."""
+
+    def __init__(self, store: Store, repository: Repository, dim: int) -> None:
+        self.store, self.repository, self.dim = store, repository, dim
+
+    def report_page(self, prepared: Prepared, options: SearchOptions) -> list[Hit]:
+        need = options.offset + options.k
+        depth = need * (4 if options.group_by else 1)
+        while True:
+            ranked = report_ranking(self.repository, prepared, options.exclude, depth)
+            kept = collect(self.repository, iter(ranked.ids), need, options.group_by)
+            if len(kept) >= need or ranked.complete:
+                break
+            depth *= 4
+        rank = {image_id: r for r, image_id in enumerate(ranked.ids, start=1)}
+        score = dict(zip(ranked.ids, ranked.scores, strict=True))
+        page = kept[options.offset:need]
+        cosine = cosines(self.repository, prepared.vector, [image.id for image in page], self.dim)
+        return [Hit(rank=options.offset + i + 1, score=cosine.get(image.id), probability=None, image=image,
+                    match=MatchInfo(report_rank=rank[image.id], report_score=score[image.id]))
+                for i, image in enumerate(page)]
+
+    def image_window(self, prepared: Prepared, options: SearchOptions, depth: int
+                     ) -> tuple[list[int], dict[int, float]]:
+        """The first `depth` images by similarity among the candidates (exact where the index is, as the
+        image search is), and their cosines."""
+        assert prepared.vector is not None
+        allowed = prepared.candidates.ids if prepared.candidates is not None else None
+        pairs = self.store.search(prepared.vector, depth + len(options.exclude), allowed)[0]
+        excluded = set(options.exclude)
+        pairs = [(i, s) for i, s in pairs if i not in excluded][:depth]
+        return [i for i, _ in pairs], dict(pairs)
+
+    def hybrid_page(self, prepared: Prepared, options: SearchOptions) -> list[Hit]:
+        fusion = options.fusion
+        need = options.offset + options.k
+        reports = report_ranking(self.repository, prepared, options.exclude, fusion.window)
+        images, cosine = self.image_window(prepared, options, fusion.window)
+        fused = fuse(reports.ids, images, fusion)
+        scores = dict(zip(reports.ids, reports.scores, strict=True))
+        by_id = {f.image_id: f for f in fused}
+        depth = fusion.window
+        tail_rank: dict[int, int] = {}
+
+        def order() -> Iterator[int]:
+            nonlocal depth
+            yield from (f.image_id for f in fused)
+            if len(images) < fusion.window:
+                return  # the image window held every candidate
+            while True:  # beyond both windows: image similarity order
+                ids, more = self.image_window(prepared, options, depth * 2)
+                cosine.update(more)
+                for rank, image_id in enumerate(ids[depth:], start=depth + 1):
+                    if image_id not in by_id:
+                        tail_rank[image_id] = rank
+                        yield image_id
+                if len(ids) < depth * 2:
+                    return
+                depth *= 2
+
+        kept = collect(self.repository, order(), need, options.group_by)
+        page = kept[options.offset:need]
+        missing = [image.id for image in page if image.id not in cosine]
+        cosine.update(cosines(self.repository, prepared.vector, missing, self.dim))
+        empty = Fused(0, 0.0, None, None)
+        return [Hit(rank=options.offset + i + 1, score=cosine.get(image.id), probability=None, image=image,
+                    match=MatchInfo(image_rank=by_id.get(image.id, empty).image_rank or tail_rank.get(image.id),
+                                    report_rank=by_id.get(image.id, empty).report_rank,
+                                    report_score=scores.get(image.id), fused_score=by_id.get(image.id, empty).score))
+                for i, image in enumerate(page)]
