@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -215,6 +216,8 @@ def _pipeline(vocabulary: Vocabulary) -> Any:
     from medspacy.context import ConTextRule
     from medspacy.target_matcher import TargetRule
 
+    # the target matcher's token Matcher is empty when every target is a phrase: spaCy warns on each call
+    warnings.filterwarnings("ignore", message=r"\[W036\] The component 'matcher' does not have any patterns")
     nlp = spacy.blank("en")
     nlp.add_pipe("sentencizer")
     targets: Any = nlp.add_pipe("medspacy_target_matcher")
