@@ -2,9 +2,9 @@
 
 A query's text becomes a ReportMatch (`plan`): the vocabulary's findings it names, each with the
 assertion the query gives it ("no pleural effusion": negated) or those of the `assertion` filter, its
-anatomy bound to them, and its other words. The database ranks the matches (BM25 in SQLite, ts_rank_cd
-in PostgreSQL); the filters' candidates, `exclude` and `min_score` restrict the ranking before it is
-paged or fused, so that ranks are ranks among what may be shown.
+anatomy bound to them, and its other words. The database ranks the matches (the same BM25 in SQLite and
+PostgreSQL: storage/report_rank.py); the filters' candidates, `exclude` and `min_score` restrict the
+ranking before it is paged or fused, so that ranks are ranks among what may be shown.
 """
 
 from __future__ import annotations

@@ -51,8 +51,8 @@ class MatchOut(BaseModel):
                                    "null where it is beyond the fused window and was ranked by its report.")
     report_rank: int | None = Field(default=None, description="Its rank in the report search (1 = best); null: "
                                     "its report did not match (or is beyond the fused window).")
-    report_score: float | None = Field(default=None, description="The report engine's relevance (BM25 in "
-                                       "SQLite, ts_rank_cd in PostgreSQL): comparable within one search only.")
+    report_score: float | None = Field(default=None, description="Its report's BM25 relevance (the same "
+                                       "in SQLite and PostgreSQL): comparable within one search only.")
     fused_score: float | None = Field(default=None, description="Hybrid: the reciprocal rank fusion score.")
     snippet: Snippet | None = Field(default=None, description="Where its report matched, terms marked (only "
                                     "for roles that may see report text).")

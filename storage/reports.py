@@ -1,6 +1,6 @@
 """The report index (part of storage.repository.Repository): one document per image with report text or
-a description, in the database's own full-text engine: SQLite FTS5 ranked by BM25, or PostgreSQL's
-tsvector with a GIN index ranked by ts_rank_cd (migration 0005 creates either).
+a description, in the database's own full-text engine: SQLite FTS5, or PostgreSQL's tsvector with a GIN
+index (migration 0005 creates either), both ranked by the same BM25 (storage.report_rank).
 
 Documents are written in the transactions that write their images (`write_documents`), and leave with
 them (a foreign key that cascades; FTS5 follows through triggers). After a removal `optimize` merges
@@ -21,6 +21,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage.db import database_errors
 from storage.errors import StorageError
 from storage.models import ImageRow, ReportDocumentRow
+from storage.report_rank import (
+    FTS_TABLE,
+    fts5_query,
+    postgres_ranking,
+    postgres_totals_problem,
+    recount_postgres_totals,
+    sqlite_ranking,
+    tsquery,
+)
 from storage.report_records import (
     ReportAnalyzer,
     ReportFields,
@@ -30,9 +39,7 @@ from storage.report_records import (
     StoredReport,
 )
 
-FTS_TABLE = "report_fts"  # SQLite's FTS5 table (and its shadow tables report_fts_*)
 TOKEN = re.compile(r"^[a-z0-9]+$")
-BODY_WEIGHT, CONCEPT_WEIGHT = 1.0, 1.0  # BM25 column weights (FTS5)
 
 
 def has_text(row: ImageRow) -> bool:
@@ -47,21 +54,6 @@ def _tokens(match: ReportMatch) -> Iterable[str]:
     for group in match.groups:
         yield from group
     yield from match.words
-
-
-def fts5_query(match: ReportMatch) -> str:
-    """The FTS5 MATCH expression: every token quoted, each group an OR in the concepts column, each word
-    in the body column, all of them required."""
-    parts = [f"concepts : ({' OR '.join(f'{chr(34)}{t}{chr(34)}' for t in group)})" for group in match.groups]
-    parts += [f'body : "{word}"' for word in match.words]
-    return " AND ".join(parts)
-
-
-def tsquery(match: ReportMatch) -> str:
-    """The PostgreSQL tsquery text: concept tokens may match weight A (concepts) only, words D (body)."""
-    parts = ["(" + " | ".join(f"{t}:A" for t in group) + ")" for group in match.groups]
-    parts += [f"{word}:D" for word in match.words]
-    return " & ".join(parts)
 
 
 def _check(match: ReportMatch) -> None:
@@ -149,6 +141,8 @@ class ReportsMixin:
                     session.rollback()
                     found.append(f"the full-text index disagrees with the report documents ({exc.orig}): verify "
                                  "--repair rebuilds it")
+            elif self.engine.dialect.name == "postgresql" and (problem := postgres_totals_problem(session)):
+                found.append(problem)
         if self.reports is not None:
             stale = self.reports_stale(self.reports.fingerprint)
             if stale:
@@ -157,10 +151,12 @@ class ReportsMixin:
         return found
 
     def rebuild_report_index(self) -> None:
-        """FTS5 rebuilt from the documents (repair; PostgreSQL's generated column needs none)."""
-        if self.engine.dialect.name == "sqlite":
-            with database_errors(self.engine), self._sessions() as session, session.begin():
+        """FTS5 rebuilt from the documents; PostgreSQL's totals recounted (its tsvector is generated)."""
+        with database_errors(self.engine), self._sessions() as session, session.begin():
+            if self.engine.dialect.name == "sqlite":
                 session.execute(text(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')"))
+            elif self.engine.dialect.name == "postgresql":
+                recount_postgres_totals(session)
 
     def optimize_reports(self) -> None:
         """Merge FTS5's segments into one, so that deleted documents' words are gone from every page."""
@@ -175,24 +171,13 @@ class ReportsMixin:
                 is not None
 
     def rank_reports(self, match: ReportMatch, limit: int) -> ReportRanking:
-        """The best `limit` matching images by the engine's relevance (BM25 / ts_rank_cd), ties by id."""
+        """The best `limit` matching images by BM25, the same in both databases (storage.report_rank)."""
         _check(match)
         if match.empty:
             return ReportRanking((), (), True)
         with database_errors(self.engine), self._sessions() as session:
-            if self.engine.dialect.name == "sqlite":
-                rows = session.execute(text(
-                    f"SELECT rowid, bm25({FTS_TABLE}, :wb, :wc) AS s FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :q "
-                    "ORDER BY s, rowid LIMIT :n"), {"q": fts5_query(match), "n": limit, "wb": BODY_WEIGHT,
-                                                   "wc": CONCEPT_WEIGHT}).all()
-                scored = [(int(i), -float(s)) for i, s in rows]  # BM25 in FTS5: more negative is better
-            else:
-                query = func.to_tsquery(literal_column("'simple'"), tsquery(match))
-                score = func.ts_rank_cd(literal_column("document"), query)
-                rows = session.execute(select(ReportDocumentRow.image_id, score).where(
-                    literal_column("document").op("@@")(query)).order_by(score.desc(), ReportDocumentRow.image_id)
-                    .limit(limit)).all()
-                scored = [(int(i), float(s)) for i, s in rows]
+            scored = (sqlite_ranking if self.engine.dialect.name == "sqlite" else postgres_ranking)(
+                session, match, limit)
         return ReportRanking(tuple(i for i, _ in scored), tuple(s for _, s in scored), len(scored) < limit)
 
     def report_matches(self, match: ReportMatch) -> list[int]:

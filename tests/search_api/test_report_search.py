@@ -15,11 +15,15 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from core.encoder import HFEncoder
+from core.reports import report_analyzer
 from core.settings import Settings
+from core.sources import open_source
+from indexer.runner import run_indexing
 from search_api.app import build_service, create_app
 from search_api.auth import AccessControl
 from search_api.modes import REPORT_FIELDS
 from storage.access import AccessStore
+from tests.postgres import needs_postgres
 from tests.report_corpus import REPORTS
 
 ALL = 1000
@@ -232,3 +236,40 @@ def test_the_index_without_reports_answers_image_searches(client: TestClient, tm
     """The shared test index (its reports, if any, aside): an explicit image mode never needs reports."""
     response = client.post("/search/text", json={"query": "chest", "mode": "image", "k": 3})
     assert response.status_code == 200 and response.json()["mode"] == "image"
+
+
+RANKED_QUERIES = [("pleural effusion", {}), ("no pleural effusion", {}), ("pneumothorax", {"assertion": ["negated"]}),
+                  ("effusion", {}), ("consolidation", {"assertion": ["negated", "uncertain"]}), ("cardiomegaly", {}),
+                  ("atelectasis", {}), ("nodule", {}), ("chest", {}), ("small right", {}), ("lungs are clear", {}),
+                  ("knee", {}), ("no acute fracture", {})]
+
+
+@needs_postgres
+def test_sqlite_and_postgresql_give_the_same_report_rankings(report_index, report_client: TestClient,
+                                                              postgres_url: str, encoder: HFEncoder,
+                                                              tiny_model_dir: Path, tmp_path: Path):
+    from storage.opening import open_index
+    from tests.conftest import rows_by_path
+    from tests.search_api.conftest import open_client
+
+    db = tmp_path / "pg"
+    with open_index(db, create=True, database_url=postgres_url, reports=report_analyzer()) as (store, repository):
+        assert run_indexing(open_source(report_index[0].parent / "archive"), store, repository, encoder,
+                            batch_size=8).failed == 0
+    paths = {}
+    for folder, url in ((report_index[0], None), (db, postgres_url)):
+        with open_index(folder, read_only=True, database_url=url) as (store, repository):
+            paths[url] = {image.id: path for path, image in rows_by_path(repository).items()}
+            assert store.verify() == []
+    settings = Settings(db_dir=db, database_url=postgres_url, model=str(tiny_model_dir), device="cpu")
+    compared = distinct = 0
+    for pg_client in open_client(settings, encoder):
+        for query, filters in RANKED_QUERIES:
+            ranked = {}
+            for url, client in ((None, report_client), (postgres_url, pg_client)):
+                found = search(client, query, mode="report", filters=filters)["results"]
+                ranked[url] = [(paths[url][r["image_id"]], round(r["match"]["report_score"], 6)) for r in found]
+            distinct = max(distinct, len({score for _, score in ranked[None]}))
+            assert ranked[None] == ranked[postgres_url], query  # the same documents, order and scores
+            compared += len(ranked[None])
+    assert compared > 40 and distinct >= 5  # many documents, ranked by scores that differ

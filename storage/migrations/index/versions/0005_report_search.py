@@ -1,8 +1,9 @@
 """Report search: one document per image with report text or a study/series description
 (report_documents: the normalised words, the concept tokens of its findings with their assertions, and
 where each finding was mentioned), and the database's own full-text index over it: SQLite FTS5 (BM25)
-kept in step by triggers, or PostgreSQL tsvector with a GIN index (ts_rank_cd). Both are written in
-the transactions that write the images.
+kept in step by triggers, or PostgreSQL tsvector with a GIN index, ranked by the same BM25 (the
+documents' count and length kept in report_totals by triggers). Both are written in the transactions
+that write the images.
 
 Existing images are backfilled from their stored report text and descriptions, nothing re-encoded,
 when the opener passes the report analyzer (Repository.open(..., reports=...)); otherwise they stay
@@ -41,6 +42,30 @@ POSTGRESQL = [
     "ALTER TABLE report_documents ADD COLUMN document tsvector GENERATED ALWAYS AS "
     "(setweight(to_tsvector('simple', body), 'D') || setweight(to_tsvector('simple', concepts), 'A')) STORED",
     "CREATE INDEX ix_report_documents_document ON report_documents USING gin (document)",
+    # BM25 as FTS5 computes it (storage/reports.py) needs the documents' count and total length: kept here
+    "CREATE FUNCTION report_tokens(body text, concepts text) RETURNS bigint IMMUTABLE LANGUAGE sql AS $$ "
+    "SELECT coalesce(array_length(string_to_array(body, ' '), 1), 0) "
+    "+ coalesce(array_length(string_to_array(concepts, ' '), 1), 0) $$",
+    "CREATE TABLE report_totals (one boolean PRIMARY KEY DEFAULT true CHECK (one), documents bigint NOT NULL, "
+    "tokens bigint NOT NULL)",
+    "INSERT INTO report_totals VALUES (true, 0, 0)",
+    "CREATE FUNCTION report_totals_change() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "IF TG_OP IN ('INSERT', 'UPDATE') THEN UPDATE report_totals SET documents = documents + s.n, "
+    "tokens = tokens + s.t FROM (SELECT count(*) AS n, coalesce(sum(report_tokens(body, concepts)), 0) AS t "
+    "FROM new_rows) s; END IF; "
+    "IF TG_OP IN ('DELETE', 'UPDATE') THEN UPDATE report_totals SET documents = documents - s.n, "
+    "tokens = tokens - s.t FROM (SELECT count(*) AS n, coalesce(sum(report_tokens(body, concepts)), 0) AS t "
+    "FROM old_rows) s; END IF; RETURN NULL; END $$",
+    "CREATE TRIGGER report_totals_ai AFTER INSERT ON report_documents REFERENCING NEW TABLE AS new_rows "
+    "FOR EACH STATEMENT EXECUTE FUNCTION report_totals_change()",
+    "CREATE TRIGGER report_totals_ad AFTER DELETE ON report_documents REFERENCING OLD TABLE AS old_rows "
+    "FOR EACH STATEMENT EXECUTE FUNCTION report_totals_change()",
+    "CREATE TRIGGER report_totals_au AFTER UPDATE ON report_documents REFERENCING OLD TABLE AS old_rows "
+    "NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION report_totals_change()",
+    # a term's frequency in a document at one weight (A: concept tokens, D: words), as FTS5 counts it
+    "CREATE FUNCTION report_tf(document tsvector, term text, weight text) RETURNS integer IMMUTABLE "
+    "LANGUAGE sql AS $$ SELECT count(*)::integer FROM unnest(document) AS u, unnest(u.weights) AS w "
+    "WHERE u.lexeme = term AND w = weight $$",
 ]
 
 
