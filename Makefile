@@ -68,16 +68,18 @@ BASE_MODEL := data/random-base
 $(BASE_MODEL)/config.json: | $(STAMP)
 	$(VENV)/bin/medsearch-index random-model $(BASE_MODEL) --shape base
 
-bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json ## Benchmarks: bench/results/*.json, SUMMARY.md, plots (~45 min; the search bench ~30)
+bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json ## Benchmarks: bench/results/*.json, SUMMARY.md, plots (~60 min; the search bench ~30)
 	$(PIP) install --quiet -e ".[bench]"
 	rm -f bench/results/*.json bench/results/*.png bench/results/SUMMARY.md
 	$(PY) -m bench.search_bench --sizes 200000,1000000
 	$(PY) -m bench.api_bench --repeat 50 --models $(RANDOM_MODEL),$(BASE_MODEL)
 	$(PY) -m bench.indexing_throughput --encoder null --model $(BASE_MODEL) --input-size 448 --batch-size 32
-	$(PY) -m bench.indexing_throughput --model $(BASE_MODEL) --images 48 --batch-size 16 --naive --quantize
+	$(PY) -m bench.indexing_throughput --model $(BASE_MODEL) --images 48 --batch-size 16 --naive --quantize --reports
 	$(PY) -m bench.ray_throughput --model $(BASE_MODEL) --images 96
 	if command -v Orthanc >/dev/null; then $(PY) -m bench.pacs_throughput --model $(BASE_MODEL) --generated 100; \
 	else echo "bench: Orthanc is not installed (apt-get install orthanc orthanc-dicomweb): PACS bench skipped"; fi
+	$(PY) -m bench.report_bench --reports 1000000 --no-postgres
+	$(PY) -m bench.report_bench --reports 100000
 	$(PY) -m bench.report
 
 clean: ## Remove the virtual environment and generated demo data

@@ -12,7 +12,10 @@ Figures, all measured in this run on this machine:
 - their ratio; the same into a fresh index with the decoding workers already started (a long run's
   steady state: the first run pays their start, seconds of imports); the time of a rerun over the
   unchanged archive as a fraction of the first run;
-- with --quantize: int8 images/s and the cosine of int8 to fp32 embeddings.
+- with --quantize: int8 images/s and the cosine of int8 to fp32 embeddings;
+- with --reports: the warm-worker run again over the same files with a manifest giving each a report of
+  ~10 sentences none of which the analyzer has seen (bench/report_bench.py's templates), so that
+  every report is analysed cold: images/s with and without reports.
 Results also go to bench/results/indexing_<model>.json.
 """
 
@@ -33,6 +36,7 @@ from core.dicom import RenderOptions
 from core.encoder import HFEncoder, PreprocessorSpec
 from core.images import load_image_file
 from core.model_input import assemble
+from core.reports import report_analyzer
 from core.sources import open_source
 from indexer.load import LoadOptions, LoadPool
 from indexer.runner import run_indexing
@@ -60,6 +64,24 @@ def make_archive(root: Path, count: int) -> Path:
     return root
 
 
+def reported_archive(archive: Path, root: Path) -> Path:
+    """A copy of `archive` whose manifest gives every file a report of new sentences."""
+    import csv
+    import random
+
+    from bench.report_bench import sentences
+
+    shutil.copytree(archive, root)
+    files = sorted(p.name for p in root.iterdir())
+    fresh = sentences(report_analyzer(), 12 * len(files), random.Random(7))
+    with open(root / "manifest.csv", "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["path", "report"])
+        for i, name in enumerate(files):
+            writer.writerow([name, " ".join(fresh[12 * i:12 * (i + 1)])])
+    return root
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a model folder (with --encoder null: its processor only)")
@@ -70,6 +92,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=None, help="default: one per core but one")
     parser.add_argument("--quantize", action="store_true", help="also measure dynamic int8 on the CPU")
+    parser.add_argument("--reports", action="store_true", help="also index the files with a report each")
     parser.add_argument("--naive", action="store_true", help="also time the naive loop: one image per forward "
                         "pass, the processor called per image (the seed article's approach)")
     args = parser.parse_args()
@@ -108,6 +131,11 @@ def main() -> None:
         with open_index(work / "db-warm", create=True) as (store, repository):  # the workers started already
             warm = run_indexing(open_source(archive), store, repository, encoder, batch_size=args.batch_size,
                                 pool=pool)
+        if args.reports:
+            with_reports = reported_archive(archive, work / "archive-reports")
+            with open_index(work / "db-reports", create=True, reports=report_analyzer()) as (store, repository):
+                reported = run_indexing(open_source(with_reports), store, repository, encoder,
+                                        batch_size=args.batch_size, pool=pool)
         end_to_end = first.indexed / first.seconds
         steady = warm.indexed / warm.seconds
         result: dict[str, object] = {
@@ -119,6 +147,9 @@ def main() -> None:
             "rerun_fraction": round(rerun.seconds / first.seconds, 4),
             "stage_seconds": {k: round(v, 3) for k, v in first.stage_seconds.items()},
         }
+        if args.reports:
+            result["with_reports_images_per_s"] = round(reported.indexed / reported.seconds, 3)
+            result["with_reports_over_without"] = round(reported.indexed / reported.seconds / steady, 3)
         if args.naive:
             started = time.perf_counter()
             for f in files:

@@ -17,6 +17,7 @@ from core.errors import MedsearchError
 from core.logs import configure_logging
 from core.memory import return_large_buffers
 from core.settings import Settings
+from search_api.cli_search import search
 from storage.errors import StorageError
 
 logger = logging.getLogger("search_api")
@@ -188,6 +189,8 @@ def audit(db_dir: Path | None, since: Any, fmt: str, out: Any) -> None:
     write_csv(out, fields, ([*(record[name] for name in fields[:6]), " ".join(map(str, record["result_ids"])),
                              record["status"], record["client"]] for record in records))
 
+
+main.add_command(search)  # search_api/cli_search.py
 
 if __name__ == "__main__":  # pragma: no cover
     main()

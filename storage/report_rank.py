@@ -4,12 +4,14 @@ give the same ranking of the same documents.
 SQLite: FTS5's own bm25() (k1 = 1.2, b = 0.75; IDF = ln((N - n + 0.5) / (n + 0.5)), at least 1e-6;
 a phrase's frequency is its count in the column it is filtered to; a document's length is its tokens
 in both columns). PostgreSQL has no BM25 (ts_rank_cd weighs proximity and ranks in another order), so
-the same formula is computed there from the tsvector: frequencies per weight (A: concept tokens, D:
-words) by `report_tf`, lengths by `report_tokens`, and N and the total length from `report_totals`,
-which triggers keep (migration 0005). The GIN index still finds the matches. Scores are compared
-rounded to 1e-9, ties broken by image id, so that the last bits of two float summations cannot reorder
-equal documents. The tsvector keeps at most 256 positions of one word and positions up to 16,383: in a
-report that repeats one word more often, or is longer, PostgreSQL counts fewer and may rank it lower.
+the same formula is computed there from the tsvector: frequencies per weight (A: concept tokens,
+D: words) counted in one pass over each match's lexemes, lengths by `report_tokens`, and N and the
+total length from `report_totals`, which triggers keep (migration 0005). The GIN index still finds
+the matches. Scores are compared rounded to 1e-9, ties broken by image id, so that the last bits of
+two float summations cannot reorder equal documents. The tsvector keeps at most 256 positions of one
+word and positions up to 16,383: in a report that repeats one word more often, or is longer,
+PostgreSQL counts fewer and may rank it lower. Both score every match (neither engine prunes), so a
+query's cost grows with its matches: bench/report_bench.py measures it.
 """
 
 from __future__ import annotations
@@ -74,13 +76,16 @@ def postgres_ranking(session: Session, match: ReportMatch, limit: int) -> list[t
     frequencies, terms_sql = [], []
     for i, (token, weight) in enumerate(terms):
         params |= {f"t{i}": token, f"w{i}": weight, f"idf{i}": _idf(int(documents), int(hits[(token, weight)]))}
-        frequencies.append(f"report_tf(d.document, :t{i}, :w{i})::float8 AS f{i}")
+        frequencies.append(f"count(*) FILTER (WHERE u.lexeme = :t{i} AND w = :w{i})::float8 AS f{i}")
         terms_sql.append(f":idf{i} * ((f.f{i} * (:k1 + :one)) / (f.f{i} + :k1 * (:one - :b + :b * l.dl / :avgdl)))")
+    params["lexemes"] = [token for token, _ in distinct]
     score = " + ".join(terms_sql)  # summed in the query's order, as FTS5 sums its phrases
-    rows = session.execute(text(
+    rows = session.execute(text(  # one pass over each matching document's lexemes counts every term
         f"SELECT image_id, s FROM (SELECT d.image_id, {score} AS s FROM report_documents d, "
         "LATERAL (SELECT report_tokens(d.body, d.concepts)::float8 AS dl) l, "
-        f"LATERAL (SELECT {', '.join(frequencies)}) f WHERE d.document @@ to_tsquery('simple', :match)) m "
+        f"LATERAL (SELECT {', '.join(frequencies)} FROM unnest(d.document) AS u, unnest(u.weights) AS w "
+        "WHERE u.lexeme = ANY(CAST(:lexemes AS text[]))) f "
+        "WHERE d.document @@ to_tsquery('simple', :match)) m "
         f"ORDER BY round(s::numeric, {DIGITS}) DESC, image_id LIMIT :n"), params).all()
     return [(int(i), float(s)) for i, s in rows]
 

@@ -62,10 +62,6 @@ POSTGRESQL = [
     "FOR EACH STATEMENT EXECUTE FUNCTION report_totals_change()",
     "CREATE TRIGGER report_totals_au AFTER UPDATE ON report_documents REFERENCING OLD TABLE AS old_rows "
     "NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION report_totals_change()",
-    # a term's frequency in a document at one weight (A: concept tokens, D: words), as FTS5 counts it
-    "CREATE FUNCTION report_tf(document tsvector, term text, weight text) RETURNS integer IMMUTABLE "
-    "LANGUAGE sql AS $$ SELECT count(*)::integer FROM unnest(document) AS u, unnest(u.weights) AS w "
-    "WHERE u.lexeme = term AND w = weight $$",
 ]
 
 
