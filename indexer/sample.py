@@ -42,7 +42,9 @@ RENDERED = [
 ]
 
 
-# (file name prefix, folder, report): every file of the folder whose name starts with the prefix gets it
+# (file name prefix, folder, report): every file of the folder whose name starts with the prefix gets it, and
+# so does its copy in dicom/no-suffix (the same pixels: whichever the indexer meets first gives the image its
+# metadata, so both must carry the report)
 REPORTS = [
     ("RG1_", "pydicom-data", "PA chest radiograph. Small right pleural effusion with blunting of the right "
      "costophrenic angle. No pneumothorax. Heart size is normal. Findings discussed with Dr. Rivera."),
@@ -134,7 +136,8 @@ def build_sample_folder(out: Path) -> dict[str, int]:
                      "source_file": name})
         counts["rendered"] += 1
     for prefix, folder, report in REPORTS:
-        for path in sorted((out / "dicom" / folder).glob(f"{prefix}*")):
+        for path in sorted([*(out / "dicom" / folder).glob(f"{prefix}*"), *(out / "dicom" / "no-suffix").glob(
+                f"{prefix}*")]):
             rows.append({"path": path.relative_to(out).as_posix(), "report": report})
     with (out / "manifest.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["path", "patient_id", "labels", "report", "source_file"])
