@@ -147,22 +147,21 @@ class ReportSearch:
                     match=MatchInfo(report_rank=rank[image.id], report_score=score[image.id]))
                 for i, image in enumerate(page)]
 
-    def image_window(self, prepared: Prepared, options: SearchOptions, depth: int
-                     ) -> tuple[list[int], dict[int, float]]:
+    def image_window(self, prepared: Prepared, options: SearchOptions, depth: int) -> list[int]:
         """The first `depth` images by similarity among the candidates (exact where the index is, as the
-        image search is), and their cosines."""
+        image search is). The page shows NumPy's cosines (`cosines`), which min_score is decided by."""
         assert prepared.vector is not None
         allowed = prepared.candidates.ids if prepared.candidates is not None else None
         pairs = self.store.search(prepared.vector, depth + len(options.exclude), allowed)[0]
         excluded = set(options.exclude)
         pairs = [(i, s) for i, s in pairs if i not in excluded][:depth]
-        return [i for i, _ in pairs], dict(pairs)
+        return [i for i, _ in pairs]
 
     def hybrid_page(self, prepared: Prepared, options: SearchOptions) -> list[Hit]:
         fusion = options.fusion
         need = options.offset + options.k
         reports = report_ranking(self.repository, prepared, options.exclude, fusion.window)
-        images, cosine = self.image_window(prepared, options, fusion.window)
+        images = self.image_window(prepared, options, fusion.window)
         fused = fuse(reports.ids, images, fusion)
         scores = dict(zip(reports.ids, reports.scores, strict=True))
         by_id = {f.image_id: f for f in fused}
@@ -175,8 +174,7 @@ class ReportSearch:
             if len(images) < fusion.window:
                 return  # the image window held every candidate
             while True:  # beyond both windows: image similarity order
-                ids, more = self.image_window(prepared, options, depth * 2)
-                cosine.update(more)
+                ids = self.image_window(prepared, options, depth * 2)
                 for rank, image_id in enumerate(ids[depth:], start=depth + 1):
                     if image_id not in by_id:
                         tail_rank[image_id] = rank
@@ -187,8 +185,7 @@ class ReportSearch:
 
         kept = collect(self.repository, order(), need, options.group_by)
         page = kept[options.offset:need]
-        missing = [image.id for image in page if image.id not in cosine]
-        cosine.update(cosines(self.repository, prepared.vector, missing, self.dim))
+        cosine = cosines(self.repository, prepared.vector, [image.id for image in page], self.dim)  # one way
         empty = Fused(0, 0.0, None, None)
         return [Hit(rank=options.offset + i + 1, score=cosine.get(image.id), probability=None, image=image,
                     match=MatchInfo(image_rank=by_id.get(image.id, empty).image_rank or tail_rank.get(image.id),

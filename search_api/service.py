@@ -28,13 +28,14 @@ from search_api.probing import (
     probe_candidates,
 )
 from search_api.query import Hit, Matches, Prepared, QueryPart, ReportPlan, SearchOptions
-from search_api.report_search import ReportSearch, new_group, plan_report_query, report_ids
+from search_api.report_search import ReportSearch, cosines, new_group, plan_report_query, report_ids
 from storage.probes import Probe
 from storage.records import StoredImage, StoredSource
 from storage.repository import Repository
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
+NEAR = 1e-5  # a cosine computed by FAISS and by NumPy differ by less than this (float32 sums of 1152 terms)
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,13 @@ class SearchService:
         """The candidates whose cosine reaches min_score (exact where the search is)."""
         assert prepared.vector is not None and options.min_score is not None
         candidates = prepared.candidates
-        scoring = self.store.ids_scoring(prepared.vector, options.min_score,
-                                         None if candidates is None else candidates.ids)
+        allowed = None if candidates is None else candidates.ids
+        # the results show NumPy's cosine (report_search.cosines), FAISS sums in another order: the ids
+        # within NEAR of the cutoff are decided by the cosine shown, so min_score = a shown score keeps it
+        sure = self.store.ids_scoring(prepared.vector, options.min_score + NEAR, allowed)
+        band = np.setdiff1d(self.store.ids_scoring(prepared.vector, options.min_score - NEAR, allowed), sure)
+        shown = cosines(self.repository, prepared.vector, band.tolist(), self.store.dim or 0)
+        scoring = np.union1d(sure, np.asarray([i for i, c in shown.items() if c >= options.min_score], dtype=np.int64))
         scoring = np.setdiff1d(scoring, np.asarray(options.exclude, dtype=np.int64)) if options.exclude else scoring
         if candidates is None:
             return Candidates(scoring, None)
