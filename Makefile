@@ -41,7 +41,7 @@ test: $(STAMP) ## Run the whole test suite (CI runs exactly this)
 	$(PY) -m pytest
 
 screenshots: $(STAMP) ## The browser tests, keeping their screenshots in data/screenshots/
-	MEDSEARCH_SCREENSHOT_DIR=data/screenshots $(PY) -m pytest tests/search_api/test_web_page.py tests/search_api/test_workstation_page.py
+	MEDSEARCH_SCREENSHOT_DIR=data/screenshots $(PY) -m pytest tests/search_api/test_web_page.py tests/search_api/test_workstation_page.py tests/search_api/test_report_page.py
 
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check .
