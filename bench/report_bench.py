@@ -23,7 +23,7 @@ import argparse
 import datetime as dt
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -64,9 +64,9 @@ def sentences(analyzer: ReportAnalyzer, count: int, rng: random.Random) -> list[
     return sorted(out)
 
 
-def reports(pool: list[str], count: int, rng: random.Random) -> Iterator[list[int]]:
-    for _ in range(count):
-        yield [rng.randrange(len(pool)) for _ in range(rng.randint(9, 14))]
+def report(pool: list[str], rng: random.Random) -> list[int]:
+    """A report: the pool indexes of its 9 to 14 sentences."""
+    return [rng.randrange(len(pool)) for _ in range(rng.randint(9, 14))]
 
 
 def assertion_cost(analyzer: ReportAnalyzer, pool: list[str], rng: random.Random, n: int = 300) -> dict[str, float]:
@@ -74,15 +74,15 @@ def assertion_cost(analyzer: ReportAnalyzer, pool: list[str], rng: random.Random
     fresh = sentences(analyzer, 12 * n, random.Random(rng.random()))
     texts = [" ".join(fresh[i * 12:(i + 1) * 12]) for i in range(n)]
     started = time.perf_counter()
-    for report in texts:
-        cold.analyze(report)
+    for text_ in texts:
+        cold.analyze(text_)
     cold_ms = (time.perf_counter() - started) * 1000 / n
-    warm = [" ".join(pool[i] for i in ids) for ids in reports(pool, n, rng)]
-    for report in warm:
-        analyzer.analyze(report)  # the pool's sentences now in its cache
+    warm = [" ".join(pool[i] for i in report(pool, rng)) for _ in range(n)]
+    for text_ in warm:
+        analyzer.analyze(text_)  # the pool's sentences now in its cache
     started = time.perf_counter()
-    for report in warm:
-        analyzer.analyze(report)
+    for text_ in warm:
+        analyzer.analyze(text_)
     return {"cold_ms_per_report": cold_ms, "cached_ms_per_report": (time.perf_counter() - started) * 1000 / n,
             "words_per_report": float(np.mean([len(t.split()) for t in texts]))}
 
@@ -98,7 +98,7 @@ def fill(url: str | None, folder: Path, analyzer: ReportAnalyzer, pool: list[str
         with repository.engine.begin() as connection:
             for start in range(0, count, batch):
                 ids = range(start + 1, min(count, start + batch) + 1)
-                chosen = [next(reports(pool, 1, rng)) for _ in ids]
+                chosen = [report(pool, rng) for _ in ids]
                 connection.execute(insert(ImageRow), [
                     {"id": i, "pixel_sha256": f"{i:064x}", "case_key": f"{i:064x}", "kind": "dicom", "labels": [],
                      "extra": {}, "modality": "CR", "indexed_at": now,

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, get_args
 
 import click
 
 from search_api.schemas_reports import Assertion, ModeIn
 
-MODES = list(ModeIn.__args__)  # type: ignore[attr-defined]
-ASSERTIONS = list(Assertion.__args__)  # type: ignore[attr-defined]
+MODES, ASSERTIONS = list(get_args(ModeIn)), list(get_args(Assertion))
 
 
 def marked(snippet: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from storage.models import ImageRow, ReportDocumentRow
 from storage.report_rank import (
     FTS_TABLE,
     fts5_query,
+    phrases,
     postgres_ranking,
     postgres_totals_problem,
     recount_postgres_totals,
@@ -51,9 +52,7 @@ TEXT_CONDITION = or_(func.coalesce(ImageRow.report_text, "") != "", func.coalesc
 
 
 def _tokens(match: ReportMatch) -> Iterable[str]:
-    for group in match.groups:
-        yield from group
-    yield from match.words
+    return (token for token, _ in phrases(match))
 
 
 def _check(match: ReportMatch) -> None:
