@@ -84,7 +84,9 @@ def search(query: str, url: str, key: str | None, mode: str | None, assertion: t
             detail = response.json().get("detail")
         except ValueError:
             detail = response.text[:300]
-        said = detail if isinstance(detail, str) else json.dumps(detail)
+        said = detail if isinstance(detail, str) else "; ".join(
+            f"{'.'.join(map(str, e.get('loc', [])[1:])) or 'request'}: {e.get('msg')}" for e in detail
+            if isinstance(e, dict)) if isinstance(detail, list) else json.dumps(detail)
         click.echo(f"error: {url} answered {response.status_code}: {said}", err=True)
         sys.exit(2)
     answer = response.json()

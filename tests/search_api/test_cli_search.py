@@ -52,4 +52,5 @@ def test_errors_are_one_line_each(api_url: str):
     assert nobody.returncode == 2 and "no medsearch API answers at http://127.0.0.1:1" in nobody.stderr
     assert "Traceback" not in nobody.stderr
     refused = cli("the", "--url", api_url, "--mode", "report", "--assertion", "negated")
-    assert refused.returncode == 2 and "answered 422" in refused.stderr and "Traceback" not in refused.stderr
+    assert refused.returncode == 2 and "answered 422: filters.assertion: " in refused.stderr
+    assert "Traceback" not in refused.stderr
