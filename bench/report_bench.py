@@ -38,6 +38,8 @@ from search_api.fusion import Fusion, fuse
 from search_api.report_search import plan_report_query
 from storage.models import ImageRow, ReportDocumentRow
 from storage.opening import open_index
+from storage.report_postings import write_postings
+from storage.report_topk import ranks_from_postings
 
 PRESENT = ["There is a {size} {side} {finding}.", "{Finding} is seen in the {anatomy}.",
            "IMPRESSION: {size} {finding}.", "Findings are consistent with {finding} of the {anatomy}."]
@@ -103,11 +105,13 @@ def fill(url: str | None, folder: Path, analyzer: ReportAnalyzer, pool: list[str
                     {"id": i, "pixel_sha256": f"{i:064x}", "case_key": f"{i:064x}", "kind": "dicom", "labels": [],
                      "extra": {}, "modality": "CR", "indexed_at": now,
                      "report_text": " ".join(pool[j] for j in c)} for i, c in zip(ids, chosen, strict=True)])
+                documents = [(i, " ".join(analysed[j].body for j in c if analysed[j].body),  # type: ignore[union-attr]
+                              " ".join(analysed[j].concepts for j in c if analysed[j].concepts))  # type: ignore[union-attr]
+                             for i, c in zip(ids, chosen, strict=True)]
                 connection.execute(insert(ReportDocumentRow), [
-                    {"image_id": i, "body": " ".join(analysed[j].body for j in c if analysed[j].body),  # type: ignore[union-attr]
-                     "concepts": " ".join(analysed[j].concepts for j in c if analysed[j].concepts),  # type: ignore[union-attr]
-                     "mentions": [], "has_report": True, "analyzer": analyzer.fingerprint}
-                    for i, c in zip(ids, chosen, strict=True)])
+                    {"image_id": i, "body": body, "concepts": concepts, "mentions": [], "has_report": True,
+                     "analyzer": analyzer.fingerprint} for i, body, concepts in documents])
+                write_postings(connection, documents)  # as Repository.write_documents does
                 print(f"  {url or 'sqlite'}: {ids[-1]:,} reports written", flush=True)
         if repository.engine.dialect.name == "postgresql":
             with repository.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
@@ -166,10 +170,12 @@ def search_figures(url: str | None, folder: Path, analyzer: ReportAnalyzer, vect
 
             both = timed(hybrid, repeat)
             matched = len(repository.report_matches(match))
-            out["queries"][query] = {"matches": matched, "report_p50_ms": top10[0], "report_window_p50_ms": window[0],
-                                     "image_p50_ms": image[0], "hybrid_p50_ms": both[0]}
-            print(f"  {'postgresql' if url else 'sqlite'} {query!r}: {matched:,} matches; report {top10[0]:.1f} ms, "
-                  f"window {window[0]:.1f}, image {image[0]:.2f}, hybrid {both[0]:.1f}", flush=True)
+            ranked_by = "postings" if ranks_from_postings(match) else "engine"
+            out["queries"][query] = {"matches": matched, "ranked_by": ranked_by, "report_p50_ms": top10[0],
+                                     "report_window_p50_ms": window[0], "image_p50_ms": image[0],
+                                     "hybrid_p50_ms": both[0]}
+            print(f"  {'postgresql' if url else 'sqlite'} {query!r}: {matched:,} matches ({ranked_by}); report "
+                  f"{top10[0]:.1f} ms, window {window[0]:.1f}, image {image[0]:.2f}, hybrid {both[0]:.1f}", flush=True)
     rows = out["queries"].values()
     for name in ("report_p50_ms", "report_window_p50_ms", "image_p50_ms", "hybrid_p50_ms"):
         out[name] = float(np.median([r[name] for r in rows]))

@@ -84,9 +84,10 @@ class ReportPlan:
 class Prepared:
     """What a page of results and its total share, each computed once per request: the query vector
     (None without a query), the candidate set of the filters (None: every image), and for report and
-    hybrid searches the report query and its matches among the candidates."""
+    hybrid searches the report query and, where needed (report mode, an assertion filter), its matches
+    among the candidates."""
 
     vector: np.ndarray | None
     candidates: Candidates | None
     report: ReportPlan | None = None
-    report_ids: np.ndarray | None = None  # every matching image the candidates allow, ascending
+    report_ids: np.ndarray | None = None  # every matching image the candidates allow, ascending; or not needed

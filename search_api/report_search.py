@@ -68,15 +68,22 @@ class ReportList:
 
 def report_ranking(repository: Repository, prepared: Prepared, exclude: Sequence[int], depth: int) -> ReportList:
     """The first `depth` matching images among the candidates, best first."""
-    assert prepared.report is not None and prepared.report_ids is not None
-    allowed = set(prepared.report_ids.tolist())
+    assert prepared.report is not None
+    candidates = prepared.candidates.ids if prepared.candidates is not None else None
+    excluded = np.asarray(exclude, dtype=np.int64)
     limit = max(depth, 16)
     while True:
         ranking = repository.rank_reports(prepared.report.match, limit)
-        kept = [(i, s) for i, s in zip(ranking.ids, ranking.scores, strict=True) if i in allowed]
+        ids = np.asarray(ranking.ids, dtype=np.int64)
+        keep = np.ones(len(ids), dtype=bool)
+        if candidates is not None:
+            keep &= np.isin(ids, candidates)
+        if len(excluded):
+            keep &= ~np.isin(ids, excluded)
+        kept = [(int(i), s) for i, s, k in zip(ids, ranking.scores, keep, strict=True) if k]
         if len(kept) >= depth or ranking.complete:
-            kept = kept[:depth]
-            return ReportList([i for i, _ in kept], [s for _, s in kept], len(kept) == len(allowed))
+            return ReportList([i for i, _ in kept[:depth]], [s for _, s in kept[:depth]],
+                              ranking.complete and len(kept) <= depth)
         limit *= 4
 
 

@@ -138,14 +138,17 @@ class SearchService:
     def prepare(self, parts: Sequence[QueryPart], options: SearchOptions, report: ReportPlan | None = None
                 ) -> Prepared:
         """The query vector and the candidates; for report and hybrid searches the report query (`report`,
-        from plan_reports) and its matches among the candidates. There, `min_score` is a condition on
-        the candidates (their cosine), applied before ranking."""
+        from plan_reports), and its matches among the candidates where the page or its total needs them
+        all (report mode; an assertion filter, which is a condition on the candidates). There,
+        `min_score` is a condition on the candidates (their cosine), applied before ranking."""
         prepared = Prepared(self.query_vector(parts) if parts else None, self._candidates(options))
         if options.mode == "image" or report is None:
             return prepared
         if options.min_score is not None and prepared.vector is not None:
             prepared = replace(prepared, candidates=self._scoring(prepared, options))
         prepared = replace(prepared, report=report)
+        if options.mode == "hybrid" and options.assertions is None:
+            return prepared  # ranked from the report index's best matches: the whole match set is not needed
         prepared = replace(prepared, report_ids=report_ids(self.repository, prepared, options.exclude))
         if options.assertions is not None:  # a filter: only images whose reports state the findings so
             assert prepared.report_ids is not None

@@ -9,7 +9,20 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -212,3 +225,29 @@ class ReportDocumentRow(Base):
     mentions: Mapped[list[list[Any]]] = mapped_column(JSON)
     has_report: Mapped[bool] = mapped_column(Boolean)
     analyzer: Mapped[str] = mapped_column(String(64))
+
+
+class ReportTermRow(Base):
+    """A concept token of the report index's postings (storage/report_postings.py) with how many documents
+    carry it and their total length, kept by triggers (migration 0006). The token '' stands for every
+    document: its counts are BM25's N and the documents' total length."""
+
+    __tablename__ = "report_terms"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token: Mapped[str] = mapped_column(String(255), unique=True)
+    documents: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class ReportPostingRow(Base):
+    """One document's count of one concept token (`tf`) beside the document's length in tokens (`dl`),
+    ordered so that a term's documents are read best first by BM25 (storage/report_topk.py). Every
+    document has one row for the token '' (tf 0). Leaves with its document (found by its image id)."""
+
+    __tablename__ = "report_postings"
+    __table_args__ = (Index("ix_report_postings_image", "image_id"), {"sqlite_with_rowid": False})
+    term_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # report_terms.id
+    tf: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dl: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("report_documents.image_id", ondelete="CASCADE"),
+                                          primary_key=True)

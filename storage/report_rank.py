@@ -10,8 +10,10 @@ total length from `report_totals`, which triggers keep (migration 0005). The GIN
 the matches. Scores are compared rounded to 1e-9, ties broken by image id, so that the last bits of
 two float summations cannot reorder equal documents. The tsvector keeps at most 256 positions of one
 word and positions up to 16,383: in a report that repeats one word more often, or is longer,
-PostgreSQL counts fewer and may rank it lower. Both score every match (neither engine prunes), so a
-query's cost grows with its matches: bench/report_bench.py measures it.
+PostgreSQL counts fewer and may rank it lower. Both engines score every match, so a query's cost grows
+with its matches: queries of concept tokens alone (a finding, its anatomy, their assertions) are
+ranked from the postings instead (storage/report_topk.py), which reads the best first and stops;
+bench/report_bench.py measures both.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def sqlite_ranking(session: Session, match: ReportMatch, limit: int) -> list[tup
     return [(int(i), -float(s)) for i, s in rows]  # bm25() is negative: more negative is better
 
 
-def _idf(documents: int, hits: int) -> float:
+def idf(documents: int, hits: int) -> float:
     idf = math.log((documents - hits + 0.5) / (hits + 0.5))
     return idf if idf > 0.0 else 1e-6
 
@@ -66,16 +68,24 @@ def postgres_ranking(session: Session, match: ReportMatch, limit: int) -> list[t
     if not documents:
         return []
     distinct = list(dict.fromkeys(terms))
-    params: dict[str, object] = {f"q{i}": f"{t}:{w}" for i, (t, w) in enumerate(distinct)}
-    counts = ", ".join(f"count(*) FILTER (WHERE document @@ to_tsquery('simple', :q{i}))" for i in range(len(distinct)))
-    hits = dict(zip(distinct, session.execute(text(
-        f"SELECT {counts} FROM report_documents WHERE document @@ to_tsquery('simple', :any)"),
-        {**params, "any": " | ".join(f"{t}:{w}" for t, w in distinct)}).one(), strict=True))
+    # a concept token's documents are counted in report_terms (storage/report_postings.py); a word's here
+    hits = {(token, "A"): int(n) for token, n in session.execute(text(
+        "SELECT token, documents FROM report_terms WHERE token = ANY(CAST(:tokens AS text[]))"),
+        {"tokens": [t for t, w in distinct if w == "A"]})}
+    hits |= {term: 0 for term in distinct if term[1] == "A" and term not in hits}
+    words = [term for term in distinct if term[1] == "D"]
+    params: dict[str, object] = {f"q{i}": f"{t}:{w}" for i, (t, w) in enumerate(words)}
+    if words:
+        counts = ", ".join(f"count(*) FILTER (WHERE document @@ to_tsquery('simple', :q{i}))"
+                           for i in range(len(words)))
+        hits |= dict(zip(words, session.execute(text(
+            f"SELECT {counts} FROM report_documents WHERE document @@ to_tsquery('simple', :any)"),
+            {**params, "any": " | ".join(f"{t}:{w}" for t, w in words)}).one(), strict=True))
     params |= {"match": tsquery(match), "n": limit, "k1": K1, "b": B, "one": 1.0,
                "avgdl": float(tokens) / float(documents)}
     frequencies, terms_sql = [], []
     for i, (token, weight) in enumerate(terms):
-        params |= {f"t{i}": token, f"w{i}": weight, f"idf{i}": _idf(int(documents), int(hits[(token, weight)]))}
+        params |= {f"t{i}": token, f"w{i}": weight, f"idf{i}": idf(int(documents), int(hits[(token, weight)]))}
         frequencies.append(f"count(*) FILTER (WHERE u.lexeme = :t{i} AND w = :w{i})::float8 AS f{i}")
         terms_sql.append(f":idf{i} * ((f.f{i} * (:k1 + :one)) / (f.f{i} + :k1 * (:one - :b + :b * l.dl / :avgdl)))")
     params["lexemes"] = [token for token, _ in distinct]

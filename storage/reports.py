@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage.db import database_errors
 from storage.errors import StorageError
 from storage.models import ImageRow, ReportDocumentRow
+from storage.report_postings import postings_problems, rebuild_postings, write_postings
 from storage.report_rank import (
     FTS_TABLE,
     fts5_query,
@@ -39,6 +40,7 @@ from storage.report_records import (
     ReportRanking,
     StoredReport,
 )
+from storage.report_topk import topk_ranking
 
 TOKEN = re.compile(r"^[a-z0-9]+$")
 
@@ -86,7 +88,11 @@ class ReportsMixin:
         """Documents of freshly flushed (or, `replace`, rewritten) image rows, in the caller's transaction."""
         if replace and rows:
             session.execute(delete(ReportDocumentRow).where(ReportDocumentRow.image_id.in_([r.id for r, _ in rows])))
-        session.add_all(doc for doc in (self._document(row, given) for row, given in rows) if doc is not None)
+        documents = [doc for doc in (self._document(row, given) for row, given in rows) if doc is not None]
+        session.add_all(documents)
+        if documents:
+            session.flush()
+            write_postings(session.connection(), [(d.image_id, d.body, d.concepts) for d in documents])
 
     # -- keeping it complete -----------------------------------------------------------------------------
     def reports_pending(self) -> int:
@@ -142,6 +148,7 @@ class ReportsMixin:
                                  "--repair rebuilds it")
             elif self.engine.dialect.name == "postgresql" and (problem := postgres_totals_problem(session)):
                 found.append(problem)
+            found.extend(postings_problems(session.connection()))
         if self.reports is not None:
             stale = self.reports_stale(self.reports.fingerprint)
             if stale:
@@ -150,12 +157,14 @@ class ReportsMixin:
         return found
 
     def rebuild_report_index(self) -> None:
-        """FTS5 rebuilt from the documents; PostgreSQL's totals recounted (its tsvector is generated)."""
+        """FTS5 rebuilt from the documents; PostgreSQL's totals recounted (its tsvector is generated); the
+        postings written again."""
         with database_errors(self.engine), self._sessions() as session, session.begin():
             if self.engine.dialect.name == "sqlite":
                 session.execute(text(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')"))
             elif self.engine.dialect.name == "postgresql":
                 recount_postgres_totals(session)
+            rebuild_postings(session.connection())
 
     def optimize_reports(self) -> None:
         """Merge FTS5's segments into one, so that deleted documents' words are gone from every page."""
@@ -175,8 +184,10 @@ class ReportsMixin:
         if match.empty:
             return ReportRanking((), (), True)
         with database_errors(self.engine), self._sessions() as session:
-            scored = (sqlite_ranking if self.engine.dialect.name == "sqlite" else postgres_ranking)(
-                session, match, limit)
+            scored = topk_ranking(session, match, limit)
+            if scored is None:  # words in the query: the engine ranks them
+                scored = (sqlite_ranking if self.engine.dialect.name == "sqlite" else postgres_ranking)(
+                    session, match, limit)
         return ReportRanking(tuple(i for i, _ in scored), tuple(s for _, s in scored), len(scored) < limit)
 
     def report_matches(self, match: ReportMatch) -> list[int]:

@@ -80,9 +80,13 @@ def state(db: Path) -> tuple[set, dict]:
             "SELECT image_id, body, concepts FROM report_documents")}
         found = {rows[i].pixel_sha256 for (i,) in con.execute(
             "SELECT rowid FROM report_fts WHERE report_fts MATCH 'concepts:f9ppleuraleffusion'")}
+        postings = {(rows[i].pixel_sha256, token, tf, dl) for i, token, tf, dl in con.execute(
+            "SELECT p.image_id, t.token, p.tf, p.dl FROM report_postings p JOIN report_terms t ON t.id = p.term_id")}
+        counts = {token: n for token, n in con.execute("SELECT token, documents FROM report_terms WHERE documents > 0")}
     assert len(documents) == len(rows)
     sources |= {("document", body, concepts, pixels) for pixels, body, concepts in documents}
     sources |= {("asserted", pixels) for pixels in found}
+    sources |= {("posting", *posting) for posting in postings} | {("count", *c) for c in counts.items()}
     return sources, by_pixels
 
 

@@ -241,7 +241,7 @@ def test_the_index_without_reports_answers_image_searches(client: TestClient, tm
 RANKED_QUERIES = [("pleural effusion", {}), ("no pleural effusion", {}), ("pneumothorax", {"assertion": ["negated"]}),
                   ("effusion", {}), ("consolidation", {"assertion": ["negated", "uncertain"]}), ("cardiomegaly", {}),
                   ("atelectasis", {}), ("nodule", {}), ("chest", {}), ("small right", {}), ("lungs are clear", {}),
-                  ("knee", {}), ("no acute fracture", {})]
+                  ("knee", {}), ("no acute fracture", {}), ("right pleural effusion", {})]
 
 
 @needs_postgres
