@@ -39,7 +39,6 @@ from search_api.report_search import plan_report_query
 from storage.models import ImageRow, ReportDocumentRow
 from storage.opening import open_index
 from storage.report_postings import write_postings
-from storage.report_topk import ranks_from_postings
 
 PRESENT = ["There is a {size} {side} {finding}.", "{Finding} is seen in the {anatomy}.",
            "IMPRESSION: {size} {finding}.", "Findings are consistent with {finding} of the {anatomy}."]
@@ -170,7 +169,7 @@ def search_figures(url: str | None, folder: Path, analyzer: ReportAnalyzer, vect
 
             both = timed(hybrid, repeat)
             matched = len(repository.report_matches(match))
-            ranked_by = "postings" if ranks_from_postings(match) else "engine"
+            ranked_by = repository.rank_reports(match, 10).ranked_by
             out["queries"][query] = {"matches": matched, "ranked_by": ranked_by, "report_p50_ms": top10[0],
                                      "report_window_p50_ms": window[0], "image_p50_ms": image[0],
                                      "hybrid_p50_ms": both[0]}

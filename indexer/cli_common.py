@@ -18,6 +18,7 @@ from core.settings import Settings
 from indexer.errors import IndexerError
 from indexer.runner import Progress
 from storage.errors import DiskFullError, StorageError
+from storage.index_build import BuildReport
 from storage.opening import OpenIndex, open_index
 from storage.records import Manifest
 
@@ -106,3 +107,23 @@ def index_encoder(model: str | None, manifest: Manifest | None, settings: Settin
                               rendering=rendering_from_version(manifest.preprocessing_version) if manifest else "")
     except MedsearchError as exc:
         fail(f"the model {name} is not available on this machine: {exc}")
+
+
+def describe_tuning(report: BuildReport) -> list[str]:
+    """One line per query kind: the held-out recall@10 against exact search and the effort chosen."""
+    if report.kind == "flat":
+        return ["exact search: recall@10 1.000 for every query"]
+
+    def effort(probes: int | None, rerank: int) -> str:
+        name = "efSearch" if report.kind == "hnsw" else "nprobe"
+        return f"{name} {probes}" + (f", {rerank} candidates re-ranked exactly" if rerank else "")
+
+    lines = [f"image queries: held-out recall@10 vs exact {report.recall_at_10:.3f} (95% CI {report.recall_95ci[0]:.3f}"
+             f"-{report.recall_95ci[1]:.3f}) at {effort(report.search_effort, report.rerank)}"]
+    if report.text_recall_at_10 is None:
+        lines.append("text queries: not tuned (--no-text-queries): they search at the image effort")
+    else:
+        lines.append(f"text queries: held-out recall@10 vs exact {report.text_recall_at_10:.3f} (95% CI "
+                     f"{report.text_recall_95ci[0]:.3f}-{report.text_recall_95ci[1]:.3f}) at "
+                     f"{effort(report.text_search_effort, report.text_rerank)}")
+    return lines

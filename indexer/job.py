@@ -24,6 +24,7 @@ from indexer.model import ModelSpec
 from indexer.result import ProgressFactory, RunResult
 from indexer.scan import Listing, list_source
 from indexer.session import check_not_excluded, record_idle_run
+from indexer.tuning import text_tuning_queries
 from storage.index_build import BuildReport
 from storage.layout import finish_generation
 from storage.repository import Repository
@@ -142,7 +143,8 @@ class IndexJob:
 
             if marks_progress(remote, self.options.narrowed):
                 write_mark(self.repository, remote.key, started_on)
-        grown = self.store.maybe_grow_index() if model_loaded else None
+        grown = self.store.maybe_grow_index(text_queries=lambda: text_tuning_queries(self.model.load("cpu"))) \
+            if model_loaded else None
         switched = None
         root = self.options.generation_root
         if root is not None and not result.interrupted:

@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from indexer.errors import IndexerError
 from indexer.ray_engine import RayEngine
-from storage.index_build import BuildReport, tune_against_exact
+from storage.index_build import BuildReport, build_report, tune_against_exact
 from storage.ondisk import fill_shard, id_ranges, merge_shards, remove_unused_ivfdata, train_empty
 from storage.repository import Repository
 from storage.store import Store
-from storage.vector_index import bytes_per_vector
 
 
 def fill_range(database: str | None, trained: bytes, dim: int, low: int, high: int, out: str) -> int:
@@ -38,8 +39,9 @@ def fill_range(database: str | None, trained: bytes, dim: int, low: int, high: i
 
 
 def build_on_ray(store: Store, repository: Repository, engine: RayEngine, kind: str, memory_budget: int,
-                 parts: int | None = None) -> BuildReport:
-    """Train, fill shards in parallel tasks, merge on disk, tune, adopt. Raises IndexerError."""
+                 parts: int | None = None, text_queries: np.ndarray | None = None) -> BuildReport:
+    """Train, fill shards in parallel tasks, merge on disk, tune (per query kind: storage.index_build),
+    adopt. Raises IndexerError."""
     started = time.perf_counter()
     manifest = store.manifest
     if manifest is None:
@@ -69,10 +71,9 @@ def build_on_ray(store: Store, repository: Repository, engine: RayEngine, kind: 
                            "build again")
     merged, ivfdata = merge_shards(trained, sorted(work.glob("shard-*.index"), key=lambda p: int(p.stem[6:])),
                                    store.folder)
-    tuning = tune_against_exact(merged, repository, dim, limit=max(1, plan.nlist))
+    image, text = tune_against_exact(merged, repository, dim, limit=max(1, plan.nlist), text_queries=text_queries)
     store.adopt(merged, plan.kind)
     remove_unused_ivfdata(store.folder, ivfdata)
     shutil.rmtree(work, ignore_errors=True)
-    return BuildReport(plan.kind, f"{plan.why}; {len(ranges)} shards merged on disk ({ivfdata.name})", len(ids),
-                       time.perf_counter() - started, tuning.recall, merged.search_effort(),
-                       bytes_per_vector(plan.kind, dim, plan.pq_m), tuning.interval)
+    return build_report(plan, f"{plan.why}; {len(ranges)} shards merged on disk ({ivfdata.name})", len(ids),
+                        time.perf_counter() - started, merged, image, text)

@@ -3,6 +3,7 @@ hybrid searches (search_api/report_search.py): query parts, options, hits and th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -14,6 +15,7 @@ from search_api.fusion import Fusion
 from search_api.probing import Candidates, Order, ProbeCondition
 from storage.records import ImageFilter, StoredImage
 from storage.report_records import ReportMatch
+from storage.search_effort import QueryKind
 
 Mode = Literal["hybrid", "image", "report"]
 MODES: tuple[Mode, ...] = ("hybrid", "image", "report")
@@ -27,6 +29,12 @@ class QueryPart:
     text: str | None = None
     image_id: int | None = None
     image: LoadedImage | None = None
+
+
+def query_kind(parts: Sequence[QueryPart]) -> QueryKind:
+    """text, image, or both (a composite of the two: the larger search effort)."""
+    kinds = {"text" if part.text is not None else "image" for part in parts if part.weight != 0}
+    return "both" if len(kinds) > 1 else "text" if kinds == {"text"} else "image"
 
 
 @dataclass(frozen=True)
@@ -90,4 +98,5 @@ class Prepared:
     vector: np.ndarray | None
     candidates: Candidates | None
     report: ReportPlan | None = None
+    kind: QueryKind = "image"  # which search effort the vector index uses for it (storage/search_effort.py)
     report_ids: np.ndarray | None = None  # every matching image the candidates allow, ascending; or not needed

@@ -159,7 +159,7 @@ class ReportSearch:
         image search is). The page shows NumPy's cosines (`cosines`), which min_score is decided by."""
         assert prepared.vector is not None
         allowed = prepared.candidates.ids if prepared.candidates is not None else None
-        pairs = self.store.search(prepared.vector, depth + len(options.exclude), allowed)[0]
+        pairs = self.store.search(prepared.vector, depth + len(options.exclude), allowed, prepared.kind)[0]
         excluded = set(options.exclude)
         pairs = [(i, s) for i, s in pairs if i not in excluded][:depth]
         return [i for i, _ in pairs]

@@ -27,7 +27,7 @@ from search_api.probing import (
     probability_of,
     probe_candidates,
 )
-from search_api.query import Hit, Matches, Prepared, QueryPart, ReportPlan, SearchOptions
+from search_api.query import Hit, Matches, Prepared, QueryPart, ReportPlan, SearchOptions, query_kind
 from search_api.report_search import ReportSearch, cosines, new_group, plan_report_query, report_ids
 from storage.probes import Probe
 from storage.records import StoredImage, StoredSource
@@ -141,7 +141,8 @@ class SearchService:
         from plan_reports), and its matches among the candidates where the page or its total needs them
         all (report mode; an assertion filter, which is a condition on the candidates). There,
         `min_score` is a condition on the candidates (their cosine), applied before ranking."""
-        prepared = Prepared(self.query_vector(parts) if parts else None, self._candidates(options))
+        prepared = Prepared(self.query_vector(parts) if parts else None, self._candidates(options),
+                            kind=query_kind(parts))
         if options.mode == "image" or report is None:
             return prepared
         if options.min_score is not None and prepared.vector is not None:
@@ -166,8 +167,9 @@ class SearchService:
         allowed = None if candidates is None else candidates.ids
         # the results show NumPy's cosine (report_search.cosines), FAISS sums in another order: the ids
         # within NEAR of the cutoff are decided by the cosine shown, so min_score = a shown score keeps it
-        sure = self.store.ids_scoring(prepared.vector, options.min_score + NEAR, allowed)
-        band = np.setdiff1d(self.store.ids_scoring(prepared.vector, options.min_score - NEAR, allowed), sure)
+        sure = self.store.ids_scoring(prepared.vector, options.min_score + NEAR, allowed, prepared.kind)
+        band = np.setdiff1d(self.store.ids_scoring(prepared.vector, options.min_score - NEAR, allowed, prepared.kind),
+                            sure)
         shown = cosines(self.repository, prepared.vector, band.tolist(), self.store.dim or 0)
         scoring = np.union1d(sure, np.asarray([i for i, c in shown.items() if c >= options.min_score], dtype=np.int64))
         scoring = np.setdiff1d(scoring, np.asarray(options.exclude, dtype=np.int64)) if options.exclude else scoring
@@ -204,7 +206,7 @@ class SearchService:
         need = options.offset + options.k
         fetch = need * (4 if options.group_by else 1) + len(options.exclude)
         while True:
-            pairs = self.store.search(vector, fetch, allowed)[0]
+            pairs = self.store.search(vector, fetch, allowed, prepared.kind)[0]
             exhausted = len(pairs) < fetch
             kept = self._collect(pairs, options)
             if len(kept) >= need or exhausted or (
@@ -227,7 +229,8 @@ class SearchService:
         candidates = prepared.candidates or Candidates(
             np.setdiff1d(self.repository.image_ids(), np.asarray(options.exclude, dtype=np.int64)), None)
         if vector is not None and options.min_score is not None:
-            keep = np.isin(candidates.ids, self.store.ids_scoring(vector, options.min_score, candidates.ids))
+            keep = np.isin(candidates.ids, self.store.ids_scoring(vector, options.min_score, candidates.ids,
+                                                                  prepared.kind))
             candidates = Candidates(candidates.ids[keep], None if candidates.probability is None
                                     else candidates.probability[keep])
         order = options.order if options.order != "relevance" else (
@@ -263,7 +266,7 @@ class SearchService:
             among = prepared.report_ids if options.mode == "report" else candidates.ids if candidates else None
         elif options.min_score is not None and prepared.vector is not None:
             among = self.store.ids_scoring(prepared.vector, options.min_score,
-                                           None if candidates is None else candidates.ids)
+                                           None if candidates is None else candidates.ids, prepared.kind)
             if options.exclude:
                 among = np.setdiff1d(among, np.asarray(options.exclude, dtype=np.int64))
         if options.group_by:

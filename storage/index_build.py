@@ -11,35 +11,43 @@ import numpy as np
 
 from storage.errors import StorageError
 from storage.repository import Repository
+from storage.search_effort import Effort, Efforts
 from storage.vector_index import IVF_KINDS, KINDS, IndexPlan, VectorIndex, bytes_per_vector, plan_index
 
 logger = logging.getLogger(__name__)
 
 RECALL_TARGET = 0.95
+RERANK_OPTIONS = (100, 200, 400, 800, 1600)  # a compressed index's candidates re-ranked exactly
 
 
 @dataclass(frozen=True)
 class BuildReport:
-    """What `build_index` did and what it measured."""
+    """What `build_index` did and what it measured: per query kind, the recall@10 on held-out queries
+    against exact search (1.0 for an exact index) at the effort tuned on other queries of that kind."""
 
     kind: str
     why: str
     vectors: int
     seconds: float
-    recall_at_10: float  # on held-out queries against exact search (1.0 for an exact index)
-    search_effort: int  # nprobe or efSearch chosen
+    recall_at_10: float  # image queries
+    search_effort: int  # nprobe or efSearch chosen for image queries
     bytes_per_vector: float
     recall_95ci: tuple[float, float] = (1.0, 1.0)  # bootstrap over the held-out queries
+    text_recall_at_10: float | None = None  # None: no text queries were given (text uses the image effort)
+    text_recall_95ci: tuple[float, float] = (1.0, 1.0)
+    text_search_effort: int | None = None
+    rerank: int = 0  # candidates re-ranked exactly (compressed kinds), image queries
+    text_rerank: int = 0
 
 
 @dataclass(frozen=True)
 class Tuning:
     """The search effort chosen and the evidence: the tuning queries chose it, the held-out ones score it."""
 
-    effort: int
+    effort: Effort
     recall: float  # held-out mean recall@10
     interval: tuple[float, float]  # its 95% bootstrap interval over the held-out queries
-    tried: tuple[tuple[int, float], ...]  # (effort, tuning recall) in the order tried
+    tried: tuple[tuple[int, int, float], ...]  # (probes, rerank, tuning recall) in the order tried
 
 
 def efforts_up_to(limit: int) -> list[int]:
@@ -69,23 +77,34 @@ def bootstrap_interval(values: np.ndarray, rounds: int = 1000, seed: int = 0) ->
 
 
 def tune(index: VectorIndex, tuning: tuple[np.ndarray, np.ndarray], held_out: tuple[np.ndarray, np.ndarray],
-         limit: int, target: float = RECALL_TARGET, k: int = 10) -> Tuning:
-    """The smallest nprobe / efSearch (of `efforts_up_to(limit)`) whose mean recall@k on the tuning
-    queries reaches `target` (else `limit`), then its recall on the held-out queries with a 95% interval.
-    Each pair is (queries, their exact top-k ids). A lossy index is measured as it is searched: its
-    candidates re-ranked exactly, so an exact top-k id is found when it is among the candidates."""
-    tried = []
-    chosen = limit
-    fetch = index.candidates(k)
-    for effort in efforts_up_to(max(1, limit)):
-        index.set_search_effort(effort)
-        reached = float(recall_per_query(index.search(tuning[0], fetch)[1], tuning[1]).mean())
-        tried.append((effort, reached))
-        if reached >= target:
-            chosen = effort
-            break
-    index.set_search_effort(chosen)
-    held = recall_per_query(index.search(held_out[0], fetch)[1], held_out[1])
+         limit: int, target: float = RECALL_TARGET, k: int = 10, rerank_cost: float = 0.0) -> Tuning:
+    """The cheapest effort whose mean recall@k on the tuning queries reaches `target`, then its recall on
+    the held-out queries with a 95% interval. Each pair is (queries, their exact top-k ids). For an
+    exact-scoring index: the smallest nprobe / efSearch of `efforts_up_to(limit)` (else `limit`). For a
+    compressed one, each re-rank depth of RERANK_OPTIONS with the smallest nprobe reaching the target
+    there, and of those the one whose measured search time plus `rerank_cost` (seconds per candidate
+    re-ranked from the stored vectors) is least. A compressed index is measured as it is searched: an
+    exact top-k id counts as found when it is among the candidates that are re-ranked."""
+    tried: list[tuple[int, int, float]] = []
+    reached: list[tuple[float, Effort]] = []  # (cost per query, effort)
+    ceiling = max(1, limit)
+    for rerank in RERANK_OPTIONS if index.lossy else (0,):
+        fetch = max(rerank, 4 * k) if index.lossy else k
+        for probes in efforts_up_to(ceiling):
+            effort = Effort(probes, rerank)
+            started = time.perf_counter()
+            found = index.search(tuning[0], fetch, effort=effort)[1]
+            seconds = (time.perf_counter() - started) / max(1, len(tuning[0]))
+            recall = float(recall_per_query(found, tuning[1]).mean())
+            tried.append((probes, rerank, recall))
+            if recall >= target:
+                reached.append((seconds + rerank_cost * fetch, effort))
+                ceiling = probes  # a deeper re-rank needs no more probes than this
+                break
+    chosen = min(reached, key=lambda pair: pair[0])[1] if reached else Effort(max(1, limit), RERANK_OPTIONS[-1]
+                                                                              if index.lossy else 0)
+    fetch = max(chosen.rerank, 4 * k) if index.lossy else k
+    held = recall_per_query(index.search(held_out[0], fetch, effort=chosen)[1], held_out[1])
     return Tuning(chosen, float(held.mean()), bootstrap_interval(held), tuple(tried))
 
 
@@ -95,17 +114,40 @@ def held_out_queries(sample: np.ndarray, rng: np.random.Generator, n: int = 400)
     picked = sample[rng.choice(len(sample), size=min(n, len(sample)), replace=False)]
     queries = picked + rng.normal(scale=0.05, size=picked.shape).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    return halves(queries)
+
+
+def halves(queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(tuning, held-out): the first half and the rest (one query: itself twice)."""
     half = max(1, len(queries) // 2)
     return queries[:half], queries[half:] if len(queries) > 1 else queries
 
 
-def sample_embeddings(repository: Repository, dim: int, size: int, rng: np.random.Generator) -> np.ndarray:
+def sample_embeddings(repository: Repository, dim: int, size: int, rng: np.random.Generator,
+                      queries: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`size` stored vectors (a training sample) and `queries` others, distinct from them where the index
+    holds enough (an image query is a stored vector the index was not trained on)."""
     ids = repository.embedding_ids()
     if len(ids) == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    chosen = np.sort(rng.choice(ids, size=min(size, len(ids)), replace=False))
-    chunks = [repository.get_embeddings(chosen[i:i + 10_000].tolist(), dim)[1] for i in range(0, len(chosen), 10_000)]
-    return np.vstack(chunks)
+        return np.zeros((0, dim), dtype=np.float32), np.zeros((0, dim), dtype=np.float32)
+    order = rng.permutation(ids)
+    train = np.sort(order[:min(size, len(ids))])
+    rest = order[len(train):len(train) + queries]
+    held = np.sort(rest if len(rest) >= min(queries, 2) else order[:queries])
+    return _vectors(repository, dim, train), _vectors(repository, dim, held)
+
+
+def _vectors(repository: Repository, dim: int, ids: np.ndarray) -> np.ndarray:
+    chunks = [repository.get_embeddings(ids[i:i + 10_000].tolist(), dim)[1] for i in range(0, len(ids), 10_000)]
+    return np.vstack(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
+
+
+def rerank_cost(repository: Repository, dim: int, n: int = 2000) -> float:
+    """Seconds per candidate to read its stored vector and score it, as a compressed index's search does."""
+    ids = repository.embedding_ids()[:n].tolist()
+    started = time.perf_counter()
+    repository.get_embeddings(ids, dim)
+    return (time.perf_counter() - started) / max(1, len(ids))
 
 
 def exact_top_k(repository: Repository, dim: int, queries: np.ndarray, k: int) -> np.ndarray:
@@ -125,44 +167,70 @@ def exact_top_k(repository: Repository, dim: int, queries: np.ndarray, k: int) -
     return best_ids
 
 
-def tune_against_exact(index: VectorIndex, repository: Repository, dim: int, seed: int = 0,
-                       limit: int = 1024) -> Tuning:
-    """`tune` with queries from the stored vectors and the truth from an exact scan of the database."""
-    rng = np.random.default_rng(seed + 1)
-    tuning, held = held_out_queries(sample_embeddings(repository, dim, 400, rng), rng)
-    if not len(tuning):
-        return Tuning(index.search_effort(), 1.0, (1.0, 1.0), ())
-    return tune(index, (tuning, exact_top_k(repository, dim, tuning, 10)),
-                (held, exact_top_k(repository, dim, held, 10)), limit)
+def tune_against_exact(index: VectorIndex, repository: Repository, dim: int, seed: int = 0, limit: int = 1024,
+                       text_queries: np.ndarray | None = None) -> tuple[Tuning, Tuning | None]:
+    """`tune_kinds` with image queries from the stored vectors (the index was trained elsewhere)."""
+    _, images = sample_embeddings(repository, dim, 0, np.random.default_rng(seed + 1), 400)
+    return tune_kinds(index, repository, dim, images, text_queries, limit)
+
+
+def tune_kinds(index: VectorIndex, repository: Repository, dim: int, images: np.ndarray,
+               text_queries: np.ndarray | None, limit: int) -> tuple[Tuning, Tuning | None]:
+    """An effort for image queries (`images`: stored vectors, noised) and, where given, one for text
+    queries, each tuned on half its queries and scored on the other half, the truth streamed from the
+    stored embeddings (no exact copy of the index held beside it); sets them on the index."""
+    rng = np.random.default_rng(len(images))
+    image_sets = held_out_queries(images, rng)
+    text_sets = halves(text_queries[rng.permutation(len(text_queries))]) if text_queries is not None and len(
+        text_queries) else None
+    if not len(image_sets[0]):
+        return Tuning(Effort(max(1, index.search_effort())), 1.0, (1.0, 1.0), ()), None
+    sets = [*image_sets, *(text_sets or ())]
+    truth = exact_top_k(repository, dim, np.vstack(sets), 10)
+    bounds = np.cumsum([0, *(len(q) for q in sets)])
+    pairs = [(q, truth[bounds[i]:bounds[i + 1]]) for i, q in enumerate(sets)]
+    cost = rerank_cost(repository, dim) if index.lossy else 0.0
+    image = tune(index, pairs[0], pairs[1], limit, rerank_cost=cost)
+    text = tune(index, pairs[2], pairs[3], limit, rerank_cost=cost) if text_sets else None
+    index.efforts = Efforts(image.effort, text.effort if text else None)
+    index.set_search_effort(image.effort.probes)
+    return image, text
+
+
+def build_report(plan: IndexPlan, why: str, n: int, seconds: float, index: VectorIndex, image: Tuning,
+                 text: Tuning | None) -> BuildReport:
+    return BuildReport(plan.kind, why, n, seconds, image.recall, index.search_effort(),
+                       bytes_per_vector(plan.kind, index.dim, plan.pq_m), image.interval,
+                       text.recall if text else None, text.interval if text else (1.0, 1.0),
+                       text.effort.probes if text else None, image.effort.rerank, text.effort.rerank if text else 0)
 
 
 def build_index(repository: Repository, dim: int, kind: str = "auto", memory_budget: int = 8 * 1024**3,
-                seed: int = 0) -> tuple[VectorIndex, BuildReport]:
-    """A new index of `kind` (auto or one of KINDS) holding every stored embedding: trained when
-    it needs training, its nprobe/efSearch the smallest whose recall@10 against exact search reaches
-    RECALL_TARGET on tuning queries, and its recall reported on other, held-out queries (`tune`). The
-    exact answers come from a chunked scan of the stored embeddings, so the build holds the index, a
-    training sample of at most 100,000 vectors and one chunk, never a second copy of the index."""
+                seed: int = 0, text_queries: np.ndarray | None = None) -> tuple[VectorIndex, BuildReport]:
+    """A new index of `kind` (auto or one of KINDS) holding every stored embedding: trained when it
+    needs training, and its search effort tuned per query kind (`tune_kinds`): for image queries (stored
+    vectors it was not trained on) and, where `text_queries` are given (text embeddings of the index's
+    model: indexer/tuning_queries.py), for text, each the cheapest whose recall@10 against exact search
+    reaches RECALL_TARGET on half its queries, reported on the other half. The build holds the index, a
+    training sample of at most 100,000 vectors and one chunk of the exact scan."""
     if kind != "auto" and kind not in KINDS:
         raise StorageError(f"index kind {kind!r}: expected auto, {', '.join(KINDS)}")
     started = time.perf_counter()
     n = len(repository.embedding_ids())
     plan: IndexPlan = plan_index(n, dim, kind, memory_budget)
     rng = np.random.default_rng(seed)
-    train = sample_embeddings(repository, dim, min(n, 100_000), rng)
+    train, images = sample_embeddings(repository, dim, min(n, 100_000), rng, 400 if plan.kind != "flat" else 0)
     fresh = VectorIndex.build(plan, dim, train if len(train) else np.zeros((1, dim)))
+    del train  # the build's peak: the index, one chunk of the scan, and the queries
     for ids, vectors in repository.iter_embeddings(dim):
         fresh.add(ids, vectors)
-    tuning = Tuning(fresh.search_effort(), 1.0, (1.0, 1.0), ())
+    image = Tuning(Effort(max(1, fresh.search_effort())), 1.0, (1.0, 1.0), ())
+    text = None
     if plan.kind != "flat" and n:
-        tune_queries, held = held_out_queries(train, rng)
-        del train  # the build's peak: the index, one chunk of the scan below, and the queries
-        # the exact truth streamed from the database (no exact copy of the index held beside it)
-        truth = exact_top_k(repository, dim, np.vstack([tune_queries, held]), 10)
-        limit = plan.nlist if plan.kind in IVF_KINDS else 1024
-        tuning = tune(fresh, (tune_queries, truth[:len(tune_queries)]), (held, truth[len(tune_queries):]), limit)
-    report = BuildReport(plan.kind, plan.why, n, time.perf_counter() - started, tuning.recall, fresh.search_effort(),
-                         bytes_per_vector(plan.kind, dim, plan.pq_m), tuning.interval)
-    logger.info("built %s index of %d vectors in %.1f s, held-out recall@10 %.3f (95%% CI %.3f-%.3f), effort %d",
-                plan.kind, n, report.seconds, tuning.recall, *tuning.interval, tuning.effort)
+        image, text = tune_kinds(fresh, repository, dim, images, text_queries,
+                                 plan.nlist if plan.kind in IVF_KINDS else 1024)
+    report = build_report(plan, plan.why, n, time.perf_counter() - started, fresh, image, text)
+    logger.info("built %s index of %d vectors in %.1f s, held-out recall@10 %.3f (95%% CI %.3f-%.3f), effort %d%s",
+                plan.kind, n, report.seconds, image.recall, *image.interval, image.effort.probes,
+                f"; text queries {text.recall:.3f} at effort {text.effort.probes}" if text else "")
     return fresh, report

@@ -35,7 +35,7 @@ def train_empty(repository: Repository, dim: int, kind: str, memory_budget: int,
     plan = plan_index(n, dim, kind, memory_budget)
     if plan.kind not in IVF_KINDS:
         plan = IndexPlan("ivf", plan.nlist or plan_index(n, dim, "ivf").nlist, why="on disk: IVF-Flat")
-    train = sample_embeddings(repository, dim, min(n, sample), np.random.default_rng(seed))
+    train = sample_embeddings(repository, dim, min(n, sample), np.random.default_rng(seed))[0]
     return VectorIndex.build(plan, dim, train if len(train) else np.zeros((1, dim), dtype=np.float32)), plan
 
 

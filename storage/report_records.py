@@ -78,3 +78,4 @@ class ReportRanking:
     ids: tuple[int, ...]
     scores: tuple[float, ...]
     complete: bool
+    ranked_by: str = "engine"  # or "postings": read best first (storage/report_topk.py)

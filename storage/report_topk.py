@@ -24,10 +24,10 @@ as no unread document can beat the `limit`-th score found:
 
 from __future__ import annotations
 
-import heapq
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -37,42 +37,65 @@ from storage.report_rank import DIGITS, K1, B, idf
 from storage.report_records import ReportMatch
 
 MARGIN = 2e-9  # the limit-th score must beat the threshold by more than the rounding of the order
-FIRST_PAGE, LAST_PAGE = 64, 4096  # postings read per query of one run, doubling as a run is read
 RARE = 32  # a group's other terms are read whole where each has at most 1/RARE of its largest's documents
+LAST_PAGE = 8192  # postings read per query of one run at most (pages double as a run is read)
 
-FIRST = text("SELECT dl, image_id FROM report_postings WHERE term_id = :t AND tf = :f "
-             "ORDER BY dl, image_id LIMIT :n")
-NEXT = text("SELECT dl, image_id FROM report_postings WHERE term_id = :t AND tf = :f "
-            "AND (dl, image_id) > (:dl, :i) ORDER BY dl, image_id LIMIT :n")
+RUN = ("SELECT dl, image_id FROM report_postings WHERE term_id = {m} AND tf = {m} AND (dl, image_id) > ({m}, {m}) "
+       "ORDER BY dl, image_id LIMIT {m}")  # the row value is a range on the primary key in both databases
+LOWER_TF = ("SELECT tf FROM report_postings WHERE term_id = {m} AND tf < {m} ORDER BY tf DESC LIMIT 1")
 CONCEPTS = text("SELECT image_id, concepts FROM report_documents WHERE image_id IN (SELECT value FROM json_each(:ids))")
 CONCEPTS_PG = text("SELECT image_id, concepts FROM report_documents WHERE image_id = ANY(CAST(:ids AS integer[]))")
-LOWER_TF = text("SELECT tf FROM report_postings WHERE term_id = :t AND tf < :below ORDER BY tf DESC LIMIT 1")
+
+
+class _Reader:
+    """The postings read through the session's own DB-API connection (a page of a run is thousands of
+    rows: read as plain tuples)."""
+
+    def __init__(self, session: Session) -> None:
+        connection = session.connection()
+        mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        self.cursor = connection.connection.cursor()
+        self.run_sql, self.tf_sql = RUN.format(m=mark), LOWER_TF.format(m=mark)
+
+    def page(self, term: int, tf: int, after: tuple[int, int], n: int) -> np.ndarray:
+        self.cursor.execute(self.run_sql, (term, tf, after[0], after[1], n))
+        return np.asarray(self.cursor.fetchall(), dtype=np.int64).reshape(-1, 2)
+
+    def tf_values(self, term: int) -> list[int]:
+        """The tf values a term's postings have, highest first (one index seek each)."""
+        values: list[int] = []
+        below = 2**31
+        while True:
+            self.cursor.execute(self.tf_sql, (term, below))
+            row = self.cursor.fetchone()
+            if row is None:
+                return values
+            values.append(int(row[0]))
+            below = int(row[0])
 
 
 @dataclass
 class _Run:
-    """One term's postings of one tf, best first."""
+    """One term's postings of one tf, best first (dl ascending, then image id), read page by page."""
 
     token: str
     term: int
     tf: int
-    rows: list[tuple[int, int]] = field(default_factory=list)  # (dl, image id), the unread rest of a page
-    at: int = 0
-    page: int = FIRST_PAGE
+    page: int
+    after: tuple[int, int] = (-1, -1)
     done: bool = False
+    bound: float = float("inf")  # the share of the last posting read: no unread one has more
 
-    def head(self, session: Session) -> tuple[int, int] | None:
-        if self.at < len(self.rows):
-            return self.rows[self.at]
-        if self.done:
-            return None
-        last = self.rows[-1] if self.rows else None
-        params = {"t": self.term, "f": self.tf, "n": self.page}
-        self.rows = [(int(d), int(i)) for d, i in session.execute(
-            FIRST if last is None else NEXT, params if last is None else params | {"dl": last[0], "i": last[1]})]
-        self.at, self.page = 0, min(self.page * 2, LAST_PAGE)
-        self.done = len(self.rows) < params["n"]
-        return self.rows[0] if self.rows else None
+    def read(self, reader: _Reader, scorer: _Scorer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The next page: (image ids, lengths, shares)."""
+        rows = reader.page(self.term, self.tf, self.after, self.page)
+        self.done = len(rows) < self.page
+        self.page = min(self.page * 2, LAST_PAGE)
+        if len(rows):
+            self.after = (int(rows[-1, 0]), int(rows[-1, 1]))
+        shares = scorer.shares(self.token, self.tf, rows[:, 0])
+        self.bound = float(shares[-1]) if len(shares) else 0.0
+        return rows[:, 1], rows[:, 0], shares
 
 
 class _Scorer:
@@ -90,14 +113,19 @@ class _Scorer:
             total += weight * ((f * (K1 + 1.0)) / (f + K1 * (1 - B + B * float(dl) / self.avgdl)))
         return total
 
-    def share(self, token: str, tf: int, dl: int) -> float:
-        """The score a document gets from one term (every phrase of it) alone: an upper bound of the
-        term's part in any document of a lower tf or a greater length."""
-        return self.score({token: tf}, dl)
+    def shares(self, token: str, tf: int, dl: np.ndarray) -> np.ndarray:
+        """`score` of documents carrying only `token`, `tf` times, of lengths `dl` (the same operations in
+        the same order, so the same bits: the other phrases add exact zeros)."""
+        total = np.zeros(len(dl))
+        f = float(tf)
+        for phrase, weight in zip(self.phrases, self.idf, strict=True):
+            if phrase == token:
+                total = total + weight * ((f * (K1 + 1.0)) / (f + K1 * (1 - B + B * dl / self.avgdl)))
+        return total
 
 
 def ranks_from_postings(match: ReportMatch) -> bool:
-    """Whether topk_ranking ranks this query (one group of concept tokens, no words)."""
+    """Whether topk_ranking may rank this query (one group of concept tokens, no words)."""
     return not match.words and len(match.groups) == 1
 
 
@@ -118,76 +146,65 @@ def topk_ranking(session: Session, match: ReportMatch, limit: int) -> list[tuple
     # one term is read best first; the group's others (its narrower findings) are read whole first, so
     # that they add nothing to the threshold: where they are not rare beside it the engine ranks
     driven = max(present, key=lambda t: (present[t][1], t))
-    small = [t for t in present if t != driven]
-    if any(present[t][1] > max(2 * limit, present[driven][1] // RARE) for t in small):
+    if any(present[t][1] > max(2 * limit, present[driven][1] // RARE) for t in present if t != driven):
         return None
-    seen: dict[int, _Seen] = {}
-    for token in small:
-        for run in _runs(session, token, present[token][0]):
-            while (head := run.head(session)) is not None:
-                run.at += 1
-                seen.setdefault(head[1], _Seen(head[0])).tf[token] = run.tf
-    lower = {i: scorer.score(d.tf, d.dl) for i, d in seen.items()}  # exact but for the driven term
-    runs = _runs(session, driven, present[driven][0])
-    heap: list[tuple[float, int, int]] = []  # (-share, image id, run)
-
-    def push(index: int) -> None:
-        run = runs[index]
-        if (head := run.head(session)) is not None:
-            heapq.heappush(heap, (-scorer.share(run.token, run.tf, head[0]), head[1], index))
-
-    for index in range(len(runs)):
-        push(index)
-    batch = max(16, min(limit // 2, 512))
+    reader = _Reader(session)
+    seen: dict[int, _Seen] = {}  # documents of the other terms, with their counts known so far
+    for token in (t for t in present if t != driven):
+        for tf in reader.tf_values(present[token][0]):
+            run = _Run(token, present[token][0], tf, LAST_PAGE)
+            while not run.done:
+                ids, lengths, _ = run.read(reader, scorer)
+                for image_id, dl in zip(ids.tolist(), lengths.tolist(), strict=True):
+                    seen.setdefault(image_id, _Seen(dl)).tf[token] = tf
+    runs = [_Run(driven, present[driven][0], tf, max(32, limit // 4)) for tf in reader.tf_values(present[driven][0])]
+    read_ids: list[np.ndarray] = []
+    read_shares: list[np.ndarray] = []
+    kth = -float("inf")
     while True:
-        for _ in range(batch):
-            if not heap:
-                break
-            _, image_id, index = heapq.heappop(heap)
-            run = runs[index]
-            found = seen.setdefault(image_id, _Seen(run.rows[run.at][0]))
-            found.tf[driven] = run.tf
-            lower[image_id] = scorer.score(found.tf, found.dl)
-            run.at += 1
-            push(index)
-        if not heap:  # every posting read: every score is known
-            return _ranked(lower, limit)
-        if len(lower) < limit:
-            continue
-        unread = -heap[0][0]  # the most the driven term adds to a document not read in it yet
-        kth = heapq.nlargest(limit, lower.values())[-1]
-        if kth - unread <= MARGIN:
-            continue
-        # a narrower term's document may also carry the driven term, further down its postings: its
-        # count is read from the document where that could carry it to the first `limit`
-        open_ = [i for i, d in seen.items() if driven not in d.tf and lower[i] + unread > kth - MARGIN]
+        for run in runs:
+            if not run.done and run.bound > kth - MARGIN:
+                ids, _, shares = run.read(reader, scorer)
+                read_ids.append(ids)
+                read_shares.append(shares)
+                for image_id in ids[np.isin(ids, list(seen))].tolist() if seen else ():
+                    seen[image_id].tf[driven] = run.tf
+        ids, scores = _candidates(scorer, seen, read_ids, read_shares)
+        if len(scores) >= limit:
+            kth = float(np.partition(scores, len(scores) - limit)[len(scores) - limit])
+        unread = max((run.bound for run in runs if not run.done), default=0.0)  # the most a document can gain
+        if unread == 0.0 or (len(scores) >= limit and kth - unread > MARGIN):
+            break
+    # a narrower term's document may also carry the driven term further down its postings: its count
+    # is read from the document where that could carry it into the first `limit`
+    open_ = [i for i, d in seen.items() if driven not in d.tf and unread > 0.0 and
+             scorer.score(d.tf, d.dl) + unread > kth - MARGIN]
+    if open_:
         _random_access(session, [driven], seen, open_)
-        lower |= {i: scorer.score(seen[i].tf, seen[i].dl) for i in open_}
-        return _ranked(lower, limit)
+        ids, scores = _candidates(scorer, seen, read_ids, read_shares)
+    near = scores >= (np.partition(scores, len(scores) - limit)[len(scores) - limit] if len(scores) > limit
+                      else -np.inf) - 1e-6  # the exact order among the best, decided as the engines do
+    return sorted(zip(ids[near].tolist(), scores[near].tolist(), strict=True),
+                  key=lambda pair: (-round(pair[1], DIGITS), pair[0]))[:limit]
 
 
 @dataclass
 class _Seen:
     dl: int
-    tf: dict[str, int] = field(default_factory=dict)  # the counts known: of every term read, 0 if not in it
+    tf: dict[str, int] = field(default_factory=dict)  # the counts known (absent: 0, or not read yet)
 
 
-def _ranked(scores: dict[int, float], limit: int) -> list[tuple[int, float]]:
-    return heapq.nsmallest(limit, scores.items(), key=lambda pair: (-round(pair[1], DIGITS), pair[0]))
-
-
-def _runs(session: Session, token: str, term: int) -> list[_Run]:
-    return [_Run(token, term, tf) for tf in _tf_values(session, term)]
-
-
-def _tf_values(session: Session, term: int) -> list[int]:
-    """The tf values a term's postings have, highest first (one index seek each)."""
-    values: list[int] = []
-    below = 2**31
-    while (tf := session.scalar(LOWER_TF, {"t": term, "below": below})) is not None:
-        values.append(int(tf))
-        below = int(tf)
-    return values
+def _candidates(scorer: _Scorer, seen: dict[int, _Seen], read_ids: list[np.ndarray], read_shares: list[np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Every document read so far with its score as known: the driven term's share alone, or, for the
+    other terms' documents, the score of the counts known."""
+    ids = np.concatenate(read_ids) if read_ids else np.empty(0, dtype=np.int64)
+    shares = np.concatenate(read_shares) if read_shares else np.empty(0)
+    if seen:
+        keep = ~np.isin(ids, np.fromiter(seen, dtype=np.int64, count=len(seen)))
+        ids = np.concatenate([ids[keep], np.fromiter(seen, dtype=np.int64, count=len(seen))])
+        shares = np.concatenate([shares[keep], [scorer.score(d.tf, d.dl) for d in seen.values()]])
+    return ids, shares
 
 
 def _random_access(session: Session, phrases: list[str], seen: dict[int, _Seen], ids: list[int]) -> None:

@@ -184,11 +184,11 @@ class ReportsMixin:
         if match.empty:
             return ReportRanking((), (), True)
         with database_errors(self.engine), self._sessions() as session:
-            scored = topk_ranking(session, match, limit)
-            if scored is None:  # words in the query: the engine ranks them
-                scored = (sqlite_ranking if self.engine.dialect.name == "sqlite" else postgres_ranking)(
-                    session, match, limit)
-        return ReportRanking(tuple(i for i, _ in scored), tuple(s for _, s in scored), len(scored) < limit)
+            scored, by = topk_ranking(session, match, limit), "postings"
+            if scored is None:  # several groups, words, or narrower terms as common as the broad one
+                scored, by = (sqlite_ranking if self.engine.dialect.name == "sqlite" else postgres_ranking)(
+                    session, match, limit), "engine"
+        return ReportRanking(tuple(i for i, _ in scored), tuple(s for _, s in scored), len(scored) < limit, by)
 
     def report_matches(self, match: ReportMatch) -> list[int]:
         """Every matching image id, ascending (for totals and facets: no ranking)."""

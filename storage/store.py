@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +28,7 @@ from storage.index_build import BuildReport, build_index
 from storage.layout import remove_stale_temp_files
 from storage.records import FileIssue, Link, Manifest, NewImage, RemovalPreview, Selection, UnitRecord
 from storage.repository import Repository
+from storage.search_effort import QueryKind
 from storage.vector_index import VectorIndex, plan_index
 from storage.verify import find_problems
 
@@ -238,13 +239,15 @@ class Store:
                 self._repository.backfill_reports(stale=True)
         return found + reports
 
-    def build_index(self, kind: str = "auto", memory_budget: int = 8 * 1024**3, seed: int = 0) -> BuildReport:
+    def build_index(self, kind: str = "auto", memory_budget: int = 8 * 1024**3, seed: int = 0,
+                    text_queries: np.ndarray | None = None) -> BuildReport:
         """(Re)build the FAISS index from the stored embeddings without re-encoding (storage.index_build),
-        save it atomically and remember `kind` for later rebuilds."""
+        its effort tuned for image queries and for `text_queries` (the model's text embeddings) where
+        given; save it atomically and remember `kind` for later rebuilds."""
         manifest = self._repository.get_manifest()
         if manifest is None:
             raise StorageError("nothing indexed yet: run medsearch-index run first")
-        fresh, report = build_index(self._repository, manifest.dim, kind, memory_budget, seed)
+        fresh, report = build_index(self._repository, manifest.dim, kind, memory_budget, seed, text_queries)
         with self._lock:
             self._index = fresh
             self._dirty = True
@@ -264,15 +267,19 @@ class Store:
             self.checkpoint()
         self._repository.set_meta("index_policy", policy)
 
-    def maybe_grow_index(self, memory_budget: int = 8 * 1024**3) -> BuildReport | None:
-        """Under the automatic policy, rebuild when the index's size calls for another kind."""
+    def maybe_grow_index(self, memory_budget: int = 8 * 1024**3,
+                         text_queries: Callable[[], np.ndarray] | None = None) -> BuildReport | None:
+        """Under the automatic policy, rebuild when the index's size calls for another kind (its text
+        tuning queries made by `text_queries` only then)."""
         if self._index is None or self._repository.get_meta("index_policy") not in (None, "auto"):
             return None
         manifest = self._repository.get_manifest()
         if manifest is None:
             return None
         wanted = plan_index(self._index.ntotal, manifest.dim, "auto", memory_budget)
-        return self.build_index("auto", memory_budget) if wanted.kind != self._index.kind else None
+        if wanted.kind == self._index.kind:
+            return None
+        return self.build_index("auto", memory_budget, text_queries=text_queries() if text_queries else None)
 
     @property
     def index_kind(self) -> str:
@@ -299,20 +306,22 @@ class Store:
         manifest = self._repository.get_manifest()
         return manifest.dim if manifest else None
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, kind: QueryKind = "image"
+               ) -> list[list[tuple[int, float]]]:
         """For each query row, up to k (image id, cosine) pairs, best first, among `allowed` ids when
-        given. Filtered search is exact: an ID selector on the exact index, or an exact scan of the
-        allowed vectors when the index is approximate (up to EXACT_FILTER_LIMIT of them)."""
+        given, at the effort tuned for the queries' `kind` (storage/search_effort.py). Filtered search is
+        exact: an ID selector on the exact index, or an exact scan of the allowed vectors when the index
+        is approximate (up to EXACT_FILTER_LIMIT of them)."""
         if self._index is None or (allowed is not None and len(allowed) == 0):
             return [[] for _ in range(len(queries))]
         with self._lock:
             lossy = self._index.lossy  # compressed codes find candidates; their stored vectors rank them
-            fetch = self._index.candidates(k)
+            fetch = self._index.candidates(k, kind)
             dim = self._index.dim
             if allowed is None:
-                scores, ids = self._index.search(queries, fetch)
+                scores, ids = self._index.search(queries, fetch, kind=kind)
             elif self._index.exact or len(allowed) > EXACT_FILTER_LIMIT:
-                scores, ids = self._index.search(queries, fetch, allowed)
+                scores, ids = self._index.search(queries, fetch, allowed, kind=kind)
             else:
                 return top_k(exact_scores(self._repository, dim, queries, allowed), len(queries), k)
         if lossy:
@@ -320,7 +329,8 @@ class Store:
         return [[(int(i), float(s)) for i, s in zip(id_row, score_row, strict=True) if i >= 0]
                 for id_row, score_row in zip(ids, scores, strict=True)]
 
-    def ids_scoring(self, query: np.ndarray, min_score: float, allowed: np.ndarray | None = None) -> np.ndarray:
+    def ids_scoring(self, query: np.ndarray, min_score: float, allowed: np.ndarray | None = None,
+                    kind: QueryKind = "image") -> np.ndarray:
         """Every id (among `allowed`) that `search` could return for the query (one row) with a cosine of
         at least `min_score`: the ones search pages through. Exact where search is exact."""
         if self._index is None or (allowed is not None and len(allowed) == 0):
@@ -328,7 +338,7 @@ class Store:
         with self._lock:
             dim = self._index.dim
             if allowed is None or self._index.exact or len(allowed) > EXACT_FILTER_LIMIT:
-                found = np.sort(self._index.ids_scoring(query, min_score, allowed))
+                found = np.sort(self._index.ids_scoring(query, min_score, allowed, kind))
                 if not self._index.lossy:
                     return found
                 allowed = found  # approximate scores: keep those whose exact cosine reaches min_score

@@ -21,6 +21,7 @@ import numpy as np
 
 from storage.errors import DimensionMismatchError, StorageError
 from storage.layout import write_atomically
+from storage.search_effort import Effort, Efforts, QueryKind
 
 logger = logging.getLogger(__name__)
 faiss: Any = _faiss  # its shipped stubs miss most SWIG attributes (DirectMap, hnsw, invlists...)
@@ -85,6 +86,7 @@ class VectorIndex:
         # the store finds them again as ids without an embedding)
         self._tombstones = np.zeros(0, dtype=np.int64)
         self._flat_ids: np.ndarray | None = None  # the id of each row of an exact index (cached)
+        self.efforts: Efforts | None = None  # per query kind, as build_index tuned them (None: FAISS's own)
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -136,7 +138,10 @@ class VectorIndex:
                 start = len(MAGIC) + 4
                 header = json.loads(data[start:start + length])
                 data = data[start + length:]
-            return cls(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))), header
+            index = cls(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)))
+            if header.get("efforts") is not None:
+                index.efforts = Efforts.from_json(header["efforts"])
+            return index, header
         except Exception as exc:  # faiss raises RuntimeError on corrupt or truncated files
             raise StorageError(f"cannot read the FAISS index {path}: {exc}") from exc
 
@@ -173,9 +178,15 @@ class VectorIndex:
         """Compressed codes: its scores are approximate, so its results are re-ranked from full vectors."""
         return self.kind in LOSSY_KINDS
 
-    def candidates(self, k: int) -> int:
+    def candidates(self, k: int, kind: QueryKind = "image") -> int:
         """How many results to ask for so that the k best survive re-ranking (k where scores are exact)."""
-        return max(RERANK_CANDIDATES, 4 * k) if self.lossy else k
+        effort = self.effort(kind)
+        return max(effort.rerank if effort is not None and effort.rerank else RERANK_CANDIDATES, 4 * k) \
+            if self.lossy else k
+
+    def effort(self, kind: QueryKind) -> Effort | None:
+        """The effort tuned for this kind of query (None: FAISS's own setting, `search_effort`)."""
+        return self.efforts.of(kind) if self.efforts is not None and not self.exact else None
 
     @property
     def dim(self) -> int:
@@ -256,9 +267,11 @@ class VectorIndex:
         # IVF with a hashtable direct map removes only through an IDSelectorArray
         return int(self._index.remove_ids(faiss.IDSelectorArray(len(wanted), faiss.swig_ptr(wanted))))
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, kind: QueryKind = "image",
+               effort: Effort | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n, k'), k' = min(k, ntotal); best first; missing slots have id -1.
-        With `allowed`, only those ids are considered (inside the search, not after it)."""
+        With `allowed`, only those ids are considered (inside the search, not after it). The effort is
+        `effort`, else the one tuned for `kind`."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise DimensionMismatchError(f"queries of shape {queries.shape} for a {self.dim}-d index")
@@ -272,7 +285,7 @@ class VectorIndex:
             # one query: split its inverted lists over the threads (FAISS splits over queries by default,
             # which leaves one core idle for a single query; same results either way)
             faiss.extract_index_ivf(self._index).parallel_mode = 1 if len(queries) == 1 else 0
-        params = self._params(allowed)
+        params = self._params(allowed, effort or self.effort(kind))
         scores, ids = self._index.search(queries, k) if params is None else self._index.search(queries, k,
                                                                                                params=params)
         return scores, ids
@@ -298,7 +311,8 @@ class VectorIndex:
             all_ids[start:start + len(block)] = self._flat_ids[np.take_along_axis(top, order, axis=1)]
         return all_scores, all_ids
 
-    def ids_scoring(self, query: np.ndarray, min_score: float, allowed: np.ndarray | None = None) -> np.ndarray:
+    def ids_scoring(self, query: np.ndarray, min_score: float, allowed: np.ndarray | None = None,
+                    kind: QueryKind = "image") -> np.ndarray:
         """Every id (among `allowed`) that a search for the query (one row) can find with a score of at
         least `min_score`: a FAISS range search with the same parameters as `search`."""
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
@@ -307,15 +321,20 @@ class VectorIndex:
         if self.ntotal == 0:
             return np.empty(0, dtype=np.int64)
         radius = float(np.nextafter(np.float32(min_score), np.float32(-np.inf)))  # FAISS keeps scores > radius
-        params = self._params(allowed)
+        params = self._params(allowed, self.effort(kind))
         _, _, ids = (self._index.range_search(query, radius) if params is None
                      else self._index.range_search(query, radius, params=params))
         return np.asarray(ids, dtype=np.int64)
 
-    def _params(self, allowed: np.ndarray | None) -> Any:
-        """Search parameters restricting to `allowed` ids and leaving out tombstones; None when neither."""
+    def _params(self, allowed: np.ndarray | None, effort: Effort | None = None) -> Any:
+        """Search parameters: the effort, restricted to `allowed` ids, leaving out tombstones; None when
+        none of them applies."""
+        probes = effort.probes if effort is not None else self.search_effort()
         if allowed is None and not len(self._tombstones):
-            return None
+            if effort is None or self.exact:
+                return None
+            return faiss.SearchParametersHNSW(efSearch=probes) if self.kind == "hnsw" else \
+                faiss.SearchParametersIVF(nprobe=probes)
         if allowed is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
         else:
@@ -323,16 +342,16 @@ class VectorIndex:
             selector = faiss.IDSelectorNot(removed)
             selector.referenced = removed  # keep the inner selector alive as long as the outer one
         if self.kind == "hnsw":
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=self.search_effort())
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=probes)
         if self.kind in IVF_KINDS:
-            return faiss.SearchParametersIVF(sel=selector, nprobe=self.search_effort())
+            return faiss.SearchParametersIVF(sel=selector, nprobe=probes)
         return faiss.SearchParameters(sel=selector)
 
     def save(self, path: Path, owner: str, token: str | None = None) -> None:
         """Write atomically, marked with the id of the database (`owner`) it was built from and the
         token its log of later changes names (storage.delta)."""
-        header = json.dumps({"database_id": owner, "kind": self.kind, "ntotal": self.ntotal,
-                             "token": token}).encode()
+        header = json.dumps({"database_id": owner, "kind": self.kind, "ntotal": self.ntotal, "token": token,
+                             "efforts": self.efforts.to_json() if self.efforts is not None else None}).encode()
         body = faiss.serialize_index(self._index)
 
         def write(handle: Any) -> None:

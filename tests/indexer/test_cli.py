@@ -87,7 +87,8 @@ def test_another_model_needs_a_new_generation(archive_dir: Path, tiny_model_dir:
     verify = run_cli("verify", "--db", str(db))
     assert verify.returncode == 0 and "consistent" in verify.stdout
     built = run_cli("build-index", "--db", str(db), "--index", "hnsw")
-    assert built.returncode == 0 and "recall@10" in built.stdout
+    assert built.returncode == 0 and "image queries: held-out recall@10" in built.stdout
+    assert "text queries: held-out recall@10" in built.stdout  # the phrases, encoded by the index's model
 
 
 def test_an_unchanged_rerun_does_not_load_the_model_and_a_missing_model_is_one_line(archive_dir: Path,
