@@ -3,10 +3,13 @@
     .venv/bin/python -m bench.search_bench [--sizes 200000,1000000] [--dim 1152] [--rounds 3]
 
 Data: bench/search_data.py (clustered like image embeddings; its top-64 variance share and intrinsic
-dimension are measured and printed), plus the isotropic Gaussian worst case at the largest size. Three
-disjoint query sets, none indexed: tuning queries choose nprobe / efSearch (storage.index_build.tune:
-the smallest effort reaching recall@10 0.95), held-out image queries score it (mean recall@10 with a
-95% bootstrap interval), and text-like queries (away from the clusters) are reported separately.
+dimension are measured and printed), plus the isotropic Gaussian worst case at the largest size. Four
+disjoint query sets, none indexed: image and text-like (away from the clusters, across a modality gap)
+tuning queries choose each kind's nprobe / efSearch (and re-ranked candidates) as build_index does
+(storage.index_build.tune: the cheapest reaching recall@10 0.95), held-out image and text queries score
+them (mean recall@10 with a 95% bootstrap interval); text is also scored at the image effort (one
+effort for both, as builds did before), and IVF kinds try the query-aware alternative: inverted lists
+chosen by the text query shifted across the modality gap, scanned with the query itself.
 Latency: single queries, `--rounds` rounds with the kinds interleaved, p50/p90 over all. The
 compressed indexes (IVF-RaBitQ, IVF-PQ) re-rank their 100 candidates from the vectors in an SQLite
 file on disk, as the product does (Store.search), and their bytes per vector in memory are measured
@@ -30,12 +33,13 @@ import numpy as np
 from bench.common import write_result
 from bench.search_data import Mixture, describe, gaussian
 from storage.exact_scan import rerank
-from storage.index_build import bootstrap_interval, recall_per_query, tune
+from storage.index_build import RECALL_TARGET, bootstrap_interval, efforts_up_to, recall_per_query, tune
 from storage.repository import Repository
-from storage.vector_index import IndexPlan, VectorIndex, bytes_per_vector, faiss, plan_index
+from storage.search_effort import Efforts, QueryKind
+from storage.vector_index import IVF_KINDS, IndexPlan, VectorIndex, bytes_per_vector, faiss, plan_index
 
 QUERIES, SINGLE, K = 500, 100, 10
-Search = Callable[[np.ndarray], np.ndarray]  # one query row -> its top-K ids
+KindSearch = Callable[[np.ndarray, QueryKind], np.ndarray]  # one query row and its kind -> its top-K ids
 
 
 def numpy_top(vectors: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
@@ -47,7 +51,8 @@ def numpy_top(vectors: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarra
     return np.vstack(out) + 1  # ids are row + 1
 
 
-def latencies(searches: dict[str, Search], queries: np.ndarray, rounds: int) -> dict[str, tuple[float, float]]:
+def latencies(searches: dict[str, KindSearch], queries: np.ndarray, rounds: int, kind: QueryKind
+              ) -> dict[str, tuple[float, float]]:
     """p50, p90 ms per kind over `rounds` rounds of SINGLE queries, the kinds interleaved in each round."""
     times: dict[str, list[float]] = {name: [] for name in searches}
     for round_ in range(rounds):
@@ -55,7 +60,7 @@ def latencies(searches: dict[str, Search], queries: np.ndarray, rounds: int) -> 
         for name in order:
             for q in queries[:SINGLE]:
                 started = time.perf_counter()
-                searches[name](q[None, :])
+                searches[name](q[None, :], kind)
                 times[name].append((time.perf_counter() - started) * 1000)
     return {name: (float(np.percentile(t, 50)), float(np.percentile(t, 90))) for name, t in times.items()}
 
@@ -72,31 +77,77 @@ def sqlite_vectors(folder: Path, vectors: np.ndarray) -> Repository:
     return Repository.open(f"sqlite:///{folder / 'medsearch.sqlite'}")
 
 
-def measure(name: str, index: VectorIndex, n: int, sets: dict[str, tuple[np.ndarray, np.ndarray]], limit: int
-            ) -> dict[str, Any]:
+def measure(name: str, index: VectorIndex, n: int, sets: dict[str, tuple[np.ndarray, np.ndarray]], limit: int,
+            gap: np.ndarray) -> dict[str, Any]:
+    """Tune the index for each query kind as build_index does (storage.index_build.tune: image queries
+    on image tuning queries, text on text tuning queries), score each on its held-out queries, and the
+    text queries also at the image effort (what one effort for both gave) and, for IVF kinds, with
+    their inverted lists chosen by the query shifted across the modality gap (`shifted_search`)."""
     started = time.perf_counter()
-    tuning = tune(index, sets["tuning"], sets["held_out"], limit) if limit else None
-    fetch = index.candidates(K)
-    text = recall_per_query(index.search(sets["text"][0], fetch)[1], sets["text"][1])
-    row: dict[str, Any] = {"vectors": n, "kind": name, "search_effort": index.search_effort(),
-                           "recall_at_10": tuning.recall if tuning else 1.0,
-                           "recall_95ci": tuning.interval if tuning else (1.0, 1.0),
-                           "text_recall_at_10": float(text.mean()), "text_recall_95ci": bootstrap_interval(text),
-                           "tune_s": time.perf_counter() - started}
+    image = tune(index, sets["tuning"], sets["held_out"], limit)
+    text = tune(index, sets["text_tuning"], sets["text"], limit)
+    index.efforts = Efforts(image.effort, text.effort)
+    fetch = index.candidates(K, "image")
+    at_image = recall_per_query(index.search(sets["text"][0], fetch, kind="image")[1], sets["text"][1])
+    row: dict[str, Any] = {"vectors": n, "kind": name, "search_effort": image.effort.probes,
+                           "rerank": image.effort.rerank, "text_search_effort": text.effort.probes,
+                           "text_rerank": text.effort.rerank, "recall_at_10": image.recall,
+                           "recall_95ci": image.interval,
+                           "text_recall_at_10": text.recall, "text_recall_95ci": text.interval,
+                           "text_recall_at_image_effort": float(at_image.mean())}
+    if index.kind in IVF_KINDS:  # the query-aware alternative: lists chosen across the modality gap
+        shifted = tune_shifted(index, sets, limit, gap, text.effort.rerank)
+        row |= {"shifted_text_search_effort": shifted[0], "shifted_text_recall_at_10": shifted[1],
+                "shifted_text_recall_95ci": shifted[2]}
+    row["tune_s"] = time.perf_counter() - started
     return row
+
+
+def shifted_search(index: VectorIndex, queries: np.ndarray, k: int, probes: int, gap: np.ndarray) -> np.ndarray:
+    """IVF search whose inverted lists are the nearest to the query minus the modality gap (the mean
+    text embedding minus the mean image embedding), scanned with the query itself: the scores are the
+    query's own, only the choice of lists moves."""
+    ivf = faiss.extract_index_ivf(index.raw)
+    _, lists = ivf.quantizer.search(np.ascontiguousarray(queries - gap[None, :], dtype=np.float32), probes)
+    centroids = faiss.rev_swig_ptr(faiss.downcast_index(ivf.quantizer).get_xb(), ivf.nlist * ivf.d).reshape(
+        ivf.nlist, ivf.d)
+    distances = np.einsum("qd,qpd->qp", queries, centroids[lists]).astype(np.float32)  # the query's own
+    before, ivf.nprobe = ivf.nprobe, probes  # FAISS's search_preassigned reads nprobe from the index
+    try:
+        return ivf.search_preassigned(np.ascontiguousarray(queries, dtype=np.float32), k, lists, distances)[1]
+    finally:
+        ivf.nprobe = before
+
+
+def tune_shifted(index: VectorIndex, sets: dict[str, tuple[np.ndarray, np.ndarray]], limit: int, gap: np.ndarray,
+                 rerank: int) -> tuple[int, float, tuple[float, float]]:
+    """The smallest nprobe whose shifted search reaches RECALL_TARGET on the text tuning queries, and its
+    held-out recall with a 95% interval."""
+    fetch = max(rerank, 4 * K) if index.lossy else K
+    chosen = limit
+    for probes in efforts_up_to(max(1, limit)):
+        found = shifted_search(index, sets["text_tuning"][0], fetch, probes, gap)
+        if recall_per_query(found, sets["text_tuning"][1]).mean() >= RECALL_TARGET:
+            chosen = probes
+            break
+    held = recall_per_query(shifted_search(index, sets["text"][0], fetch, chosen, gap), sets["text"][1])
+    return chosen, float(held.mean()), bootstrap_interval(held)
 
 
 def run_size(n: int, dim: int, rounds: int, kinds: list[str], data: str, work: Path) -> list[dict[str, Any]]:
     mixture = Mixture.make(dim, seed=7)
     vectors = mixture.draw(n, seed=n) if data == "clustered" else gaussian(n, dim, seed=n)
     queries = {"tuning": mixture.draw(QUERIES, 1), "held_out": mixture.draw(QUERIES, 2),
-               "text": mixture.text_queries(QUERIES, 3)} if data == "clustered" else {
-        name: gaussian(QUERIES, dim, seed) for seed, name in enumerate(("tuning", "held_out", "text"), start=1)}
+               "text": mixture.text_queries(QUERIES, 3), "text_tuning": mixture.text_queries(QUERIES, 4)} \
+        if data == "clustered" else {name: gaussian(QUERIES, dim, seed) for seed, name in enumerate(
+            ("tuning", "held_out", "text", "text_tuning"), start=1)}
+    # the modality gap as a build can estimate it: the mean text tuning query minus the mean stored vector
+    gap = queries["text_tuning"].mean(axis=0) - vectors[:: max(1, n // 100_000)].mean(axis=0)
     shape = describe(vectors)
     print(f"{n} {data} vectors: {shape}", flush=True)
     sets = {name: (q, numpy_top(vectors, q)) for name, q in queries.items()}
     ids = np.arange(1, n + 1, dtype=np.int64)
-    numpy_search: Search = lambda q: numpy_top(vectors, q)  # noqa: E731
+    numpy_search: KindSearch = lambda q, kind: numpy_top(vectors, q)  # noqa: E731
     rows: list[dict[str, Any]] = []
     repository: Repository | None = None  # the vectors on disk, written once for the compressed kinds
     plan = plan_index(n, dim, "ivfpq")
@@ -108,8 +159,8 @@ def run_size(n: int, dim: int, rounds: int, kinds: list[str], data: str, work: P
             index.add(ids, vectors)
             found = [{"vectors": n, "kind": "flat", "recall_at_10": 1.0, "text_recall_at_10": 1.0},
                      {"vectors": n, "kind": "flat (FAISS scan)", "recall_at_10": 1.0, "text_recall_at_10": 1.0}]
-            searches: dict[str, Search] = {"flat": lambda q, index=index: index.search(q, K)[1],
-                                           "flat (FAISS scan)": lambda q, raw=index.raw: raw.search(q, K)[1]}
+            searches: dict[str, KindSearch] = {"flat": lambda q, kind, index=index: index.search(q, K)[1],
+                                               "flat (FAISS scan)": lambda q, kind, raw=index.raw: raw.search(q, K)[1]}
             bpv = bytes_per_vector("flat", dim)
         else:
             train = vectors[np.random.default_rng(0).choice(n, min(n, plan.nlist * 39), replace=False)]
@@ -117,31 +168,42 @@ def run_size(n: int, dim: int, rounds: int, kinds: list[str], data: str, work: P
                                       hnsw_m=16 if n > 300_000 else 32)
             del train
             index.add(ids, vectors)
-            found = [measure(kind, index, n, sets, plan.nlist if kind != "hnsw" else 1024)]
+            found = [measure(kind, index, n, sets, plan.nlist if kind != "hnsw" else 1024, gap)]
             bpv = len(faiss.serialize_index(index.raw)) / n
             if index.lossy:
                 repository = repository or sqlite_vectors(work / f"vectors-{n}", vectors)
                 name = f"ivfpq{plan.pq_m}" if kind == "ivfpq" else kind
-                found[0]["kind"] = f"{name} + re-rank of {index.candidates(K)} from SQLite"
+                found[0]["kind"] = f"{name} + re-rank from SQLite"
 
-                def search(q: np.ndarray, index: VectorIndex = index, repository: Repository = repository) -> Any:
-                    return rerank(repository, dim, q, index.search(q, index.candidates(K))[1], K)
+                def search(q: np.ndarray, kind: QueryKind, index: VectorIndex = index,
+                           repository: Repository = repository) -> Any:
+                    return rerank(repository, dim, q, index.search(q, index.candidates(K, kind), kind=kind)[1], K)
             else:
-                search = lambda q, index=index: index.search(q, K)[1]  # noqa: E731
+                search = lambda q, kind, index=index: index.search(q, K, kind=kind)[1]  # noqa: E731
             searches = {found[0]["kind"]: search}
         build = time.perf_counter() - started - found[0].get("tune_s", 0.0)
-        timed = latencies({"numpy brute force": numpy_search, **searches}, queries["held_out"], rounds)
+        every = {"numpy brute force": numpy_search, **searches}
+        timed = latencies(every, queries["held_out"], rounds, "image")
+        timed_text = latencies(every, queries["text"], rounds, "text")
         found[0]["automatic"] = kind == automatic
         for row in found:
             p50, p90 = timed[row["kind"]]
             row.update({"build_s": build, "bytes_per_vector": bpv, "p50_ms": p50, "p90_ms": p90,
+                        "p50_ms_image": p50, "p50_ms_text": timed_text[row["kind"]][0],
+                        "p90_ms_text": timed_text[row["kind"]][1],
                         "numpy_p50_ms_same_rounds": timed["numpy brute force"][0],
-                        "speedup_vs_numpy": timed["numpy brute force"][0] / p50, "data": data, **shape})
+                        "speedup_vs_numpy": timed["numpy brute force"][0] / p50,
+                        "text_speedup_vs_numpy": timed_text["numpy brute force"][0] / timed_text[row["kind"]][0],
+                        "data": data, **shape})
             rows.append(row)
             label = row["kind"] + (" (automatic)" if row.get("automatic") else "")
-            print(f"{label:44} p50 {p50:8.2f} ms  x{row['speedup_vs_numpy']:6.1f} NumPy  recall@10 "
-                  f"{row['recall_at_10']:.3f}  text {row['text_recall_at_10']:.3f}  {bpv:.0f} B/vector  "
-                  f"build {build:.0f} s", flush=True)
+            shifted = (f"  shifted lists: text {row['shifted_text_recall_at_10']:.3f} at nprobe "
+                       f"{row['shifted_text_search_effort']}" if "shifted_text_recall_at_10" in row else "")
+            print(f"{label:34} image p50 {p50:7.2f} ms x{row['speedup_vs_numpy']:6.1f} recall {row['recall_at_10']:.3f}"
+                  f" (effort {row.get('search_effort', 0)}) | text p50 {row['p50_ms_text']:7.2f} ms recall "
+                  f"{row['text_recall_at_10']:.3f} (effort {row.get('text_search_effort', 0)}; at the image effort "
+                  f"{row.get('text_recall_at_image_effort', 1.0):.3f}){shifted} | {bpv:.0f} B/vector, build "
+                  f"{build:.0f} s", flush=True)
         del index, searches
         gc.collect()
     if repository is not None:

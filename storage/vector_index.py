@@ -352,11 +352,28 @@ class VectorIndex:
         token its log of later changes names (storage.delta)."""
         header = json.dumps({"database_id": owner, "kind": self.kind, "ntotal": self.ntotal, "token": token,
                              "efforts": self.efforts.to_json() if self.efforts is not None else None}).encode()
-        body = faiss.serialize_index(self._index)
 
         def write(handle: Any) -> None:
             handle.write(MAGIC + struct.pack("<I", len(header)) + header)
-            handle.write(memoryview(body))
+            failed: list[OSError] = []
+
+            def sink(data: bytes) -> None:
+                try:
+                    handle.write(data)
+                except OSError as exc:  # FAISS turns it into a RuntimeError: kept to raise as it was
+                    failed.append(exc)
+                    raise
+
+            # streamed to the file in FAISS's chunks: no second copy of the index in memory while it saves
+            writer = faiss.PyCallbackIOWriter(sink)
+            try:
+                faiss.write_index(self._index, writer)
+            except RuntimeError:
+                if failed:
+                    raise failed[0] from None
+                raise
+            finally:
+                del writer
 
         write_atomically(path, write)
 
