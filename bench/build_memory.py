@@ -1,10 +1,11 @@
-"""The index build's peak memory beside the built index's own: `Store.build_index` over N stored vectors,
-each in a fresh process, its peak memory during the build over its memory before it (the store open), and the index's own bytes (its serialised
-size), at several N; then the line peak = slope x index + constant fitted through them. Memory is the
-process's anonymous resident memory (RssAnon, sampled every 5 ms: the peak of what it allocated), not
-the database file's pages that SQLite's memory map brings in. The build
-holds the index, a training sample (at most 100,000 vectors), the tuning queries and one chunk of the
-exact scan, so the slope should be ~1 and the rest constant. Results: bench/results/build_memory.json.
+"""The index build's peak memory beside the built index's own: `Store.build_index` over N stored
+vectors, each in a fresh process, its peak memory during the build over its memory before it (the
+store open), and the index's own bytes (its serialised size), at several N; then the line
+peak = slope x index + constant fitted through them. Memory is the process's anonymous resident memory
+(RssAnon, sampled every 5 ms: the peak of what it allocated), not the database file's pages that
+SQLite's memory map brings in. The build holds the index, a training sample (at most 100,000 vectors),
+the tuning queries and one chunk of the exact scan, so the slope should be ~1 and the rest constant.
+Results: bench/results/build_memory.json.
 
     python -m bench.build_memory [--sizes 100000,200000,400000] [--dim 256] [--kind ivf]
 """
