@@ -72,6 +72,7 @@ bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json 
 	$(PIP) install --quiet -e ".[bench]"
 	rm -f bench/results/*.json bench/results/*.png bench/results/SUMMARY.md
 	$(PY) -m bench.search_bench --sizes 200000,1000000
+	$(PY) -m bench.build_memory --sizes 150000,300000 --dim 256
 	$(PY) -m bench.api_bench --repeat 50 --models $(RANDOM_MODEL),$(BASE_MODEL)
 	$(PY) -m bench.indexing_throughput --encoder null --model $(BASE_MODEL) --input-size 448 --batch-size 32
 	$(PY) -m bench.indexing_throughput --model $(BASE_MODEL) --images 48 --batch-size 16 --naive --quantize --reports
