@@ -243,7 +243,7 @@ def runs(db_dir: Path | None, run_id: int | None) -> None:
 @click.option("--ray-parts", type=click.IntRange(1, 100_000), help="Ray: shards [default: the cluster's CPUs].")
 @click.option("--text-queries/--no-text-queries", default=True, show_default=True,
               help="Tune a separate effort for text queries: loads the index's model to encode 400 radiology "
-              "query phrases (core/data/query_phrases.json). Without: text queries use the image effort.")
+              "query phrases (core/reports/query_phrases.json). Without: text queries use the image effort.")
 def build_index(db_dir: Path | None, kind: str, memory_budget_gb: float, engine: str, ray_address: str | None,
                 ray_parts: int | None, text_queries: bool) -> None:
     """(Re)build the FAISS index from the stored embeddings, without re-encoding anything: trains IVF
