@@ -204,7 +204,7 @@ def run_size(n: int, dim: int, rounds: int, kinds: list[str], data: str, work: P
                   f"{row['text_recall_at_10']:.3f} (effort {row.get('text_search_effort', 0)}; at the image effort "
                   f"{row.get('text_recall_at_image_effort', 1.0):.3f}){shifted} | {bpv:.0f} B/vector, build "
                   f"{build:.0f} s", flush=True)
-        del index, searches
+        del index, searches, every  # every search closes over its index: all of them, or the index stays
         gc.collect()
     if repository is not None:
         repository.close()
