@@ -79,28 +79,46 @@ def bootstrap_interval(values: np.ndarray, rounds: int = 1000, seed: int = 0) ->
 def tune(index: VectorIndex, tuning: tuple[np.ndarray, np.ndarray], held_out: tuple[np.ndarray, np.ndarray],
          limit: int, target: float = RECALL_TARGET, k: int = 10, rerank_cost: float = 0.0) -> Tuning:
     """The cheapest effort whose mean recall@k on the tuning queries reaches `target`, then its recall on
-    the held-out queries with a 95% interval. Each pair is (queries, their exact top-k ids). For an
-    exact-scoring index: the smallest nprobe / efSearch of `efforts_up_to(limit)` (else `limit`). For a
-    compressed one, each re-rank depth of RERANK_OPTIONS with the smallest nprobe reaching the target
-    there, and of those the one whose measured search time plus `rerank_cost` (seconds per candidate
-    re-ranked from the stored vectors) is least. A compressed index is measured as it is searched: an
-    exact top-k id counts as found when it is among the candidates that are re-ranked."""
+    the held-out queries with a 95% interval. Each pair is (queries, their exact top-k ids). The probes
+    (nprobe / efSearch): up `efforts_up_to(limit)` to the first that reaches the target (else `limit`),
+    then halving the gap below it to one probe (recall rises with probes). For a compressed index, so
+    for each re-rank depth of RERANK_OPTIONS, and of those the one whose measured search time plus
+    `rerank_cost` (seconds per candidate re-ranked from the stored vectors) is least. A compressed index
+    is measured as it is searched: an exact top-k id counts as found when it is among the candidates
+    that are re-ranked."""
     tried: list[tuple[int, int, float]] = []
     reached: list[tuple[float, Effort]] = []  # (cost per query, effort)
+
+    def measure(effort: Effort) -> tuple[float, float]:
+        """(tuning recall, seconds per query)"""
+        started = time.perf_counter()
+        found = index.search(tuning[0], max(effort.rerank, 4 * k) if index.lossy else k, effort=effort)[1]
+        seconds = (time.perf_counter() - started) / max(1, len(tuning[0]))
+        recall = float(recall_per_query(found, tuning[1]).mean())
+        tried.append((effort.probes, effort.rerank, recall))
+        return recall, seconds
+
     ceiling = max(1, limit)
     for rerank in RERANK_OPTIONS if index.lossy else (0,):
-        fetch = max(rerank, 4 * k) if index.lossy else k
+        below, high, seconds = 0, 0, 0.0
         for probes in efforts_up_to(ceiling):
-            effort = Effort(probes, rerank)
-            started = time.perf_counter()
-            found = index.search(tuning[0], fetch, effort=effort)[1]
-            seconds = (time.perf_counter() - started) / max(1, len(tuning[0]))
-            recall = float(recall_per_query(found, tuning[1]).mean())
-            tried.append((probes, rerank, recall))
+            recall, seconds = measure(Effort(probes, rerank))
             if recall >= target:
-                reached.append((seconds + rerank_cost * fetch, effort))
-                ceiling = probes  # a deeper re-rank needs no more probes than this
+                high = probes
                 break
+            below = probes
+        if not high:
+            continue
+        while high - below > 1:  # the smallest that reaches it, to one probe
+            middle = (below + high) // 2
+            recall, spent = measure(Effort(middle, rerank))
+            if recall >= target:
+                high, seconds = middle, spent
+            else:
+                below = middle
+        fetch = max(rerank, 4 * k) if index.lossy else k
+        reached.append((seconds + rerank_cost * fetch, Effort(high, rerank)))
+        ceiling = high  # a deeper re-rank needs no more probes than this
     chosen = min(reached, key=lambda pair: pair[0])[1] if reached else Effort(max(1, limit), RERANK_OPTIONS[-1]
                                                                               if index.lossy else 0)
     fetch = max(chosen.rerank, 4 * k) if index.lossy else k

@@ -12,6 +12,7 @@ import pytest
 
 from storage.index_build import efforts_up_to, recall_per_query, tune
 from storage.opening import open_index
+from storage.search_effort import Effort
 from storage.vector_index import KINDS, LOSSY_KINDS, IndexPlan, VectorIndex, faiss
 from tests.storage.test_store import fingerprint, records
 
@@ -54,16 +55,14 @@ def test_the_tuner_picks_the_smallest_effort_meeting_the_target():
     exact.add(ids, vectors)
     tuning, held = clustered(150, 20), clustered(150, 21)
     truth = (exact.search(tuning, 10)[1], exact.search(held, 10)[1])
-    curve = {}
-    for effort in efforts_up_to(64):  # the known answer: every effort tried
-        index.set_search_effort(effort)
-        curve[effort] = recall_per_query(index.search(tuning, 10)[1], truth[0]).mean()
+    curve = {effort: recall_per_query(index.search(tuning, 10, effort=Effort(effort))[1], truth[0]).mean()
+             for effort in range(1, 65)}  # the known answer: every effort tried
     for target in (0.8, 0.9, 0.95, 0.99):
-        expected = min(e for e, r in curve.items() if r >= target)
         chosen = tune(index, (tuning, truth[0]), (held, truth[1]), 64, target=target)
-        assert chosen.effort.probes == expected, (target, curve)
+        probes = chosen.effort.probes
+        assert curve[probes] >= target and (probes == 1 or curve[probes - 1] < target), (target, curve)
+        assert probes <= min(e for e in efforts_up_to(64) if curve[e] >= target)  # no coarser than the ladder
         assert chosen.interval[0] <= chosen.recall <= chosen.interval[1]
-        assert expected == 1 or curve[[e for e in curve if e < expected][-1]] < target  # smallest, not just enough
     assert tune(index, (tuning, truth[0]), (held, truth[1]), 64, target=1.01).effort.probes == 64  # unreachable
 
 
