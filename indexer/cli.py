@@ -30,7 +30,7 @@ from indexer.cli_remove import exclusions, remove
 from indexer.cli_tools import contact_sheet, evaluate_command, random_model, sample_archive
 from indexer.job import JobResult
 from storage.layout import writer_active
-from storage.vector_index import KINDS
+from storage.vector_index import KINDS, plan_index
 
 logger = logging.getLogger("indexer")
 
@@ -256,7 +256,8 @@ def build_index(db_dir: Path | None, kind: str, memory_budget_gb: float, engine:
     budget = int(memory_budget_gb * 1024**3)
     with open_db(db_dir, read_only=False) as (store, repository), exit_on_errors():
         texts = None
-        if text_queries and store.manifest is not None:
+        if text_queries and store.manifest is not None and plan_index(
+                store.ntotal, store.manifest.dim, kind, budget).kind != "flat":  # an exact index tunes nothing
             from indexer.tuning import text_tuning_queries
 
             texts = text_tuning_queries(index_encoder(None, store.manifest, load_settings(db_dir=db_dir)))

@@ -124,15 +124,10 @@ class _Scorer:
         return total
 
 
-def ranks_from_postings(match: ReportMatch) -> bool:
-    """Whether topk_ranking may rank this query (one group of concept tokens, no words)."""
-    return not match.words and len(match.groups) == 1
-
-
 def topk_ranking(session: Session, match: ReportMatch, limit: int) -> list[tuple[int, float]] | None:
     """The first `limit` matches by BM25 (best first, ties by image id); None for a query this does not
     rank (see the module's docstring): the engine ranks it."""
-    if not ranks_from_postings(match):
+    if match.words or len(match.groups) != 1:  # words, or several groups: the engine's
         return None
     phrases = list(match.groups[0])
     counts = {token: (int(i), int(n), int(t)) for i, token, n, t in session.execute(select(
