@@ -302,6 +302,14 @@ class HFEncoder:
     def preprocess(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self._preprocessor(images)
 
+    @property
+    def model_input(self) -> ModelInput:
+        return self._preprocessor.input
+
+    def explain_parts(self) -> tuple[Any, ModelInput, str, Any]:
+        """The model, its input, device and dtype, for relevance maps (core.explain.Explainer.of)."""
+        return self._model, self._preprocessor.input, self._device, self._dtype
+
     def input_buffer(self, rows: int) -> np.ndarray:
         shape = (rows, self._preprocessor.input.height, self._preprocessor.input.width, 3)
         if self._device == "cuda":  # pinned: the copy to the GPU runs without the CPU waiting for it

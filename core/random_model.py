@@ -14,7 +14,7 @@ from typing import Literal
 
 from core.model_files import RANDOM_WEIGHTS_MARKER
 
-Shape = Literal["tiny", "base", "medsiglip"]
+Shape = Literal["tiny", "base", "medsiglip", "medsiglip-grid"]
 
 VOCABULARY = """a an the of with without and no photo image scan chest x-ray ct mri ultrasound brain lung liver
 knee shoulder heart fracture nodule effusion pneumonia normal left right pleural mass"""
@@ -24,7 +24,8 @@ WORDS = ["<pad>", "<unk>", "</s>", *VOCABULARY.split()]
 def build_random_siglip(out_dir: str | Path, shape: Shape = "tiny", seed: int = 0) -> Path:
     """Write a random SigLIP to `out_dir`. 'tiny': ~52k parameters, 32 px, 32-d; 'base': SigLIP-B/16's
     architecture (~200M parameters, 224 px, 768-d); 'medsiglip': MedSigLIP-448's architecture (878M
-    parameters, 448 px, 1152-d)."""
+    parameters, 448 px, 1152-d); 'medsiglip-grid': MedSigLIP-448's input geometry (448 px, 14-px patches: a
+    32 x 32 grid) at a tiny width and depth (~0.2M parameters), for tests of where relevance maps land."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, SiglipConfig, SiglipModel, SiglipProcessor
@@ -37,7 +38,7 @@ def build_random_siglip(out_dir: str | Path, shape: Shape = "tiny", seed: int = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     medsiglip = shape == "medsiglip"
-    max_len = 64 if medsiglip or shape == "base" else 16
+    max_len = 64 if medsiglip or shape in ("base", "medsiglip-grid") else 16
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -46,6 +47,8 @@ def build_random_siglip(out_dir: str | Path, shape: Shape = "tiny", seed: int = 
                                         eos_token="</s>", model_max_length=max_len)
     if medsiglip:
         width, mlp, layers, heads, image, patch = 1152, 4304, 27, 16, 448, 14
+    elif shape == "medsiglip-grid":
+        width, mlp, layers, heads, image, patch = 64, 128, 2, 2, 448, 14
     elif shape == "base":
         width, mlp, layers, heads, image, patch = 768, 3072, 12, 12, 224, 16
     else:

@@ -28,6 +28,7 @@ from search_api.gate import LOOPBACK_HOSTS, PUBLIC, FailureLimiter, Gate, HostPo
 from search_api.headers import Headers
 from search_api.images import ImageFiles
 from search_api.routes import router
+from search_api.routes_explain import router as explain_router
 from search_api.routes_images import router as image_router
 from search_api.routes_probes import router as probe_router
 from search_api.schemas import RANDOM_MODEL_WARNING
@@ -103,7 +104,8 @@ def build_service(settings: Settings, encoder: Encoder | None = None, index: Ope
                          text_cache_size=settings.text_cache_size,
                          review_min_probability=settings.review_min_probability,
                          review_max_entropy=settings.review_max_entropy,
-                         viewer_url_template=settings.viewer_url_template)
+                         viewer_url_template=settings.viewer_url_template,
+                         request_timeout_s=settings.request_timeout_s)
 
 
 class ServiceHolder:
@@ -195,6 +197,7 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
     app.include_router(router)
     app.include_router(image_router)
     app.include_router(probe_router)
+    app.include_router(explain_router)
     add_docs(app)
     declare_keys(app, PUBLIC)
     if settings.cors_origins:

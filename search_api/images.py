@@ -56,6 +56,7 @@ class ImageFiles:
     def __init__(self, render: RenderOptions, *, dicomweb: DicomWebConfig | None = None,
                  max_upload_pixels: int | None = None, decode_slots: int = 2, preview_cache_size: int = 256) -> None:
         self.render = replace(render, reduce_to=0)  # what is shown: full resolution
+        self.indexed_render = render  # what the model saw (reduced decoding where the index was made so)
         self.dicomweb = dicomweb
         upload_limit = min(render.max_pixels, max_upload_pixels or render.max_pixels)
         self.upload_render = replace(render, max_pixels=upload_limit, limit_setting="MEDSEARCH_MAX_UPLOAD_PIXELS")
@@ -132,6 +133,23 @@ class ImageFiles:
             return png(load_image_frames(data, source.path, options)[0].pixels, size)
 
         return self.previews.get((image.id, size, window, index), lambda: self._read(image, render))
+
+    def as_indexed(self, image: StoredImage, frame: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+        """A frame's pixels as the indexer rendered them for the model, and the (rows, columns) of the
+        frame as the preview shows it (the file's own size)."""
+        index = self.frame_of(image, frame)
+
+        def read(data: bytes, source: StoredSource) -> tuple[np.ndarray, tuple[int, int]]:
+            loaded = load_image_frames(data, source.path, replace(self.indexed_render, frames=f"frame:{index}"))[0]
+            meta = loaded.metadata
+            if loaded.kind == "dicom" and meta.rows and meta.columns:
+                return loaded.pixels, (int(meta.rows), int(meta.columns))
+            if self.indexed_render.reduce_to == 0:
+                return loaded.pixels, (int(loaded.pixels.shape[0]), int(loaded.pixels.shape[1]))
+            shown = load_image_frames(data, source.path, replace(self.render, frames=f"frame:{index}"))[0]
+            return loaded.pixels, (int(shown.pixels.shape[0]), int(shown.pixels.shape[1]))  # a raster: its size as shown (EXIF orientation too)
+
+        return self._read(image, read)
 
     def values(self, image: StoredImage, size: int, frame: int | None = None) -> Values:
         """The frame's modality values, downsampled (nearest) to at most `size` a side."""

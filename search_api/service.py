@@ -17,6 +17,7 @@ from core.reports import ReportAnalyzer
 from core.sources.dicomweb import instance_url, viewer_url
 from search_api.classifying import Classification, classify
 from search_api.errors import UnknownImageError
+from search_api.explaining import Explanations
 from search_api.images import ImageFiles
 from search_api.lru import LRUCache
 from search_api.probing import (
@@ -50,13 +51,14 @@ class SearchService:
     def __init__(self, encoder: Encoder, store: Store, repository: Repository, files: ImageFiles, *,
                  reports: ReportAnalyzer | None = None, device: str = "cpu", text_cache_size: int = 1024,
                  review_min_probability: float = 0.5, review_max_entropy: float = 0.85,
-                 viewer_url_template: str | None = None) -> None:
+                 viewer_url_template: str | None = None, request_timeout_s: float = 60.0) -> None:
         self.encoder = encoder
         self.store = store
         self.repository = repository
         self.reports = reports  # None: no report search (text queries compare with images only)
         self.report_search = ReportSearch(store, repository, encoder.dim)
         self.files = files
+        self.explanations = Explanations(encoder, files, request_timeout_s)
         self.device = device
         self.viewer_url_template = viewer_url_template
         self.text_cache: LRUCache[str, np.ndarray] = LRUCache(text_cache_size)

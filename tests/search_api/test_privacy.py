@@ -107,6 +107,9 @@ def every_response(client: TestClient, key: str, archive: Path) -> dict[str, str
             "labels": ["nodule", "normal"]}, headers=headers).text
         texts[f"images/{image_id}/file"] = client.get(f"/images/{image_id}/file", headers=headers).text
         texts[f"images/{image_id}/summary"] = client.get(f"/images/{image_id}/summary", headers=headers).text
+        explained = client.post(f"/images/{image_id}/explain", data={"text": "ct"}, headers=headers)
+        assert explained.status_code == 200, explained.text  # researchers see the map, as they see previews
+        texts[f"images/{image_id}/explain"] = explained.text
         preview = client.get(f"/images/{image_id}/preview", headers=headers)
         assert preview.status_code == 200 and preview.headers["cache-control"] == "no-store"
     texts["health"] = client.get("/health").text
