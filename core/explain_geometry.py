@@ -115,7 +115,7 @@ def overlay_pixels(values: np.ndarray, where: Placement, size: int) -> np.ndarra
     rgba[..., 0] = np.clip(level * 3, 0, 1) * 255
     rgba[..., 1] = np.clip(level * 3 - 1, 0, 1) * 255
     rgba[..., 2] = np.clip(level * 3 - 2, 0, 1) * 255
-    rgba[..., 3] = np.clip(level * 1.25, 0, 1) * 220
+    rgba[..., 3] = level ** 1.5 * 210  # the peaks stand out; the low ground stays see-through
     return rgba
 
 

@@ -147,7 +147,8 @@ class ImageFiles:
             if self.indexed_render.reduce_to == 0:
                 return loaded.pixels, (int(loaded.pixels.shape[0]), int(loaded.pixels.shape[1]))
             shown = load_image_frames(data, source.path, replace(self.render, frames=f"frame:{index}"))[0]
-            return loaded.pixels, (int(shown.pixels.shape[0]), int(shown.pixels.shape[1]))  # a raster: its size as shown (EXIF orientation too)
+            # a raster: its size as shown (EXIF orientation too)
+            return loaded.pixels, (int(shown.pixels.shape[0]), int(shown.pixels.shape[1]))
 
         return self._read(image, read)
 

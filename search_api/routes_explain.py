@@ -114,7 +114,8 @@ async def explain(
     return ExplainResponse(
         image_id=image_id, frame=found.frame, query=_kind(text, query_image_id), method=found.grid.method,  # type: ignore[arg-type]
         window=found.window, score=found.grid.score, values=found.grid.values.round(6).tolist(),
-        placement=PlacementOut.model_validate(where.to_dict()), passes=found.grid.passes, seconds=round(found.grid.seconds, 4),
+        placement=PlacementOut.model_validate(where.to_dict()), passes=found.grid.passes,
+        seconds=round(found.grid.seconds, 4),
         cached=found.cached, overlay_size=thumbnail_size(where.width, where.height, size),
         overlay_png=base64.b64encode(overlay).decode(), warning=model_info(service).warning)
 

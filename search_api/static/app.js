@@ -211,7 +211,7 @@ $("apikey").value = sessionStorage.getItem("medsearch-key") || "";
 $("apikey").addEventListener("change", () => {
   sessionStorage.setItem("medsearch-key", $("apikey").value.trim()); status("Key saved for this tab."); whoami(); loadChoices();
 });
-setupCase({query: () => (query && query.kind !== "text" ? query : null), role: () => role, searchLike, fail, filters,
+setupCase({query: () => (query && query.kind !== "text" ? query : null), search: () => query, role: () => role, searchLike, fail, filters,
   opened: (id) => { openedCase = id; if (!restoring && query?.kind !== "image") writeURL(false); }});
 fetch("/health").then((r) => r.json()).then((h) => {
   $("model").textContent = `${h.model.name} · ${h.model.dim}-d · ${h.vectors} images indexed`;

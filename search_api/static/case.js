@@ -8,10 +8,12 @@ import {Viewer} from "./viewer.js";
 
 const session = {id: null, opener: null, studyOpener: null, viewer: null, compare: null, context: null};
 
-export function setupCase(context) {  // context: {query(), role(), searchLike(id), filters()}
+export function setupCase(context) {  // context: {query() (an image query), search() (any), role(), searchLike(id), filters()}
   session.context = context;
-  session.viewer = new Viewer($("viewer-main"), {onWindow: (w) => session.compare?.setWindow(w, false), onError: caseError});
-  session.compare = new Viewer($("viewer-query"), {onWindow: (w) => session.viewer.setWindow(w, false), onError: caseError});
+  session.viewer = new Viewer($("viewer-main"), {onWindow: (w) => session.compare?.setWindow(w, false), onError: caseError,
+    explainQuery: caseQuery});
+  session.compare = new Viewer($("viewer-query"), {onWindow: (w) => session.viewer.setWindow(w, false), onError: caseError,
+    explainQuery: () => (session.id != null && session.context.query()?.id != null ? {query_image_id: session.id} : null)});
   $("close").addEventListener("click", closeCase);
   $("study-close").addEventListener("click", closeStudy);
   $("open-study").addEventListener("click", () => openStudy(session.id, $("open-study")));
@@ -36,6 +38,15 @@ export async function loadChoices() {
   $("classify-preset").innerHTML = `<option value="">(labels below)</option>`
     + `<optgroup label="Zero-shot presets">${Object.keys(presets).map((n) => `<option>${esc(n)}</option>`).join("")}</optgroup>`
     + (probes.length ? `<optgroup label="Site probes (trained)">${probes.map((p) => `<option value="probe:${esc(p.name)}">${esc(p.name)}: ${esc(p.labels.join(", "))}</option>`).join("")}</optgroup>` : "");
+}
+
+// What the case's relevance map compares it with: the search's query (a text, an indexed image, an upload).
+function caseQuery() {
+  const query = session.context.search();
+  if (!query) return null;
+  if (query.kind === "text") return {text: query.text};
+  if (query.id != null) return {query_image_id: query.id};
+  return query.file ? {file: query.file} : null;
 }
 
 function caseError(message) { $("classification").innerHTML = `<p class="review">${esc(message)}</p>`; }

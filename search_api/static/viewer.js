@@ -1,7 +1,8 @@
 // The image viewer of the case view: window presets and a custom centre/width (typed, or dragged on the
 // image: left-right = width, up-down = centre), zoom, scrolling through the frames of a multi-frame file
 // and through the images of a series (wheel, slider, arrow keys), and the modality value (HU on CT)
-// under the pointer. Pixels are windowed by the server from the DICOM file, exactly as for indexing.
+// under the pointer, and a relevance map of the current query laid over the image (toggle, opacity).
+// Pixels are windowed by the server from the DICOM file, exactly as for indexing.
 import {api, decodeFloats, esc, problem, showImage} from "./api.js";
 
 export const windowing = {presets: {}};  // name -> [centre, width], from GET /windows
@@ -17,18 +18,25 @@ const TEMPLATE = `<div class="viewer-title"></div>
     <label>W<input class="ww" type="number" step="1" min="1" aria-label="window width"></label>
     <button type="button" class="apply secondary">Apply</button>
     <button type="button" class="zoom-out secondary" aria-label="zoom out">−</button><span class="zoom-level">fit</span>
-    <button type="button" class="zoom-in secondary" aria-label="zoom in">+</button><button type="button" class="zoom-fit secondary">Fit</button></div>
-  <div class="stage" tabindex="0" aria-label="image: drag to window, wheel or arrow keys to scroll"><img class="view" alt="the case image"></div>
+    <button type="button" class="zoom-in secondary" aria-label="zoom in">+</button><button type="button" class="zoom-fit secondary">Fit</button>
+    <button type="button" class="map-toggle secondary" aria-pressed="false" title="Where the model's score for the query is sensitive" hidden>Relevance map</button>
+    <label class="map-opacity" hidden>Opacity<input type="range" class="opacity" min="0" max="100" value="60" aria-label="relevance map opacity"></label></div>
+  <div class="stage" tabindex="0" aria-label="image: drag to window, wheel or arrow keys to scroll"><div class="layers"><img class="view" alt="the case image"><img class="overlay" alt="relevance map of the query" hidden></div></div>
   <div class="navs"><label class="frames" hidden>Frame<input type="range" class="frame" min="0" value="0" aria-label="frame"><span class="frame-label"></span></label>
     <label class="series" hidden>Series<input type="range" class="series-pos" min="0" value="0" aria-label="image in series"><span class="series-label"></span></label></div>
-  <div class="readout"></div>`;
+  <div class="readout"></div><div class="map-note" hidden></div>`;
 
 export class Viewer {
-  constructor(root, {onWindow = () => {}, onError = () => {}} = {}) {
-    this.root = root; this.onWindow = onWindow; this.onError = onError;
+  // explainQuery(): the fields of POST /images/{id}/explain that say what the shown image is compared
+  // with ({text} | {query_image_id} | {file}), or null when there is nothing to explain
+  constructor(root, {onWindow = () => {}, onError = () => {}, explainQuery = () => null} = {}) {
+    this.root = root; this.onWindow = onWindow; this.onError = onError; this.explainQuery = explainQuery;
     root.innerHTML = TEMPLATE;
     this.q = (selector) => root.querySelector(selector);
-    this.img = this.q("img.view"); this.stage = this.q(".stage"); this.zoom = 0;  // 0: fit
+    this.img = this.q("img.view"); this.overlay = this.q("img.overlay"); this.stage = this.q(".stage"); this.zoom = 0;  // 0: fit
+    this.mapOn = false;
+    this.q(".map-toggle").addEventListener("click", () => this.setMap(!this.mapOn));
+    this.q(".opacity").addEventListener("input", () => this.setOpacity());
     this.q(".presets").addEventListener("click", (e) => { const b = e.target.closest("button"); if (b) this.setWindow(b.dataset.window || null); });
     this.q(".apply").addEventListener("click", () => this.setWindow(`${Number(this.q(".wc").value)}/${Math.max(1, Number(this.q(".ww").value))}`));
     this.q(".zoom-in").addEventListener("click", () => this.setZoom(this.scale() * 1.5));
@@ -61,6 +69,8 @@ export class Viewer {
     for (const el of this.root.querySelectorAll(".presets button, .wc, .ww, .apply")) el.disabled = !this.grey;
     for (const b of this.root.querySelectorAll(".presets .preset")) b.disabled ||= meta.modality !== "CT";  // HU presets
     this.frameControls();
+    this.q(".map-toggle").hidden = image.id == null || !this.explainQuery();
+    if (this.q(".map-toggle").hidden) this.setMap(false);
     await this.render();
     if (image.id != null) this.loadSeries();
     if (this.center == null && this.grey && image.id != null) this.windowFromValues();
@@ -126,6 +136,34 @@ export class Viewer {
       }
       this.root.dataset.shown = `${this.image.id ?? "upload"}:${this.frame}:${this.window || ""}`;
     } catch (error) { this.onError(error.message); }
+    if (this.mapOn) await this.showMap();
+  }
+
+  setMap(on) {
+    this.mapOn = on;
+    this.q(".map-toggle").setAttribute("aria-pressed", String(on));
+    this.q(".map-opacity").hidden = !on; this.q(".map-note").hidden = !on;
+    this.overlay.hidden = !on;
+    if (!on) { delete this.root.dataset.map; return; }
+    this.setOpacity();
+    this.showMap();
+  }
+
+  setOpacity() { this.overlay.style.opacity = String(Number(this.q(".opacity").value) / 100); }
+
+  async showMap() {  // the map of the shown frame for the current query, at the preview's size
+    const fields = this.explainQuery();
+    if (this.image.id == null || !fields) return;
+    const form = new FormData();
+    for (const [name, value] of Object.entries(fields)) form.append(name, value);
+    form.append("frame", this.frame); form.append("size", 1024); form.append("format", "png");
+    this.q(".map-note").textContent = "Computing the relevance map...";
+    try {
+      await showImage(this.overlay, `/images/${this.image.id}/explain`, {method: "POST", body: form});
+      this.fit();
+      this.root.dataset.map = `${this.image.id}:${this.frame}`;
+      this.q(".map-note").textContent = "Where the model's score for the query is sensitive (brighter: more). Not a segmentation, not a diagnosis.";
+    } catch (error) { this.q(".map-note").textContent = `No relevance map: ${error.message}`; }
   }
 
   setWindow(window, notify = true) {
@@ -171,7 +209,7 @@ export class Viewer {
     const {naturalWidth: w, naturalHeight: h} = this.img;
     if (!w) return;
     const scale = this.zoom || Math.min(this.stage.clientWidth / w, this.stage.clientHeight / h);
-    this.img.width = Math.round(w * scale); this.img.height = Math.round(h * scale);
+    this.img.width = this.overlay.width = Math.round(w * scale); this.img.height = this.overlay.height = Math.round(h * scale);
     this.q(".zoom-level").textContent = this.zoom ? `${Math.round(scale * 100)}%` : "fit";
   }
 

@@ -109,3 +109,33 @@ def test_a_result_from_the_pacs_links_to_its_viewer(browser, orthanc, encoder: H
             assert links.count() == 2 and "WADO-RS" in links.nth(1).inner_text()
             assert links.nth(1).get_attribute("href").startswith(orthanc.dicomweb + "/studies/")
             screenshot(page, "pacs-case.png", tmp_path)
+
+
+def test_relevance_map_over_a_case_for_the_text_query(page, tmp_path: Path):
+    """A text search, a case opened, the relevance map toggled on over the image at the image's own size,
+    its opacity changed, then off; a screenshot a person looks at (make screenshots)."""
+    page.fill("#query", "chest ct")
+    page.press("#query", "Enter")
+    page.wait_for_selector(".result")
+    page.locator(".result").first.click()
+    page.wait_for_selector("#case", state="visible")
+    viewer = page.locator("#viewer-main")
+    viewer.locator(".map-toggle").click()
+    page.wait_for_function("() => document.querySelector('#viewer-main').dataset.map !== undefined"
+                           " && document.querySelector('#viewer-main img.overlay').naturalWidth > 0")
+    sizes = page.evaluate("""() => { const v = document.querySelector('#viewer-main img.view'),
+        o = document.querySelector('#viewer-main img.overlay'),
+        a = v.getBoundingClientRect(), b = o.getBoundingClientRect();
+        return [v.naturalWidth, v.naturalHeight, o.naturalWidth, o.naturalHeight, a.x, a.y, a.width, a.height,
+                b.x, b.y, b.width, b.height]; }""")
+    assert sizes[:2] == sizes[2:4]  # the overlay is drawn at the preview's size
+    assert sizes[4:8] == sizes[8:12]  # and laid exactly over it on the screen
+    assert viewer.locator(".map-toggle").get_attribute("aria-pressed") == "true"
+    assert "Not a segmentation" in viewer.locator(".map-note").inner_text()
+    viewer.locator(".opacity").fill("70")
+    assert page.evaluate("() => document.querySelector('#viewer-main img.overlay').style.opacity") == "0.7"
+    assert screenshot(page, "relevance-map.png", tmp_path, full_page=False).stat().st_size > 10_000
+    viewer.locator(".map-toggle").click()
+    assert viewer.locator("img.overlay").is_hidden()
+    page.click("#close")
+    page.wait_for_selector("#case", state="hidden")
