@@ -28,9 +28,11 @@ from indexer.cli_common import exit_on_errors, index_encoder, load_settings, ope
               "again with WINDOW (for example ct-channels, MedSigLIP's CT rendering) and with --window, and compare "
               "zero-shot and probe AUC between the two renderings.")
 @click.option("--window", help="The single-window rendering --compare-window is compared with [default: auto].")
+@click.option("--maps", type=click.IntRange(0, 10_000), default=0, show_default=True, help="Also check the "
+              "relevance maps on this many labelled images: deletion and insertion against random masking.")
 def evaluate_command(db_dir: Path | None, labels_file: Path | None, labels_from_metadata: bool, prompts: Path | None,
                      out: Path, model: str | None, bootstrap: int, no_probe: bool, compare_window: str | None,
-                     window: str | None) -> None:
+                     window: str | None, maps: int) -> None:
     """Measure retrieval quality on labelled cases: image->image precision@k, recall@k and mAP (the
     query's own patient left out), text->image recall@k and mAP per label, zero-shot ROC AUC per label
     with a bootstrap 95% interval, and the index in use against exact search. Writes report.json,
@@ -59,7 +61,7 @@ def evaluate_command(db_dir: Path | None, labels_file: Path | None, labels_from_
             rows = parse_labels(labels_file.read_bytes(), str(labels_file))
         prompt_map = parse_prompts(prompts.read_text(), str(prompts)) if prompts else None
         report = evaluate(store, repository, encoder, rows, prompt_map, bootstrap=bootstrap, probes=not no_probe,
-                          windows=windows, render=settings.render_options())
+                          windows=windows, render=settings.render_options(), maps=maps)
     from indexer.evaluate import format_value, write_report
 
     files = write_report(report, out)
@@ -77,6 +79,14 @@ def evaluate_command(db_dir: Path | None, labels_file: Path | None, labels_from_
         click.echo(f"  {label:24} positives {row['positives']:4}  zero-shot AUC {format_value(row['zero_shot_auc'])}"
                    + (f"  held-out: zero-shot {format_value(probe['zero_shot_auc'])} vs probe "
                       f"{format_value(probe['probe_auc'])}" if probe else ""))
+    found_maps = report.get("relevance_maps")
+    if found_maps and "pairs" in found_maps:
+        click.echo(f"relevance maps on {found_maps['pairs']} images: deletion {found_maps['deletion']:.4f} vs random "
+                   f"{found_maps['random_deletion']:.4f}, insertion {found_maps['insertion']:.4f} vs random "
+                   f"{found_maps['random_insertion']:.4f}: " + ("beat random masking" if found_maps["beats_random"]
+                                                                 else "do NOT beat random masking"))
+    elif found_maps:
+        click.echo(f"relevance maps: {found_maps['note']}")
     if compared["skipped"]:
         click.echo(f"  not compared with a probe (fewer than 2 patients with the label, or without it; report.md "
                    f"says which): {', '.join(compared['skipped'])}")

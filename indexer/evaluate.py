@@ -25,6 +25,7 @@ import numpy as np
 from core.dicom import RenderOptions
 from core.encoder import Encoder
 from indexer.errors import IndexerError
+from indexer.evaluate_maps import indexed_rendering, map_faithfulness, map_lines
 from indexer.evaluate_probes import compare, compare_windows, plot_learning_curves, report_lines
 from indexer.labels import match, text_vectors
 from indexer.metrics import average_precision, bootstrap_auc_ci, precision_at_k, recall_at_k, roc_auc, roc_curve
@@ -39,10 +40,11 @@ KS = (1, 5, 10)
 
 def evaluate(store: Store, repository: Repository, encoder: Encoder, rows: list[tuple[str, str, list[str]]],
              prompts: dict[str, list[str]] | None = None, bootstrap: int = 1000, probes: bool = True,
-             windows: list[str] | None = None, render: RenderOptions | None = None) -> dict[str, Any]:
+             windows: list[str] | None = None, render: RenderOptions | None = None, maps: int = 0) -> dict[str, Any]:
     """The report (see the module docstring). `probes`: also zero-shot against a probe on the same
     held-out patients, with the learning curve; `windows` (with `render`): that comparison for the
-    labelled CT images decoded again with each window option."""
+    labelled CT images decoded again with each window option; `maps`: the relevance maps' faithfulness
+    on that many labelled images (indexer/evaluate_maps.py)."""
     manifest = store.manifest
     if manifest is None or manifest.fingerprint_key != encoder.fingerprint.key:
         raise IndexerError("the model loaded is not the one this index was built with: evaluate with --model "
@@ -133,6 +135,8 @@ def evaluate(store: Store, repository: Repository, encoder: Encoder, rows: list[
     exact_order = np.argsort(-(vectors @ all_vectors.T), axis=1, kind="stable")[:, :k]
     overlaps = [len({i for i, _ in hits} & set(all_ids[row].tolist())) / k
                 for hits, row in zip(found, exact_order, strict=True)]
+    report["relevance_maps"] = map_faithfulness(repository, data, encoder, indexed_rendering(
+        render or RenderOptions(), manifest.preprocessing_version, encoder), maps, prompts) if maps else None
     report["index"] = {"kind": store.index_kind, f"recall@{k}_vs_exact": _mean(overlaps)}
     report["_curves"] = {"roc": {label: [a.tolist() for a in roc_curve(probabilities[:, j], np.array(
         [label in labels for labels in data.labels]))] for j, label in enumerate(all_labels)},
@@ -202,6 +206,8 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
         curve = plot_learning_curves(report["probe_vs_zero_shot"], out)
         written += [curve] if curve else []
         lines += report_lines(report["probe_vs_zero_shot"], report.get("ct_windows"))
+    if report.get("relevance_maps"):
+        lines += map_lines(report["relevance_maps"])
     lines.append("")
     (out / "report.md").write_text("\n".join(lines))
     written.append(out / "report.md")

@@ -76,11 +76,16 @@ def test_eval_command_writes_the_report(archive_dir: Path, tiny_model_dir: Path,
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text("CT: [a ct scan, a computed tomography image]\nMR: an mri\n")
     done = subprocess.run([*run, "eval", "--db", str(db), "--labels-from-metadata", "--prompts", str(prompts),
-                           "--out", str(out), "--bootstrap", "100"], capture_output=True, text=True, timeout=300,
-                          check=False)
+                           "--out", str(out), "--bootstrap", "100", "--maps", "12"], capture_output=True, text=True,
+                          timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert "RANDOM" in done.stderr and "image->image: mAP" in done.stdout
     report = json.loads((out / "report.json").read_text())
+    maps = report["relevance_maps"]  # the maps' faithfulness on the labelled images, against random masking
+    assert maps["pairs"] == 12 and maps["grid"] == [4, 4] and maps["left_out"] == 0
+    assert {"deletion", "random_deletion", "insertion", "random_insertion", "beats_random"} <= set(maps)
+    assert "relevance maps on 12 images" in done.stdout
+    assert "Relevance maps (12 images" in (out / "report.md").read_text()
     assert report["labels"]["CT"]["prompts"] == ["a ct scan", "a computed tomography image"]
     for name in ("report.md", "roc.png", "precision_at_k.png", "confusion_matrix.png", "labels.csv"):
         assert (out / name).stat().st_size > 100
