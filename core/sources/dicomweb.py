@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import requests
 
 from core.errors import ArchiveError
-from core.sources.base import Entry, ReadItem, SourceKind, SourceOptions
+from core.sources.base import MAX_MEMBER_BYTES, Entry, ReadItem, SourceKind, SourceOptions, too_large
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +192,11 @@ class _UnavailableError(_FetchError):
     """A fetch failed for a passing reason (timeout, connection, 5xx): worth trying again later."""
 
 
+class _TooLargeError(_FetchError):
+    """An instance larger than the file size limit: refused from its declared length, or cut off once
+    that many bytes arrived (a chunked answer); fetched again by a run with a higher limit."""
+
+
 @dataclass
 class ListingStats:
     studies: int = 0  # studies the query matched
@@ -210,8 +215,9 @@ class DicomWebArchive:
     """Reads a DICOMweb service like an archive (see the module docstring)."""
 
     def __init__(self, location: str, config: DicomWebConfig | None = None, query: StudyQuery | None = None,
-                 *, session: Any = None) -> None:
+                 *, session: Any = None, max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
         self.key, self.base_url = split_location(location)
+        self.max_member_bytes = max_member_bytes
         self.config = config or DicomWebConfig()
         self.query = query or StudyQuery()
         self.stats = ListingStats()
@@ -456,10 +462,27 @@ class DicomWebArchive:
     def _retrieve_raw(self, url: str) -> list[bytes]:
         """WADO-RS Retrieve Instance through dicomweb-client's request and multipart decoding, without
         its dcmread (which refuses files that lack a file meta header)."""
-        response = self._client._http_get(url, headers={"Accept": _ACCEPT_STORED})
+        response = self._client._http_get(url, headers={"Accept": _ACCEPT_STORED}, stream=True)
+        response._content = self._bounded_body(response)  # what the decoding below reads
         if response.headers.get("Content-Type", "").startswith("application/dicom"):
             return [response.content]  # a server that sends the part bare (tolerated by the client too)
         return list(self._client._decode_multipart_message(response, stream=False))
+
+    def _bounded_body(self, response: Any) -> bytes:
+        """The answer's body, at most the file size limit: refused before reading when its declared
+        length is larger, cut off when more arrives than that (memory bounded either way)."""
+        limit = self.max_member_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            response.close()
+            raise _TooLargeError(str(too_large(int(declared), limit)))
+        body = bytearray()
+        for chunk in response.iter_content(1 << 20):
+            body += chunk
+            if len(body) > limit:
+                response.close()
+                raise _TooLargeError(str(too_large(len(body), limit)).replace(" bytes", " bytes or more", 1))
+        return bytes(body)
 
     def fetch(self, entry: Entry) -> ReadItem:
         """One instance: settled (mtime 0.0) once fetched for good or found corrupt; a passing failure
@@ -481,6 +504,10 @@ class DicomWebArchive:
                                    "fetches in a row failed): everything fetched so far is kept; rerun to "
                                    "continue") from exc
             return Entry(entry.path, 0, None), OSError(f"{exc}; it will be fetched again next run")
+        except _TooLargeError as exc:
+            with self._lock:
+                self._consecutive_unreachable = 0
+            return Entry(entry.path, 0, None), OSError(str(exc))
         except _GoneError as exc:
             if self._study_gone(study):
                 return Entry(entry.path, 0, None), OSError("the study was removed from the PACS during the run")
@@ -590,7 +617,7 @@ def _short(exc: BaseException) -> str:
 
 
 def _open(location: str, options: SourceOptions) -> DicomWebArchive:
-    return DicomWebArchive(location, options.dicomweb, options.query)
+    return DicomWebArchive(location, options.dicomweb, options.query, max_member_bytes=options.max_member_bytes)
 
 
 KIND = SourceKind("dicomweb", is_dicomweb, _open, priority=10)

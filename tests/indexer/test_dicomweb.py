@@ -367,3 +367,60 @@ def test_query_options_are_checked():
                       ((None, (), ("StudyDescription",)), "KEY=VALUE")]:
         with pytest.raises(IndexerError, match=says):
             build_query(*bad)
+
+
+def test_instances_over_the_size_limit_are_refused_before_their_body_is_read(orthanc: Orthanc, proxy: Proxy):
+    """MEDSEARCH_MAX_FILE_BYTES bounds a PACS download as it bounds a file: refused from the declared
+    length, and fetched again by a run with a higher limit (nothing is settled)."""
+    for data in synthetic_study(date(2024, 5, 5), 2, seed=41):
+        orthanc.upload(data)
+    small = DicomWebArchive("dicomweb+" + proxy.dicomweb, FAST, max_member_bytes=4096)
+    entries = small.entries()
+    assert len(entries) == 2
+    for entry in entries:
+        refused, error = small.fetch(entry)
+        assert isinstance(error, OSError) and "MEDSEARCH_MAX_FILE_BYTES" in str(error), error
+        assert refused.mtime is None  # not settled: a later run with a larger limit fetches it
+        with pytest.raises(OSError, match="exceed the limit of 4096"):
+            small.read(entry.path)
+    assert small.stats.bytes_fetched == 0 and small.stats.instances_fetched == 0
+    large = DicomWebArchive("dicomweb+" + proxy.dicomweb, FAST)
+    assert all(isinstance(large.fetch(entry)[1], bytes) for entry in entries)
+
+
+def test_a_chunked_answer_is_cut_off_at_the_limit():
+    """A server that declares no length and sends without end: reading stops past the limit."""
+    import http.server
+
+    sent = []
+
+    class Endless(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"\0" * 65536
+            try:
+                for _ in range(4096):  # 256 MiB if nobody stopped reading
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    sent.append(len(chunk))
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        archive = DicomWebArchive(f"dicomweb+http://127.0.0.1:{server.server_address[1]}/dicom-web", FAST,
+                                  max_member_bytes=1 << 20)
+        with pytest.raises(OSError, match=r"or more exceed the limit of 1048576 \(setting MEDSEARCH_MAX_FILE_BYTES"):
+            archive.read("studies/1.2/series/3.4/instances/5.6")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sum(sent) < 64 << 20  # the reader hung up long before the server's 256 MiB
