@@ -95,7 +95,7 @@ def build_service(settings: Settings, encoder: Encoder | None = None, index: Ope
         render = replace(render, reduce_to=encoder.decode_side)
     files = ImageFiles(render, dicomweb=settings.dicomweb_config(),
                        max_upload_pixels=settings.max_upload_pixels, decode_slots=settings.decode_slots,
-                       preview_cache_size=settings.preview_cache_size)
+                       preview_cache_size=settings.preview_cache_size, max_file_bytes=settings.max_file_bytes)
     pending = repository.reports_pending()
     if pending:
         logger.warning("%d images' reports are not yet in the report index (a run or `medsearch-index verify "

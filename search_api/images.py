@@ -21,6 +21,7 @@ from core.dicom import RenderOptions, check_window_option, modality_values
 from core.errors import ImageError, MedsearchError
 from core.images import LoadedImage, load_image_bytes, load_image_frames
 from core.sources import Source, SourceOptions, open_source
+from core.sources.base import MAX_MEMBER_BYTES
 from core.sources.dicomweb import DicomWebConfig, is_dicomweb
 from search_api.errors import FieldError, PreviewError
 from search_api.lru import LRUCache
@@ -54,10 +55,12 @@ def png(pixels: np.ndarray, size: int) -> bytes:
 
 class ImageFiles:
     def __init__(self, render: RenderOptions, *, dicomweb: DicomWebConfig | None = None,
-                 max_upload_pixels: int | None = None, decode_slots: int = 2, preview_cache_size: int = 256) -> None:
+                 max_upload_pixels: int | None = None, decode_slots: int = 2, preview_cache_size: int = 256,
+                 max_file_bytes: int = MAX_MEMBER_BYTES) -> None:
         self.render = replace(render, reduce_to=0)  # what is shown: full resolution
         self.indexed_render = render  # what the model saw (reduced decoding where the index was made so)
         self.dicomweb = dicomweb
+        self.max_file_bytes = max_file_bytes  # files, archive members and PACS instances read back
         upload_limit = min(render.max_pixels, max_upload_pixels or render.max_pixels)
         self.upload_render = replace(render, max_pixels=upload_limit, limit_setting="MEDSEARCH_MAX_UPLOAD_PIXELS")
         # decoding costs ~34 bytes per pixel at its peak: at most this many decodes (uploads, previews) at once
@@ -90,7 +93,7 @@ class ImageFiles:
     def _source(self, key: str) -> Source:
         """The source an image was recorded from; a PACS is opened once (it keeps its connections),
         files afresh each time (a zip may have been replaced)."""
-        options = SourceOptions(dicomweb=self.dicomweb)
+        options = SourceOptions(max_member_bytes=self.max_file_bytes, dicomweb=self.dicomweb)
         if not is_dicomweb(key):
             return open_source(key, options)
         with self._sources_lock:
