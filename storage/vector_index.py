@@ -21,6 +21,7 @@ import numpy as np
 
 from storage.errors import DimensionMismatchError, StorageError
 from storage.layout import write_atomically
+from storage.ondisk_path import relocated
 from storage.search_effort import Effort, Efforts, QueryKind
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ class VectorIndex:
                 start = len(MAGIC) + 4
                 header = json.loads(data[start:start + length])
                 data = data[start + length:]
+            data = relocated(data, path.parent)  # on-disk lists: the file beside this one
             index = cls(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)))
             if header.get("efforts") is not None:
                 index.efforts = Efforts.from_json(header["efforts"])

@@ -47,3 +47,35 @@ def test_merged_on_disk_equals_in_memory(tmp_path: Path):
         assert store.ntotal == len(ids) - len(removed) and store.verify() == []
         hits = {i for row in store.search(vectors[:200], 50) for i, _ in row}
         assert hits and not hits & set(removed)
+
+
+def test_a_copied_and_a_moved_folder_open_their_own_lists(tmp_path: Path):
+    """The lists' file is found beside the index file, not at the path it was merged at: a copy answers
+    the same after the original folder is gone, and so does the original moved elsewhere."""
+    import shutil
+
+    db, vectors, _ = fill(tmp_path / "db")
+    with open_index(db) as (store, repository):
+        trained, plan = train_empty(repository, DIM, "ivf", 8 * 1024**3)
+        shards = [tmp_path / f"shard-{n}.index" for n in range(2)]
+        for (low, high), path in zip(id_ranges(repository.embedding_ids(), 2), shards, strict=True):
+            fill_shard(repository, trained.raw_bytes(), DIM, low, high, path)
+        merged, ivfdata = merge_shards(trained, shards, db)
+        store.adopt(merged, plan.kind)
+    queries = vectors[::53] + 0.01
+    with open_index(db, read_only=True) as (store, _):
+        expected = store.search(queries, 10)
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(db, copy)
+    moved = tmp_path / "moved"
+    db.rename(moved)  # the original path exists no more
+    for folder in (copy, moved):
+        with open_index(folder, read_only=True) as (store, _):
+            assert store.index_kind == "ivf" and store.verify() == []
+            assert store.search(queries, 10) == expected
+    shutil.rmtree(moved)  # the copy never depended on the original's lists
+    with open_index(copy) as (store, repository):
+        assert store.search(queries, 10) == expected
+        removed = store.remove_sources(repository.select_source_ids(Selection(path_prefix="img1")))
+        assert removed and store.verify() == []
+    assert not (tmp_path / "db").exists() and ivfdata.name in {p.name for p in copy.rglob("*.ivfdata")}
