@@ -64,11 +64,19 @@ demo: $(STAMP) $(SAMPLE) $(if $(filter 1,$(OFFLINE)),$(RANDOM_MODEL)/config.json
 	$(VENV)/bin/medsearch-api serve --db $(DEMO_DB) --host $(HOST) --port $(PORT) --open
 
 BASE_MODEL := data/random-base
+GRID_MODEL := data/random-medsiglip-grid
+MEDSIGLIP_MODEL := data/random-medsiglip
 
 $(BASE_MODEL)/config.json: | $(STAMP)
 	$(VENV)/bin/medsearch-index random-model $(BASE_MODEL) --shape base
 
-bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json ## Benchmarks: bench/results/*.json, SUMMARY.md, plots (~60 min; the search bench ~30)
+$(GRID_MODEL)/config.json: | $(STAMP)
+	$(VENV)/bin/medsearch-index random-model $(GRID_MODEL) --shape medsiglip-grid
+
+$(MEDSIGLIP_MODEL)/config.json: | $(STAMP)
+	$(VENV)/bin/medsearch-index random-model $(MEDSIGLIP_MODEL) --shape medsiglip
+
+bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json $(GRID_MODEL)/config.json $(MEDSIGLIP_MODEL)/config.json ## Benchmarks: bench/results/*.json, SUMMARY.md, plots (~60 min; the search bench ~30)
 	$(PIP) install --quiet -e ".[bench]"
 	rm -f bench/results/*.json bench/results/*.png bench/results/SUMMARY.md
 	$(PY) -m bench.search_bench --sizes 200000,1000000
@@ -81,6 +89,7 @@ bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json 
 	else echo "bench: Orthanc is not installed (apt-get install orthanc orthanc-dicomweb): PACS bench skipped"; fi
 	$(PY) -m bench.report_bench --reports 1000000 --no-postgres
 	$(PY) -m bench.report_bench --reports 100000
+	$(PY) -m bench.explain_bench --models $(RANDOM_MODEL),$(GRID_MODEL) --timing-only $(BASE_MODEL),$(MEDSIGLIP_MODEL)
 	$(PY) -m bench.report
 
 clean: ## Remove the virtual environment and generated demo data

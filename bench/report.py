@@ -137,6 +137,28 @@ def pacs_section(results: list[dict], lines: list[str]) -> None:
     lines.append("")
 
 
+def explain_section(explain: dict, lines: list[str]) -> None:
+    lines += ["## Relevance maps", "", "Seconds per map on this machine's device; faithfulness over real DICOM "
+              "image/query pairs: areas under the deletion (lower is better) and insertion (higher is better) "
+              "curves beside random masking orders, and Spearman's correlation of the gradient map with occlusion.",
+              "", "| model | grid | gradient p50 s | occlusion p50 s (passes) | map | deletion (random) | insertion "
+              "(random) | wins del/ins | rho vs occlusion |", "|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    for r in explain["rows"]:
+        estimated = " (est.)" if r.get("occlusion_estimated") else ""
+        head = (f"| {r['model']} | {r['grid'][0]}x{r['grid'][1]} | {r['p50_s_gradient']:.3f} | "
+                f"{r['p50_s_occlusion']:.2f}{estimated} ({r['occlusion_passes']}) |")
+        if "faithfulness" not in r:
+            lines.append(head + " - | - | - | - | - |")
+            continue
+        for name, f in r["faithfulness"].items():
+            rho = r["spearman_gradient_occlusion"] if name == "gradient" else ""
+            lines.append(f"{head} {name} | {f['deletion']:.4f} ({f['random_deletion']:.4f}) | "
+                         f"{f['insertion']:.4f} ({f['random_insertion']:.4f}) | "
+                         f"{f['deletion_wins']:.2f}/{f['insertion_wins']:.2f} | {rho} |")
+            head = "| | | | |"
+    lines.append("")
+
+
 def main() -> None:
     lines = ["# medsearch benchmarks", ""]
     machine = None
@@ -157,6 +179,9 @@ def main() -> None:
     if pacs:
         machine = machine or pacs[0]["machine"]
         pacs_section(pacs, lines)
+    if explain := load("explain"):
+        machine = machine or explain["machine"]
+        explain_section(explain, lines)
     if machine:
         lines[1:1] = ["", f"{machine['date']}, {machine['cores']} cores ({machine['cpu']}), Python "
                       f"{machine['python']}, " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)

@@ -22,10 +22,13 @@ import os
 import pickle
 import socket
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import numpy as np
 
 from core.deid import pseudonym
 from core.device import CPU_BATCH
@@ -45,6 +48,7 @@ from storage.repository import Repository
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
+RECENT_BYTES = 256 * 1024**2  # of vectors an encoding actor keeps, to encode repeated pixels once
 EXTRA = 'the Ray engine needs the "ray" extra: pip install -e ".[ray]" (or pip install "medsearch[ray]")'
 
 
@@ -164,19 +168,37 @@ class EncodeUnits:
                                "same model files")
         self.shard_dir, self.digest = Path(shard_dir), digest
         self.batches = BatchEncoder(self.encoder, batch_size or self.encoder.suggest_batch_size())
+        # pixels this actor encoded lately: repeated pixels (copies, the same image in several studies)
+        # are encoded once, as the local engine does; bounded to RECENT_BYTES of vectors
+        self.recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.recent_size = max(1024, RECENT_BYTES // (4 * max(1, self.encoder.dim)))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        done: dict[str, list[Any]] = {"unit_id": [], "shard": [], "frames": []}
+        done: dict[str, list[Any]] = {"unit_id": [], "shard": [], "frames": [], "encoded": []}
         for packed_unit, packed_outcomes in zip(batch["unit"], batch["outcomes"], strict=True):
             unit: WorkUnit = pickle.loads(packed_unit)
             outcomes: list[Outcome] = pickle.loads(packed_outcomes)
             frames = [frame for outcome in outcomes for frame in outcome.frames]
-            vectors = self.batches.encode(frames)
+            vectors, encoded = self._vectors(frames)
             path = write_shard(self.shard_dir, unit, self.digest, self.encoder.fingerprint, outcomes, vectors)
             done["unit_id"].append(unit.unit_id)
             done["shard"].append(str(path))
             done["frames"].append(len(frames))
+            done["encoded"].append(encoded)
         return done
+
+    def _vectors(self, frames: list[Any]) -> tuple[np.ndarray, int]:
+        """The frames' vectors, encoding each distinct pixels not encoded lately once."""
+        fresh = list({frame.pixel_sha256: frame for frame in frames if frame.pixel_sha256 not in self.recent}.values())
+        for frame, vector in zip(fresh, self.batches.encode(fresh), strict=True):
+            self.recent[frame.pixel_sha256] = vector
+        for frame in frames:
+            self.recent.move_to_end(frame.pixel_sha256)
+        vectors = np.stack([self.recent[frame.pixel_sha256] for frame in frames]) if frames else np.zeros(
+            (0, self.encoder.dim), dtype=np.float32)
+        while len(self.recent) > self.recent_size:
+            self.recent.popitem(last=False)
+        return vectors, len(fresh)
 
 
 # -- the driver ------------------------------------------------------------------------------------------
@@ -280,7 +302,7 @@ class RayEngine:
                         run.writer.add(outcome)
                     run.writer.flush(shard.unit_id)
                     Path(row["shard"]).unlink(missing_ok=True)
-                    encoded += int(row["frames"])
+                    encoded += int(row["encoded"])
                     bar.advance(len(shard.outcomes))
                     bar.note(indexed=run.result.indexed, failed=run.result.failed)
                 run.result.encoded = encoded

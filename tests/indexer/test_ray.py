@@ -249,3 +249,23 @@ def test_build_index_on_ray_merges_on_disk_and_the_api_serves_it(ray_cluster: Ra
             exact = ids[np.argsort(-(vectors @ encoder.encode_texts([query])[0]), kind="stable")[:5]]
             assert [r["image_id"] for r in found] == exact.tolist()
     service.close()
+
+
+def test_repeated_pixels_are_encoded_once_as_on_the_local_engine(ray_cluster: RayCluster, tiny_model_dir: Path,
+                                                                  tmp_path: Path):
+    """Copies of the same pixels (the same file under other names, in other patients' folders) across
+    several work units: the Ray engine encodes each distinct pixels once, as the local engine does."""
+    import shutil
+
+    archive = tmp_path / "copies"
+    for n in range(4):
+        for name in ("CT_small.dcm", "MR_small.dcm"):
+            (archive / f"copy{n}").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(pydicom_test_files() / name, archive / f"copy{n}" / name)
+    local = index(archive, tmp_path / "local", tiny_model_dir)
+    remote = index(archive, tmp_path / "ray", tiny_model_dir, *on_ray(ray_cluster, "--ray-unit-files", "2",
+                                                                     "--ray-encoders", "1"))
+    assert local.returncode == remote.returncode == 0, remote.stderr
+    counts = [int(run.stdout.split(" new images (")[1].split(" encoded")[0]) for run in (local, remote)]
+    assert counts == [2, 2]  # two distinct pixels, eight files in four units
+    assert_same(tmp_path / "local", tmp_path / "ray")

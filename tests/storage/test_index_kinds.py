@@ -83,3 +83,21 @@ def test_filtered_top_k_equals_brute_force_filtered_top_k(kind: str, tmp_path: P
         order = np.argsort(-scores, kind="stable")[:15]
         assert [h for h, _ in hits] == [int(allowed[i]) for i in order]  # exact, and always k of them
         assert [s for _, s in hits] == pytest.approx(list(scores[order]), abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_copied_folder_of_each_kind_opens_and_answers_the_same(kind: str, tmp_path: Path):
+    """Backups and moves: the folder copied elsewhere, the original gone, opens as it is (no stored path
+    points back at it: tests/storage/test_ondisk.py covers the on-disk lists) and answers the same."""
+    import shutil
+
+    db, vectors, _ = fill(tmp_path / "db")
+    with open_index(db) as (store, _repository):
+        store.build_index(kind)
+        expected = store.search(vectors[::101], 10)
+    copy = tmp_path / "restored" / "db"
+    shutil.copytree(db, copy)
+    shutil.rmtree(db)
+    with open_index(copy, read_only=True) as (store, _repository):
+        assert store.index_kind == kind and store.verify() == []
+        assert store.search(vectors[::101], 10) == expected
