@@ -100,22 +100,22 @@ def _axis(count: int, cells: int, start: float, cell: float, file_size: int) -> 
 
 
 def overlay_pixels(values: np.ndarray, where: Placement, size: int) -> np.ndarray:
-    """(h, w, 4) uint8 RGBA: the map's positive part, bilinear between cell centres, scaled to its
-    maximum, on a transparent ground, at the preview's size for `size`."""
+    """(h, w, 4) uint8 RGBA: the map bilinear between cell centres, scaled from its least relevant
+    patch (transparent) to its most relevant (opaque white-yellow), at the preview's size for `size`."""
     out_w, out_h = thumbnail_size(where.width, where.height, size)
     ylow, yhigh, yw, yin = _axis(out_h, where.rows, where.y0, where.cell_height, where.height)
     xlow, xhigh, xw, xin = _axis(out_w, where.cols, where.x0, where.cell_width, where.width)
     grid = np.asarray(values, dtype=np.float32)
     by_row = grid[ylow] * (1 - yw)[:, None] + grid[yhigh] * yw[:, None]  # (out_h, cols)
     smooth = by_row[:, xlow] * (1 - xw)[None, :] + by_row[:, xhigh] * xw[None, :]
-    top = float(grid.max())
-    level = np.clip(smooth / top, 0, 1) if top > 0 else np.zeros_like(smooth)
+    low, top = float(grid.min()), float(grid.max())
+    level = np.clip((smooth - low) / (top - low), 0, 1) if top > low else np.zeros_like(smooth)
     level *= (yin[:, None] & xin[None, :])
     rgba = np.empty((out_h, out_w, 4), dtype=np.uint8)  # a "hot" ramp: red, then yellow, then white
     rgba[..., 0] = np.clip(level * 3, 0, 1) * 255
     rgba[..., 1] = np.clip(level * 3 - 1, 0, 1) * 255
     rgba[..., 2] = np.clip(level * 3 - 2, 0, 1) * 255
-    rgba[..., 3] = level ** 1.5 * 210  # the peaks stand out; the low ground stays see-through
+    rgba[..., 3] = level ** 2 * 220  # the peaks stand out; the rest stays see-through
     return rgba
 
 

@@ -54,7 +54,8 @@ class ExplainResponse(BaseModel):
     seconds: float
     cached: bool
     overlay_size: tuple[int, int] = Field(description="(width, height) of the overlay: the preview's at `size`.")
-    overlay_png: str = Field(description="Base64 PNG (RGBA): the positive part of the map, to lay over "
+    overlay_png: str = Field(description="Base64 PNG (RGBA): the map from its least (transparent) to its most "
+                             "relevant patch (opaque), to lay over "
                              "GET /images/{id}/preview at the same size.")
     warning: str | None = None
 

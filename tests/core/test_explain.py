@@ -49,14 +49,14 @@ def test_gradient_map_beats_random_masking_on_real_dicom(model: str, encoder: HF
     chosen = encoder if model == "tiny" else grid_encoder
     explainer = Explainer.of(chosen)
     queries = chosen.encode_texts(TEXTS)
-    images = real_dicom(24)
-    assert len(images) >= 20
+    images = real_dicom(20)
+    assert len(images) == 20
     found, flipped = [], []
     for n, pixels in enumerate(images):
         model_image = chosen.preprocess([pixels])[0]
         grid = explainer.gradient(model_image, queries[n % len(TEXTS)])
         assert grid.values.shape == (explainer.rows, explainer.cols) and grid.passes == 1
-        found.append(curves(explainer, model_image, queries[n % len(TEXTS)], grid.values))
+        found.append(curves(explainer, model_image, queries[n % len(TEXTS)], grid.values, random_orders=1))
         flipped.append(curves(explainer, model_image, queries[n % len(TEXTS)], -grid.values, steps=8, random_orders=1))
     summary = summarise(found)
     assert summary.deletion_margin >= MARGIN and summary.insertion_margin >= MARGIN, summary

@@ -116,8 +116,10 @@ def test_relevance_map_over_a_case_for_the_text_query(page, tmp_path: Path):
     its opacity changed, then off; a screenshot a person looks at (make screenshots)."""
     page.fill("#query", "chest ct")
     page.press("#query", "Enter")
-    page.wait_for_selector(".result")
-    page.locator(".result").first.click()
+    page.fill("#k", "100")
+    page.press("#query", "Enter")
+    page.wait_for_selector('.result[data-path="dicom/CT_small.dcm"]')
+    page.locator('.result[data-path="dicom/CT_small.dcm"]').click()  # a CT slice, for the screenshot
     page.wait_for_selector("#case", state="visible")
     viewer = page.locator("#viewer-main")
     viewer.locator(".map-toggle").click()
