@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,23 +25,10 @@ from bench.common import RESULTS, machine
 from core.encoder import HFEncoder
 from core.explain import Explainer, occlusion_window
 from core.faithfulness import curves, rank_correlation, summarise
-from core.images import load_image_file
-from indexer.sample import pydicom_test_files
+from indexer.sample import decodable_test_images
 
 TEXTS = ["chest x-ray pleural effusion", "brain mri", "ct liver mass", "knee fracture"]
 DEFAULT_PASSES = 257  # search_api/explaining.py's default occlusion budget
-
-
-def real_dicom(count: int) -> list[np.ndarray]:
-    images = []
-    for path in sorted(Path(pydicom_test_files()).glob("*.dcm")):
-        try:
-            images.append(load_image_file(path).pixels)
-        except Exception:
-            continue
-        if len(images) == count:
-            break
-    return images
 
 
 def p50(seconds: list[float]) -> float:
@@ -53,7 +39,7 @@ def bench_model(path: str, pairs: int, repeat: int, timing_only: bool) -> dict[s
     encoder = HFEncoder.load(path, local_files_only=True)
     explainer = Explainer.of(encoder)
     window = occlusion_window(explainer.rows, explainer.cols, DEFAULT_PASSES)
-    images = real_dicom(max(pairs, repeat))
+    images = decodable_test_images(max(pairs, repeat))
     queries = encoder.encode_texts(TEXTS)
     model_images = [encoder.preprocess([pixels])[0] for pixels in images]
     row: dict[str, Any] = {"model": path, "input": [explainer.input.height, explainer.input.width],

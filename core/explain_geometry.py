@@ -21,7 +21,8 @@ from core.model_input import ModelInput
 
 @dataclass(frozen=True)
 class Placement:
-    """The grid on the file's pixels (file pixels are the original frame's columns and rows)."""
+    """The grid on the file's pixels: cell (r, c) covers x in [x0 + c * cell_width, x0 + (c + 1) *
+    cell_width) and y in [y0 + r * cell_height, ...) of the original frame of width x height."""
 
     rows: int
     cols: int

@@ -74,6 +74,22 @@ def pydicom_test_files() -> Path:
     return Path(str(path)).parent
 
 
+def decodable_test_images(count: int) -> list[np.ndarray]:
+    """The first `count` of pydicom's own test files that decode (as RGB pixels, in name order): real
+    images for checks of the model's maps (tests, bench/explain_bench.py); the set holds broken ones."""
+    from core.images import load_image_file
+
+    images = []
+    for path in sorted(pydicom_test_files().glob("*.dcm")):
+        try:
+            images.append(load_image_file(path).pixels)
+        except ImageError:
+            continue
+        if len(images) == count:
+            break
+    return images
+
+
 def pydicom_data_files() -> Path | None:
     try:
         import data_store  # the pydicom-data package

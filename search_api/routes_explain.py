@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from core.explain import METHODS
-from core.explain_geometry import overlay_png, thumbnail_size
+from core.explain_geometry import Placement, overlay_png, thumbnail_size
 from search_api.auth import PreviewAudit
 from search_api.deps import ServiceDep, SettingsDep
 from search_api.errors import FieldError
@@ -26,20 +26,6 @@ from search_api.views import model_info
 router = APIRouter(tags=["images"])
 
 
-class PlacementOut(BaseModel):
-    """Grid cell (r, c) covers the file's pixels x in [x0 + c * cell_width, x0 + (c + 1) * cell_width),
-    y in [y0 + r * cell_height, y0 + (r + 1) * cell_height); the file frame is width x height."""
-
-    rows: int
-    cols: int
-    x0: float
-    y0: float
-    cell_width: float
-    cell_height: float
-    width: int
-    height: int
-
-
 class ExplainResponse(BaseModel):
     image_id: int
     frame: int
@@ -49,7 +35,7 @@ class ExplainResponse(BaseModel):
     score: float = Field(description="The pair's cosine similarity, as the model scores it.")
     values: list[list[float]] = Field(description="The map, row by row from the top: the score's sensitivity "
                                       "to each patch (> 0: the patch raises the score).")
-    placement: PlacementOut
+    placement: Placement
     passes: int = Field(description="Image forward passes the map took.")
     seconds: float
     cached: bool
@@ -115,7 +101,7 @@ async def explain(
     return ExplainResponse(
         image_id=image_id, frame=found.frame, query=_kind(text, query_image_id), method=found.grid.method,  # type: ignore[arg-type]
         window=found.window, score=found.grid.score, values=found.grid.values.round(6).tolist(),
-        placement=PlacementOut.model_validate(where.to_dict()), passes=found.grid.passes,
+        placement=where, passes=found.grid.passes,
         seconds=round(found.grid.seconds, 4),
         cached=found.cached, overlay_size=thumbnail_size(where.width, where.height, size),
         overlay_png=base64.b64encode(overlay).decode(), warning=model_info(service).warning)

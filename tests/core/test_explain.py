@@ -4,7 +4,6 @@ where the marked pixels are in the file (portrait, landscape, a multi-frame file
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +15,9 @@ from core.encoder import HFEncoder, l2_normalise
 from core.explain import Explainer, ExplainError
 from core.explain_geometry import overlay_pixels, placement, thumbnail_size
 from core.faithfulness import curves, rank_correlation, summarise
-from core.images import load_image_file, load_image_frames
+from core.images import load_image_frames
 from core.random_model import build_random_siglip
-from indexer.sample import pydicom_test_files
+from indexer.sample import decodable_test_images
 
 TEXTS = ["chest x-ray pleural effusion", "brain mri", "ct liver mass", "knee fracture"]
 MARGIN = 0.02  # cosine x fraction of patches: the map's areas beat random orders' by at least this on average
@@ -31,25 +30,12 @@ def grid_encoder(tmp_path_factory: pytest.TempPathFactory) -> HFEncoder:
     return HFEncoder.load(str(build_random_siglip(tmp_path_factory.mktemp("grid") / "m", "medsiglip-grid")))
 
 
-def real_dicom(count: int) -> list[np.ndarray]:
-    """Decoded real files shipped with pydicom (and pydicom-data where installed), those that decode."""
-    images = []
-    for path in sorted(Path(pydicom_test_files()).glob("*.dcm")):
-        try:
-            images.append(load_image_file(path).pixels)
-        except Exception:
-            continue
-        if len(images) == count:
-            break
-    return images
-
-
 @pytest.mark.parametrize("model", ["tiny", "grid"])
 def test_gradient_map_beats_random_masking_on_real_dicom(model: str, encoder: HFEncoder, grid_encoder: HFEncoder):
     chosen = encoder if model == "tiny" else grid_encoder
     explainer = Explainer.of(chosen)
     queries = chosen.encode_texts(TEXTS)
-    images = real_dicom(20)
+    images = decodable_test_images(20)
     assert len(images) == 20
     found, flipped = [], []
     for n, pixels in enumerate(images):
@@ -69,7 +55,7 @@ def test_gradient_map_agrees_with_occlusion(encoder: HFEncoder):
     explainer = Explainer.of(encoder)
     queries = encoder.encode_texts(TEXTS)
     correlations = []
-    for n, pixels in enumerate(real_dicom(20)):
+    for n, pixels in enumerate(decodable_test_images(20)):
         model_image = encoder.preprocess([pixels])[0]
         fast = explainer.gradient(model_image, queries[n % len(TEXTS)])
         slow = explainer.occlusion(model_image, queries[n % len(TEXTS)])
