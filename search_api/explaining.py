@@ -69,12 +69,13 @@ class Explanations:
     def explain(self, image: StoredImage, query: ExplainQuery, method: str, window: int | None = None,
                 frame: int | None = None) -> Explanation:
         explainer = self.explainer
-        index = self.files.frame_of(image, frame)
+        index = self.files.frame_of(image, frame, ("body", "frame"))
         if method == "occlusion":
             window = window or occlusion_window(explainer.rows, explainer.cols, DEFAULT_OCCLUSION_PASSES)
-            if window > max(explainer.rows, explainer.cols):
+            largest = max(explainer.rows, explainer.cols)
+            if window > largest:
                 raise FieldError(422, ("body", "window"), f"the model's grid is {explainer.rows} x {explainer.cols} "
-                                 f"patches: a window of {window} is larger", "invalid_window")
+                                 f"patches: a window of {window} is larger (give 1 to {largest})", "invalid_window")
         else:
             window = None
         key = (image.id, index, query.kind, query.key, method, window, self.encoder.fingerprint.key)

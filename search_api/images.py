@@ -115,13 +115,13 @@ class ImageFiles:
                                ("path", "image_id")) from exc
 
     @staticmethod
-    def frame_of(image: StoredImage, frame: int | None) -> int:
-        """The frame asked for (default: the one indexed); 422 past the image's frames."""
+    def frame_of(image: StoredImage, frame: int | None, loc: tuple[str, str] = ("query", "frame")) -> int:
+        """The frame asked for (default: the one indexed); 422 past the image's frames (naming `loc`)."""
         if frame is None:
             return image.sources[0].frame_index
         count = image.metadata.frames or 1
         if frame >= count:
-            raise FieldError(422, ("query", "frame"), f"the image has {count} frame{'s' if count > 1 else ''} "
+            raise FieldError(422, loc, f"the image has {count} frame{'s' if count > 1 else ''} "
                              f"(0 to {count - 1})", "no_such_frame")
         return frame
 

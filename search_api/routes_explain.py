@@ -55,7 +55,8 @@ def _query(service: SearchService, text: str | None, query_image_id: int | None,
     if text is not None:
         return ExplainQuery("text", text, service.text_vector(text))
     if query_image_id is not None:
-        service.require_image(query_image_id)
+        if service.get_image(query_image_id) is None:
+            raise FieldError(404, ("body", "query_image_id"), f"no image with id {query_image_id}", "not_found")
         return ExplainQuery("image", str(query_image_id), service.image_vector(query_image_id))
     assert data is not None
     loaded = service.load_query_image(data, "uploaded file")
