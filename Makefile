@@ -66,6 +66,9 @@ demo: $(STAMP) $(SAMPLE) $(if $(filter 1,$(OFFLINE)),$(RANDOM_MODEL)/config.json
 BASE_MODEL := data/random-base
 GRID_MODEL := data/random-medsiglip-grid
 MEDSIGLIP_MODEL := data/random-medsiglip
+WIDE_MODEL := data/random-wide
+# the scale bench's archive sizes (256-d); add 1000000,10000000 where the machine has the hours and ~40 GB
+SCALE_SIZES ?= 10000,30000,100000
 
 $(BASE_MODEL)/config.json: | $(STAMP)
 	$(VENV)/bin/medsearch-index random-model $(BASE_MODEL) --shape base
@@ -73,10 +76,13 @@ $(BASE_MODEL)/config.json: | $(STAMP)
 $(GRID_MODEL)/config.json: | $(STAMP)
 	$(VENV)/bin/medsearch-index random-model $(GRID_MODEL) --shape medsiglip-grid
 
+$(WIDE_MODEL)/config.json: | $(STAMP)
+	$(VENV)/bin/medsearch-index random-model $(WIDE_MODEL) --shape wide
+
 $(MEDSIGLIP_MODEL)/config.json: | $(STAMP)
 	$(VENV)/bin/medsearch-index random-model $(MEDSIGLIP_MODEL) --shape medsiglip
 
-bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json $(GRID_MODEL)/config.json $(MEDSIGLIP_MODEL)/config.json ## Benchmarks: bench/results/*.json, SUMMARY.md, plots (~60 min; the search bench ~30)
+bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json $(GRID_MODEL)/config.json $(MEDSIGLIP_MODEL)/config.json $(WIDE_MODEL)/config.json ## Benchmarks: bench/results/*.json, SUMMARY.md, plots (~60 min; the search bench ~30)
 	$(PIP) install --quiet -e ".[bench]"
 	rm -f bench/results/*.json bench/results/*.png bench/results/SUMMARY.md
 	$(PY) -m bench.search_bench --sizes 200000,1000000
@@ -90,6 +96,7 @@ bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json 
 	$(PY) -m bench.report_bench --reports 1000000 --no-postgres
 	$(PY) -m bench.report_bench --reports 100000
 	$(PY) -m bench.explain_bench --models $(RANDOM_MODEL),$(GRID_MODEL) --timing-only $(BASE_MODEL),$(MEDSIGLIP_MODEL)
+	$(PY) -m bench.scale --model $(WIDE_MODEL) --sizes $(SCALE_SIZES)
 	$(PY) -m bench.report
 
 clean: ## Remove the virtual environment and generated demo data

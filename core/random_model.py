@@ -14,7 +14,7 @@ from typing import Literal
 
 from core.model_files import RANDOM_WEIGHTS_MARKER
 
-Shape = Literal["tiny", "base", "medsiglip", "medsiglip-grid"]
+Shape = Literal["tiny", "base", "medsiglip", "medsiglip-grid", "wide"]
 
 VOCABULARY = """a an the of with without and no photo image scan chest x-ray ct mri ultrasound brain lung liver
 knee shoulder heart fracture nodule effusion pneumonia normal left right pleural mass"""
@@ -25,7 +25,8 @@ def build_random_siglip(out_dir: str | Path, shape: Shape = "tiny", seed: int = 
     """Write a random SigLIP to `out_dir`. 'tiny': ~52k parameters, 32 px, 32-d; 'base': SigLIP-B/16's
     architecture (~200M parameters, 224 px, 768-d); 'medsiglip': MedSigLIP-448's architecture (878M
     parameters, 448 px, 1152-d); 'medsiglip-grid': MedSigLIP-448's input geometry (448 px, 14-px patches: a
-    32 x 32 grid) at a tiny width and depth (~0.2M parameters), for tests of where relevance maps land."""
+    32 x 32 grid) at a tiny width and depth (~0.2M parameters), for tests of where relevance maps land; 'wide':
+    256-d embeddings at 32 px and one layer, for the scale bench's synthetic archives."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, SiglipConfig, SiglipModel, SiglipProcessor
@@ -51,6 +52,8 @@ def build_random_siglip(out_dir: str | Path, shape: Shape = "tiny", seed: int = 
         width, mlp, layers, heads, image, patch = 64, 128, 2, 2, 448, 14
     elif shape == "base":
         width, mlp, layers, heads, image, patch = 768, 3072, 12, 12, 224, 16
+    elif shape == "wide":
+        width, mlp, layers, heads, image, patch = 256, 512, 1, 4, 32, 16
     else:
         width, mlp, layers, heads, image, patch = 32, 64, 2, 2, 32, 8
     text = dict(vocab_size=len(WORDS), hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers,

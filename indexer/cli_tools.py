@@ -131,10 +131,10 @@ def contact_sheet(archive: Path, out: Path, window: str | None, frames: str | No
 
 @click.command("random-model")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--shape", type=click.Choice(["tiny", "base", "medsiglip", "medsiglip-grid"]), default="tiny",
+@click.option("--shape", type=click.Choice(["tiny", "base", "medsiglip", "medsiglip-grid", "wide"]), default="tiny",
               show_default=True, help="tiny: 32-d, 32 px, for tests; base: SigLIP-B/16's architecture; medsiglip: "
               "MedSigLIP-448's architecture (878M parameters), for benchmarks; medsiglip-grid: MedSigLIP's 448-px, "
-              "32 x 32-patch input at a tiny width (relevance-map tests).")
+              "32 x 32-patch input at a tiny width (relevance-map tests); wide: 256-d, 32 px (the scale bench).")
 def random_model(out: Path, shape: str) -> None:
     """Write a SigLIP with RANDOM weights to OUT, for offline demos and tests only.
 

@@ -20,6 +20,7 @@ import logging
 import re
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -35,6 +36,7 @@ PRECEDENCE = (("is_family", "family"), ("is_hypothetical", "hypothetical"), ("is
               ("is_uncertain", "uncertain"), ("is_historical", "historical"))
 LINES = re.compile(r"[^\r\n]+")
 MAX_REPORT_CHARS = 100_000  # longer text is not a report: analysed up to here
+RECENT_DOCUMENTS = 256  # whole documents remembered (the images of a study share one report)
 
 
 class Mention(NamedTuple):
@@ -104,10 +106,27 @@ class ReportAnalyzer:
         self._cache: dict[str, _Sentence] = {}
         self._cache_size = cache_size
         self._narrower = {term: tuple(vocabulary.narrower(term)) for term in vocabulary.terms}
+        # the images of one study carry the same report and arrive together: their documents are one
+        self._documents: OrderedDict[tuple[str, tuple[str | None, ...]], ReportAnalysis | None] = OrderedDict()
 
     # -- reports ----------------------------------------------------------------------------------------
     def analyze(self, report_text: str | None, descriptions: Sequence[str | None] = ()) -> ReportAnalysis | None:
         """The index document of one image: None when it has neither report nor description."""
+        key = (report_text or "", tuple(descriptions))
+        if not self._cache_size:
+            return self._analyze(report_text, descriptions)
+        with self._lock:
+            if key in self._documents:
+                self._documents.move_to_end(key)
+                return self._documents[key]
+        analysis = self._analyze(report_text, descriptions)
+        with self._lock:
+            self._documents[key] = analysis
+            if len(self._documents) > RECENT_DOCUMENTS:
+                self._documents.popitem(last=False)
+        return analysis
+
+    def _analyze(self, report_text: str | None, descriptions: Sequence[str | None]) -> ReportAnalysis | None:
         report = (report_text or "")[:MAX_REPORT_CHARS]
         texts = [t for t in (report, *descriptions) if t]  # as storage.reports.TEXT_CONDITION
         if not texts:

