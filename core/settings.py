@@ -132,6 +132,9 @@ class Settings(BaseSettings):
                                       "the normalised entropy of the label distribution is above this.")
 
     request_timeout_s: float = Field(default=60.0, gt=0, description="Requests running longer get a 503.")
+    count_limit: int = Field(default=20_000, ge=100, description="Facets and grouped totals count at most this "
+                             "many matching images (the first by id) and say so (`facets_counted`, "
+                             "`total_at_least`): their cost stays bounded however large the archive.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from "
                                     "a browser (none by default: the API's own page needs none).")
     access_database_url: str | None = Field(default=None, description="Database of API keys and the audit "

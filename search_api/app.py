@@ -105,7 +105,7 @@ def build_service(settings: Settings, encoder: Encoder | None = None, index: Ope
                          review_min_probability=settings.review_min_probability,
                          review_max_entropy=settings.review_max_entropy,
                          viewer_url_template=settings.viewer_url_template,
-                         request_timeout_s=settings.request_timeout_s)
+                         request_timeout_s=settings.request_timeout_s, count_limit=settings.count_limit)
 
 
 class ServiceHolder:

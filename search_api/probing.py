@@ -12,7 +12,8 @@ from typing import Literal
 import numpy as np
 
 from search_api.errors import FieldError
-from storage.probes import Probe, ProbeModelError, probe_scores
+from storage.probe_cache import ProbeScores
+from storage.probes import Probe, ProbeModelError
 from storage.records import ImageFilter
 from storage.repository import Repository
 
@@ -57,9 +58,9 @@ class Candidates:
     probability: np.ndarray | None
 
 
-def probe_candidates(repository: Repository, probe: Probe, condition: ProbeCondition, allowed: np.ndarray | None
+def probe_candidates(scores_of: ProbeScores, probe: Probe, condition: ProbeCondition, allowed: np.ndarray | None
                      ) -> Candidates:
-    ids, scores = probe_scores(repository, probe, condition.label, allowed)
+    ids, scores = scores_of.scores(probe, condition.label, allowed)
     keep = scores >= condition.min_probability
     return Candidates(ids[keep], scores[keep])
 

@@ -77,6 +77,8 @@ class Hit:
 class Matches:
     total: int
     facets: dict[str, dict[str, int]] | None  # field -> value -> images
+    total_at_least: bool = False  # groups counted among the first count_limit matching images only
+    facets_counted: int | None = None  # the facets counted this many of the matching images (the first by id)
 
 
 @dataclass(frozen=True)

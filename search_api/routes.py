@@ -103,7 +103,9 @@ def run_search(service: SearchService, access: AccessControl, principal: Princip
                                     study_images=images, study_series=series,
                                     **image_parts(hit.image, service, access, principal)))
     return SearchResponse(query_kind=kind, k=request.k, offset=request.offset, total=matches.total,
-                          facets=matches.facets, results=results, mode=resolved.mode, notes=resolved.notes,
+                          facets=matches.facets, total_at_least=matches.total_at_least,
+                          facets_counted=matches.facets_counted, results=results, mode=resolved.mode,
+                          notes=resolved.notes,
                           report_query=report_query_out(resolved.plan, assertions) if resolved.mode != "image"
                           else None, model=info, warning=info.warning)
 

@@ -192,6 +192,12 @@ class SearchResponse(BaseModel):
                               "min_score cutoff has too many candidates to count exactly.")
     facets: dict[str, dict[str, int]] | None = Field(default=None, description="With facets=true: field -> "
                                                      "value -> matching images.")
+    total_at_least: bool = Field(default=False, description="group_by: the total counts the studies (patients) "
+                                 "of the first MEDSEARCH_COUNT_LIMIT matching images only: there are at least "
+                                 "this many.")
+    facets_counted: int | None = Field(default=None, description="Set when more images match than "
+                                       "MEDSEARCH_COUNT_LIMIT: the facets counted this many of them (the first "
+                                       "by id), so each count is a lower bound.")
     results: list[SearchResult]
     mode: ModeIn = Field(default="image", description="The mode that answered (a hybrid search falls back to "
                          "image where reports cannot be searched: `notes` says why).")

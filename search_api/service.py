@@ -30,6 +30,7 @@ from search_api.probing import (
 )
 from search_api.query import Hit, Matches, Prepared, QueryPart, ReportPlan, SearchOptions, query_kind
 from search_api.report_search import ReportSearch, cosines, new_group, plan_report_query, report_ids
+from storage.probe_cache import ProbeScores
 from storage.probes import Probe
 from storage.records import StoredImage, StoredSource
 from storage.repository import Repository
@@ -51,12 +52,14 @@ class SearchService:
     def __init__(self, encoder: Encoder, store: Store, repository: Repository, files: ImageFiles, *,
                  reports: ReportAnalyzer | None = None, device: str = "cpu", text_cache_size: int = 1024,
                  review_min_probability: float = 0.5, review_max_entropy: float = 0.85,
-                 viewer_url_template: str | None = None, request_timeout_s: float = 60.0) -> None:
+                 viewer_url_template: str | None = None, request_timeout_s: float = 60.0,
+                 count_limit: int = 20_000) -> None:
         self.encoder = encoder
         self.store = store
         self.repository = repository
         self.reports = reports  # None: no report search (text queries compare with images only)
         self.report_search = ReportSearch(store, repository, encoder.dim)
+        self.probe_scores = ProbeScores(store, repository)  # kept up to date from the index's id journal
         self.files = files
         self.explanations = Explanations(encoder, files, request_timeout_s)
         self.device = device
@@ -64,6 +67,7 @@ class SearchService:
         self.text_cache: LRUCache[str, np.ndarray] = LRUCache(text_cache_size)
         self.review_min_probability = review_min_probability
         self.review_max_entropy = review_max_entropy
+        self.count_limit = count_limit  # facets and group totals count this many matching images at most
 
     def close(self) -> None:
         try:
@@ -120,7 +124,7 @@ class SearchService:
         if options.probe is not None:
             probe = self.probe(options.probe.name, ("body", "filters", "probe", "name"))
             check_label(probe, options.probe.label, ("body", "filters", "probe", "label"))
-            found = probe_candidates(self.repository, probe, options.probe, allowed)
+            found = probe_candidates(self.probe_scores, probe, options.probe, allowed)
             allowed, scores = found.ids, found.probability
         if allowed is not None and options.exclude:
             keep = ~np.isin(allowed, np.asarray(options.exclude, dtype=np.int64))
@@ -271,16 +275,20 @@ class SearchService:
                                            None if candidates is None else candidates.ids, prepared.kind)
             if options.exclude:
                 among = np.setdiff1d(among, np.asarray(options.exclude, dtype=np.int64))
-        if options.group_by:
-            total = self.repository.count_groups(options.filters, options.group_by, options.exclude, among)
-        elif among is not None:
-            total = len(among)
+        counted = among if among is not None else candidates.ids if candidates is not None else None
+        if counted is not None:
+            images = len(counted)
         elif options.filters.empty:
-            total = max(0, self.store.ntotal - len(set(options.exclude)))
+            images = max(0, self.store.ntotal - len(set(options.exclude)))
         else:
-            total = self.repository.count_matching(options.filters, options.exclude)
-        counts = self.repository.facets(options.filters, facets, options.exclude, among) if facets else None
-        return Matches(total, counts)
+            images = self.repository.count_matching(options.filters, options.exclude)
+        capped = images > self.count_limit  # groups and facets of the first count_limit images only
+        limit = self.count_limit if capped else None
+        total = images if not options.group_by else self.repository.count_groups(
+            options.filters, options.group_by, options.exclude, counted, limit)
+        counts = self.repository.facets(options.filters, facets, options.exclude, counted, limit) if facets else None
+        return Matches(total, counts, total_at_least=capped and bool(options.group_by),
+                       facets_counted=self.count_limit if capped and facets else None)
 
     def _collect(self, pairs: list[tuple[int, float]], options: SearchOptions) -> list[tuple[float, StoredImage]]:
         excluded = set(options.exclude)

@@ -3,6 +3,7 @@ counts, a series' images in instance order, and the counts of matching images pe
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -95,46 +96,59 @@ class BrowseMixin:
             return int(session.scalar(select(func.count()).where(_matching(where, exclude))) or 0)
 
     def count_groups(self, where: ImageFilter, group_by: str, exclude: Sequence[int] = (),
-                     among: np.ndarray | None = None) -> int:
+                     among: np.ndarray | None = None, limit: int | None = None) -> int:
         """How many studies (or patients) the matching images (or the ids `among`) belong to; an image
-        without the identifier counts as its own group, as search's grouping does."""
+        without the identifier counts as its own group, as search's grouping does. With `limit`, the
+        groups of the first `limit` matching images (by id) only: a lower bound that costs `limit`."""
         column = ImageRow.study_uid if group_by == "study" else ImageRow.patient_id
-        if among is not None:
-            groups = {value if value is not None else f"image:{i}" for i, value in self._values(among, [column])}
-            return len(groups)
-        matching = _matching(where, exclude)
         with database_errors(self.engine), self._sessions() as session:
-            named = session.scalar(select(func.count(func.distinct(column))).where(matching, column.is_not(None)))
-            unnamed = session.scalar(select(func.count()).where(matching, column.is_(None)))
-            return int(named or 0) + int(unnamed or 0)
+            if among is not None:
+                named: set[Any] = set()
+                unnamed = 0
+                for chunk in _chunks(among if limit is None else among[:limit]):
+                    rows = session.execute(select(column, func.count()).where(self._id_in(chunk))
+                                           .group_by(column)).all()
+                    named.update(value for value, _ in rows if value is not None)
+                    unnamed += sum(int(n) for value, n in rows if value is None)
+                return len(named) + unnamed
+            first = select(column.label("g")).where(_matching(where, exclude)).order_by(ImageRow.id)
+            first = first.limit(limit) if limit is not None else first
+            groups = first.subquery()
+            counted = session.execute(select(func.count(func.distinct(groups.c.g)),
+                                             func.count() - func.count(groups.c.g))).one()
+            return int(counted[0] or 0) + int(counted[1] or 0)
+
+    def _id_in(self, ids: list[int]) -> ColumnElement[bool]:
+        """`id IN ids`, the ids bound as one JSON parameter in SQLite (binding thousands of parameters
+        costs more than the query)."""
+        if self.engine.dialect.name != "sqlite":
+            return ImageRow.id.in_(ids)
+        values = func.json_each(json.dumps(ids)).table_valued("value")
+        return ImageRow.id.in_(select(values.c.value))
 
     def facets(self, where: ImageFilter, names: Sequence[str] = FACET_FIELDS, exclude: Sequence[int] = (),
-               among: np.ndarray | None = None) -> dict[str, dict[str, int]]:
+               among: np.ndarray | None = None, limit: int | None = None) -> dict[str, dict[str, int]]:
         """For each field name, how many of the matching images (or of the ids `among`) hold each value,
-        most first."""
-        columns = [FACET_COLUMNS[name] for name in names]
-        if among is not None:
-            counts: dict[str, Counter[str]] = {name: Counter() for name in names}
-            for _, *values in self._values(among, columns):
-                for name, value in zip(names, values, strict=True):
-                    if value is not None:
-                        counts[name][_facet_value(name, value)] += 1
-            return {name: dict(counter.most_common()) for name, counter in counts.items()}
-        matching = _matching(where, exclude)
-        found: dict[str, dict[str, int]] = {}
+        most first. With `limit`, counted over the first `limit` matching images (by id) only: each count
+        a lower bound, at a cost of `limit` rows however many match."""
+        counts: dict[str, Counter[str]] = {name: Counter() for name in names}
         with database_errors(self.engine), self._sessions() as session:
-            for name, column in zip(names, columns, strict=True):
-                rows = session.execute(select(column, func.count()).where(matching).group_by(column)
-                                       .order_by(func.count().desc(), column))
-                found[name] = {_facet_value(name, value): int(n) for value, n in rows if value is not None}
-        return found
+            if among is not None:
+                chosen = among if limit is None else among[:limit]
+                parts: list[ColumnElement[bool]] = [self._id_in(chunk) for chunk in _chunks(chosen)]
+            else:
+                parts = [_matching(where, exclude)]
+            for part in parts:  # one pass: the counts of each combination of values, summed per field
+                first = select(*(FACET_COLUMNS[name].label(name) for name in names)).where(part).order_by(ImageRow.id)
+                rows = (first.limit(limit) if limit is not None and among is None else first).subquery()
+                columns = [rows.c[name] for name in names]
+                for *values, n in session.execute(select(*columns, func.count()).group_by(*columns)):
+                    for name, value in zip(names, values, strict=True):
+                        if value is not None:
+                            counts[name][_facet_value(name, value)] += int(n)
+        return {name: dict(sorted(counter.items(), key=lambda kv: (-kv[1], _order(name, kv[0]))))
+                for name, counter in counts.items()}
 
-    def _values(self, ids: np.ndarray, columns: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
-        """(id, *column values) of the images `ids`, 10,000 at a time."""
-        for start in range(0, len(ids), 10_000):
-            chunk = [int(i) for i in ids[start:start + 10_000]]
-            with database_errors(self.engine), self._sessions() as session:
-                yield from session.execute(select(ImageRow.id, *columns).where(ImageRow.id.in_(chunk)))
 
 
 FACET_COLUMNS: dict[str, Any] = {"modality": ImageRow.modality, "body_part": ImageRow.body_part,
@@ -144,6 +158,15 @@ FACET_COLUMNS: dict[str, Any] = {"modality": ImageRow.modality, "body_part": Ima
 def _matching(where: ImageFilter, exclude: Sequence[int]) -> ColumnElement[bool]:
     condition = ImageRow.id.in_(select(filter_query(where).subquery().c.id)) if not where.empty else true()
     return condition & ImageRow.id.not_in([int(i) for i in exclude]) if exclude else condition
+
+
+def _chunks(ids: np.ndarray, size: int = 10_000) -> Iterator[list[int]]:
+    for start in range(0, len(ids), size):
+        yield [int(i) for i in ids[start:start + size]]
+
+
+def _order(name: str, value: str) -> Any:
+    return int(value) if name == "year" else value
 
 
 def _facet_value(name: str, value: Any) -> str:

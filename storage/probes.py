@@ -109,23 +109,3 @@ class ProbesMixin:
     def remove_probe(self, name: str) -> bool:
         with database_errors(self.engine), self._sessions.begin() as session:
             return session.execute(delete(ProbeRow).where(ProbeRow.name == name)).rowcount > 0  # type: ignore[attr-defined]
-
-
-def probe_scores(repository: Any, probe: Probe, label: str, allowed: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(ids ascending, probability of `label`) for every stored vector, or those of `allowed`: exact,
-    every image scored. `repository` is a storage.repository.Repository."""
-    j = probe.label_index(label)
-    if allowed is None:
-        chunks = repository.iter_embeddings(probe.dim, batch=CHUNK)
-    else:
-        chunks = (repository.get_embeddings(allowed[i:i + CHUNK].tolist(), probe.dim)
-                  for i in range(0, len(allowed), CHUNK))
-    ids, scores = [], []
-    for chunk_ids, vectors in chunks:
-        if len(chunk_ids):
-            ids.append(chunk_ids)
-            scores.append(probe.probabilities(vectors)[:, j].astype(np.float32))
-    if not ids:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    return np.concatenate(ids), np.concatenate(scores)

@@ -24,6 +24,7 @@ import numpy as np
 from storage import delta
 from storage.errors import DimensionMismatchError, StorageError
 from storage.exact_scan import exact_scores, ids_at_least, rerank, top_k
+from storage.id_journal import Change, Mark
 from storage.index_build import BuildReport, build_index
 from storage.layout import remove_stale_temp_files
 from storage.records import FileIssue, Link, Manifest, NewImage, RemovalPreview, Selection, UnitRecord
@@ -148,9 +149,23 @@ class Store:
             logger.info("index caught up from its log: %d records, %d vectors", applied, self.ntotal)
             return applied > 0
         with self._lock:
+            previous = self._index
             self._load_index()
+            self._continue_journal(previous)
         logger.info("index reloaded: %d vectors", self.ntotal)
         return True
+
+    def _continue_journal(self, previous: VectorIndex | None) -> None:
+        """A reloaded index (a writer saved it whole) continues the journal of the one it replaces, as the
+        ids it gained and lost, so that what readers derive from every vector follows it incrementally."""
+        current = self._index
+        if previous is None or current is None or previous is current or previous.dim != current.dim:
+            return
+        before, after = previous.ids(), current.ids()
+        journal = previous.journal
+        journal.note(np.setdiff1d(after, before), added=True)
+        journal.note(np.setdiff1d(before, after), added=False)
+        current.journal = journal
 
     # -- writing --------------------------------------------------------------------------------------
     def bind_model(self, fingerprint: dict[str, Any]) -> Manifest:
@@ -205,18 +220,28 @@ class Store:
             self._drop(removed)
         return removed
 
-    def remove(self, selection: Selection, note: str | None = None) -> RemovalPreview:
+    def remove(self, selection: Selection, note: str | None = None, *, compact: bool = True) -> RemovalPreview:
         """Remove every trace of what `selection` names (rows, vectors, file records) and exclude it from
-        later runs; the index file is saved and the database compacted before this returns."""
+        later runs. Costs what it removes: the rows go in one transaction and the vectors' removal is
+        appended to the index's log, which readers apply at their next request. With `compact` (else
+        call `compact()`), the files are then rewritten so that none keeps anything removed."""
         preview, removed = self._repository.remove(selection, note)
         with self._lock:
             self._drop(removed)
+        self.checkpoint()
+        if compact:
+            self.compact()
+        return preview
+
+    def compact(self) -> None:
+        """Rewrite what may still hold removed data: the index saved whole (the log started again), the
+        full-text index merged (no old segment keeps a removed report's words), the database's log folded in."""
+        with self._lock:
             self._dirty = True
             self._log.forget()  # saved whole: no file keeps the removed vectors
         self.checkpoint()
-        self._repository.optimize_reports()  # no old full-text segment keeps a removed report's words
+        self._repository.optimize_reports()
         self._repository.compact()
-        return preview
 
     def verify(self, repair: bool = False) -> list[str]:
         """Problems found between images, embeddings, sources and the FAISS index (after repairing them
@@ -343,6 +368,14 @@ class Store:
                     return found
                 allowed = found  # approximate scores: keep those whose exact cosine reaches min_score
         return ids_at_least(exact_scores(self._repository, dim, query.reshape(1, -1), allowed), min_score)
+
+    def id_changes(self, mark: Mark | None) -> tuple[Mark | None, list[Change] | None]:
+        """(the index's mark now, its id changes since `mark`, or None when the reader must start again from
+        every stored vector): see storage/id_journal.py."""
+        with self._lock:
+            if self._index is None:
+                return None, None
+            return self._index.journal.mark, self._index.journal.since(mark)
 
     def vector_of(self, image_id: int) -> np.ndarray | None:
         """The stored embedding of an indexed image."""

@@ -20,6 +20,7 @@ import faiss as _faiss
 import numpy as np
 
 from storage.errors import DimensionMismatchError, StorageError
+from storage.id_journal import IdJournal
 from storage.layout import write_atomically
 from storage.ondisk_path import relocated
 from storage.search_effort import Effort, Efforts, QueryKind
@@ -88,6 +89,7 @@ class VectorIndex:
         self._tombstones = np.zeros(0, dtype=np.int64)
         self._flat_ids: np.ndarray | None = None  # the id of each row of an exact index (cached)
         self.efforts: Efforts | None = None  # per query kind, as build_index tuned them (None: FAISS's own)
+        self.journal = IdJournal()  # the ids added and removed since this object was made
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -251,6 +253,7 @@ class VectorIndex:
         if len(ids):
             self._index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
             self._flat_ids = None
+            self.journal.note(ids, added=True)
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove ids. HNSW cannot remove: the caller rebuilds it (see `can_remove`)."""
@@ -259,6 +262,7 @@ class VectorIndex:
         if not self.can_remove:
             raise StorageError("an HNSW index cannot remove vectors: rebuild it")
         wanted = np.ascontiguousarray(ids, dtype=np.int64)
+        self.journal.note(wanted, added=False)
         if self.on_disk:
             wanted = np.setdiff1d(np.intersect1d(wanted, self._list_ids()), self._tombstones)
             self._tombstones = np.union1d(self._tombstones, wanted)

@@ -71,20 +71,23 @@ async function run(push = true) {
   const searched = query.kind === "text" ? {hybrid: " in reports and images", report: " in reports", image: " by image similarity"}[body.mode] || "" : "";
   status(`${body.results.length} results for ${what}${searched}` + (body.warning ? " (random model: meaningless)" : "") +
     (body.notes?.length ? `. ${body.notes.join(". ")}` : ""));
-  $("summary").textContent = total == null ? "" : `${total} ${unit}`;
+  $("summary").textContent = total == null ? "" : `${body.total_at_least ? "at least " : ""}${total} ${unit}`;
   $("page").textContent = `Page ${page + 1}${pages ? ` of ${pages}` : ""}`;
   $("prev").disabled = page === 0; $("next").disabled = pages ? page + 1 >= pages : body.results.length < perPage();
   $("toolbar").hidden = false; $("share").hidden = $("export-csv").hidden = false;
-  facets(body.facets || {});
+  facets(body.facets || {}, body.facets_counted);
 }
 
 const FACET_TITLES = {modality: "Modality", body_part: "Body part", patient_sex: "Sex", year: "Study year"};
-function facets(found) {
-  $("facets").replaceChildren(...Object.entries(found).filter(([, values]) => Object.keys(values).length).map(([name, values]) => {
+function facets(found, counted) {
+  const note = document.createElement("p");  // a large result set: the counts are of its first images only
+  note.className = "muted"; note.dataset.facetsCounted = counted ?? "";
+  note.textContent = counted ? `Counts of the first ${counted.toLocaleString()} matches: each at least that many` : "";
+  $("facets").replaceChildren(...(counted ? [note] : []), ...Object.entries(found).filter(([, values]) => Object.keys(values).length).map(([name, values]) => {
     const box = document.createElement("div");
     box.dataset.facet = name;
     box.innerHTML = `<h4>${esc(FACET_TITLES[name] || name)}</h4>` + Object.entries(values).slice(0, 12).map(([value, count]) =>
-      `<button type="button" class="secondary" data-value="${esc(value)}">${esc(value)} (${count})</button>`).join("");
+      `<button type="button" class="secondary" data-value="${esc(value)}">${esc(value)} (${counted ? "≥" : ""}${count})</button>`).join("");
     box.addEventListener("click", (e) => { const b = e.target.closest("button"); if (b) pick(name, b.dataset.value); });
     return box;
   }));

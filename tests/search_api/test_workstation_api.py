@@ -165,6 +165,32 @@ def test_totals_and_facets_count_what_the_filters_and_cutoff_allow(workstation, 
     assert (card["study_images"], card["study_series"]) == (10, 2)
 
 
+def test_facets_and_grouped_totals_past_the_count_limit_are_marked_as_lower_bounds(workstation, workstation_client):
+    corpus, _, ids = workstation
+    service = workstation_client.app.state.services.get()
+    exact = workstation_client.post("/search/text", json={"query": "x", "k": 5, "facets": True}).json()
+    studies = workstation_client.post("/search/text", json={"query": "x", "k": 1000, "group_by": "study"}).json()
+    assert exact["facets_counted"] is None and not studies["total_at_least"]
+    limit, saved = 7, service.count_limit
+    service.count_limit = limit
+    try:
+        capped = workstation_client.post("/search/text", json={"query": "x", "k": 5, "facets": True}).json()
+        grouped = workstation_client.post("/search/text", json={"query": "x", "k": 5, "group_by": "study"}).json()
+        mr = workstation_client.post("/search/text", json={"query": "x", "k": 5, "facets": True, "filters": {
+            "modality": ["MR"], "body_part": ["BRAIN"]}}).json()
+    finally:
+        service.count_limit = saved
+    assert capped["total"] == exact["total"] and not capped["total_at_least"]  # images are counted exactly
+    assert capped["facets_counted"] == limit and sum(capped["facets"]["modality"].values()) == limit
+    assert all(n <= exact["facets"]["modality"][value] for value, n in capped["facets"]["modality"].items())
+    first = sorted(set(ids.values()))[:limit]
+    rows = {image_id: service.repository.get_images([image_id])[image_id].metadata for image_id in first}
+    assert grouped["total_at_least"] and grouped["total"] == len({m.study_uid for m in rows.values()})
+    assert grouped["total"] <= studies["total"]
+    assert mr["total"] == len(corpus.mr_cases) > limit and mr["facets_counted"] == limit
+    assert sum(mr["facets"]["patient_sex"].values()) == limit
+
+
 def test_classifying_an_indexed_image_leaves_it_out_of_its_neighbours(workstation, workstation_client):
     corpus, _, ids = workstation
     indexed = workstation_client.post(f"/images/{ids['ct_small']}/classify", json={"preset": "chest-xray"}).json()

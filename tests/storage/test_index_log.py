@@ -100,6 +100,22 @@ def test_removing_a_patient_saves_the_index_whole(tmp_path: Path):
         assert delta_path(again.index_path).stat().st_size == log_size  # nothing logged after the save
 
 
+def test_a_removal_is_appended_to_the_log_and_readers_apply_it_before_the_files_are_compacted(tmp_path: Path):
+    db = tmp_path / "db"
+    with open_index(db, create=True) as (store, _):
+        two_checkpoints(store, 3)
+        base = store.index_path.read_bytes()
+        with open_index(db, read_only=True) as (reader, _):
+            assert reader.ntotal == 13
+            store.remove(Selection(patient_id="P1"), compact=False)
+            assert store.index_path.read_bytes() == base  # costs what it removes: the base is not rewritten
+            assert reader.refresh() is True and reader.ntotal == 11
+            store.compact()
+            assert VectorIndex.load(db / "index.faiss")[0].ntotal == 11
+            reader.refresh()
+            assert reader.ntotal == 11 and reader.verify() == []
+
+
 def test_a_reader_that_caught_up_from_the_database_does_not_add_logged_vectors_twice(tmp_path: Path):
     db = tmp_path / "db"
     store, repository = open_index(db, create=True)
