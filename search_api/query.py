@@ -102,3 +102,5 @@ class Prepared:
     report: ReportPlan | None = None
     kind: QueryKind = "image"  # which search effort the vector index uses for it (storage/search_effort.py)
     report_ids: np.ndarray | None = None  # every matching image the candidates allow, ascending; or not needed
+    checked: ImageFilter | None = None  # filters checked on the nearest images instead of listed (a broad one)
+    share: float = 1.0  # the estimated share of images `checked` lets through

@@ -48,6 +48,10 @@ class SourceLinks:
     viewer_url: str | None
 
 
+POST_FILTER_MIN = 50_000  # vectors from which a broad filter is checked on the nearest images (not listed)
+POST_FILTER_SHARE = 0.05  # "broad": the filters let at least this share of the images through
+
+
 class SearchService:
     def __init__(self, encoder: Encoder, store: Store, repository: Repository, files: ImageFiles, *,
                  reports: ReportAnalyzer | None = None, device: str = "cpu", text_cache_size: int = 1024,
@@ -68,6 +72,7 @@ class SearchService:
         self.review_min_probability = review_min_probability
         self.review_max_entropy = review_max_entropy
         self.count_limit = count_limit  # facets and group totals count this many matching images at most
+        self.post_filter_min = POST_FILTER_MIN  # from this many vectors, broad filters are checked on the nearest
 
     def close(self) -> None:
         try:
@@ -147,6 +152,10 @@ class SearchService:
         from plan_reports), and its matches among the candidates where the page or its total needs them
         all (report mode; an assertion filter, which is a condition on the candidates). There,
         `min_score` is a condition on the candidates (their cosine), applied before ranking."""
+        share = self._broad_filter_share(parts, options, report)
+        if share is not None:  # the nearest images are checked against the filters: see _broad_filter_share
+            return Prepared(self.query_vector(parts), None, kind=query_kind(parts), checked=options.filters,
+                            share=share)
         prepared = Prepared(self.query_vector(parts) if parts else None, self._candidates(options),
                             kind=query_kind(parts))
         if options.mode == "image" or report is None:
@@ -165,6 +174,20 @@ class SearchService:
             prepared = replace(prepared, candidates=Candidates(prepared.report_ids, None) if keep is None else
                                Candidates(prepared.candidates.ids[keep], probability))  # type: ignore[union-attr]
         return prepared
+
+    def _broad_filter_share(self, parts: Sequence[QueryPart], options: SearchOptions, report: ReportPlan | None
+                            ) -> float | None:
+        """Where the filters let through a large share of a large index (estimated on a sample of rows),
+        listing every image they allow costs the whole table per request: the nearest images are checked
+        instead, as many more as the share calls for, until a page is found. The same results: an exact
+        index's nearest, or the same inverted lists an IVF index probes with the filters inside, filtered.
+        None: list the allowed images (a small index, a selective filter, or a search that needs them all)."""
+        if (not parts or options.filters.empty or options.probe is not None or options.min_score is not None
+                or options.order != "relevance" or (report is not None and options.mode != "image")
+                or self.store.index_kind not in ("flat", "ivf") or self.store.ntotal < self.post_filter_min):
+            return None
+        share = self.repository.filter_share(options.filters)
+        return share if share is not None and share >= POST_FILTER_SHARE else None
 
     def _scoring(self, prepared: Prepared, options: SearchOptions) -> Candidates:
         """The candidates whose cosine reaches min_score (exact where the search is)."""
@@ -211,9 +234,13 @@ class SearchService:
         allowed = None if candidates is None else candidates.ids
         need = options.offset + options.k
         fetch = need * (4 if options.group_by else 1) + len(options.exclude)
+        fetch = int(fetch / prepared.share * 1.5) + 10 if prepared.checked is not None else fetch
         while True:
             pairs = self.store.search(vector, fetch, allowed, prepared.kind)[0]
             exhausted = len(pairs) < fetch
+            if prepared.checked is not None:
+                passing = self.repository.matching_among(prepared.checked, [i for i, _ in pairs])
+                pairs = [(i, score) for i, score in pairs if i in passing]
             kept = self._collect(pairs, options)
             if len(kept) >= need or exhausted or (
                     options.min_score is not None and pairs and pairs[-1][1] < options.min_score):
@@ -276,18 +303,23 @@ class SearchService:
             if options.exclude:
                 among = np.setdiff1d(among, np.asarray(options.exclude, dtype=np.int64))
         counted = among if among is not None else candidates.ids if candidates is not None else None
+        listed = True  # the images are counted exactly (else: counting stopped after count_limit)
         if counted is not None:
             images = len(counted)
         elif options.filters.empty:
             images = max(0, self.store.ntotal - len(set(options.exclude)))
+        elif prepared.checked is not None:  # a broad filter: counted up to count_limit, the total at least that
+            images = self.repository.count_matching(options.filters, options.exclude, self.count_limit)
+            listed = images <= self.count_limit
+            images = min(images, self.count_limit)
         else:
             images = self.repository.count_matching(options.filters, options.exclude)
-        capped = images > self.count_limit  # groups and facets of the first count_limit images only
+        capped = not listed or images > self.count_limit  # groups and facets of the first count_limit images
         limit = self.count_limit if capped else None
         total = images if not options.group_by else self.repository.count_groups(
             options.filters, options.group_by, options.exclude, counted, limit)
         counts = self.repository.facets(options.filters, facets, options.exclude, counted, limit) if facets else None
-        return Matches(total, counts, total_at_least=capped and bool(options.group_by),
+        return Matches(total, counts, total_at_least=not listed or (capped and bool(options.group_by)),
                        facets_counted=self.count_limit if capped and facets else None)
 
     def _collect(self, pairs: list[tuple[int, float]], options: SearchOptions) -> list[tuple[float, StoredImage]]:

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, Engine, extract, func, select, true
+from sqlalchemy import ColumnElement, Engine, case, extract, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import database_errors
-from storage.filters import filter_query
+from storage.filters import filter_condition, filter_query
 from storage.models import ImageRow, SourceRow
 from storage.records import ImageFilter
 
@@ -90,10 +90,36 @@ class BrowseMixin:
         return {(patient, str(study)): (int(images), max(1, int(series)))
                 for patient, study, images, series in rows if (patient, study) in wanted}
 
-    def count_matching(self, where: ImageFilter, exclude: Sequence[int] = ()) -> int:
-        """How many images match `where`, leaving out the ids `exclude`."""
+    def count_matching(self, where: ImageFilter, exclude: Sequence[int] = (), limit: int | None = None) -> int:
+        """How many images match `where`, leaving out the ids `exclude`; with `limit`, at most limit + 1
+        (the scan stops there: more than `limit` is all it tells)."""
         with database_errors(self.engine), self._sessions() as session:
-            return int(session.scalar(select(func.count()).where(_matching(where, exclude))) or 0)
+            if limit is None:
+                counted = select(func.count()).select_from(ImageRow).where(_direct(where, exclude))
+                return int(session.scalar(counted) or 0)
+            first = select(ImageRow.id).where(_direct(where, exclude)).limit(limit + 1).subquery()
+            return int(session.scalar(select(func.count()).select_from(first)) or 0)
+
+    def filter_share(self, where: ImageFilter, sample: int = 2000, seed: int = 0) -> float | None:
+        """The share of the images that match `where`, estimated on `sample` ids drawn between the smallest
+        and the largest id (a cost of `sample` rows); None when there are no images to draw."""
+        with database_errors(self.engine), self._sessions() as session:
+            low, high = session.execute(select(func.min(ImageRow.id), func.max(ImageRow.id))).one()
+            if low is None:
+                return None
+            drawn = np.unique(np.random.default_rng(seed).integers(int(low), int(high) + 1, size=sample))
+            present, matching = session.execute(select(func.count(), func.sum(case((filter_condition(where), 1),
+                                                                                  else_=0)))
+                                                 .where(self._id_in(drawn.tolist()))).one()
+        return int(matching or 0) / int(present) if present else None
+
+    def matching_among(self, where: ImageFilter, ids: Sequence[int]) -> set[int]:
+        """Which of `ids` match `where` (one query over those rows, however many images there are)."""
+        found: set[int] = set()
+        with database_errors(self.engine), self._sessions() as session:
+            for chunk in _chunks(np.asarray(ids, dtype=np.int64)):
+                found.update(session.scalars(select(ImageRow.id).where(self._id_in(chunk), filter_condition(where))))
+        return found
 
     def count_groups(self, where: ImageFilter, group_by: str, exclude: Sequence[int] = (),
                      among: np.ndarray | None = None, limit: int | None = None) -> int:
@@ -111,7 +137,7 @@ class BrowseMixin:
                     named.update(value for value, _ in rows if value is not None)
                     unnamed += sum(int(n) for value, n in rows if value is None)
                 return len(named) + unnamed
-            first = select(column.label("g")).where(_matching(where, exclude)).order_by(ImageRow.id)
+            first = select(column.label("g")).where(_direct(where, exclude)).order_by(ImageRow.id)
             first = first.limit(limit) if limit is not None else first
             groups = first.subquery()
             counted = session.execute(select(func.count(func.distinct(groups.c.g)),
@@ -137,7 +163,7 @@ class BrowseMixin:
                 chosen = among if limit is None else among[:limit]
                 parts: list[ColumnElement[bool]] = [self._id_in(chunk) for chunk in _chunks(chosen)]
             else:
-                parts = [_matching(where, exclude)]
+                parts = [_direct(where, exclude)]
             for part in parts:  # one pass: the counts of each combination of values, summed per field
                 first = select(*(FACET_COLUMNS[name].label(name) for name in names)).where(part).order_by(ImageRow.id)
                 rows = (first.limit(limit) if limit is not None and among is None else first).subquery()
@@ -155,8 +181,9 @@ FACET_COLUMNS: dict[str, Any] = {"modality": ImageRow.modality, "body_part": Ima
                                  "patient_sex": ImageRow.patient_sex, "year": extract("year", ImageRow.study_date)}
 
 
-def _matching(where: ImageFilter, exclude: Sequence[int]) -> ColumnElement[bool]:
-    condition = ImageRow.id.in_(select(filter_query(where).subquery().c.id)) if not where.empty else true()
+def _direct(where: ImageFilter, exclude: Sequence[int]) -> ColumnElement[bool]:
+    """The conditions on the row itself (no subquery: a scan can stop at a limit)."""
+    condition = filter_condition(where)
     return condition & ImageRow.id.not_in([int(i) for i in exclude]) if exclude else condition
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import Select, Text, cast, func, select
+from sqlalchemy import ColumnElement, Select, Text, cast, func, select, true
 
 from storage.models import ImageRow
 from storage.records import ImageFilter
@@ -17,6 +17,11 @@ def _like(text: str) -> str:
 
 def filter_query(where: ImageFilter) -> Select[int]:
     """The ids of the images matching every condition of `where`, ascending. Text matches ignore case."""
+    return select(ImageRow.id).where(filter_condition(where)).order_by(ImageRow.id)
+
+
+def filter_condition(where: ImageFilter) -> ColumnElement[bool]:
+    """Every condition of `where` on an images row (true when it has none)."""
     query = select(ImageRow.id)
     if where.modality:
         query = query.where(func.upper(ImageRow.modality).in_([m.upper() for m in where.modality]))
@@ -40,4 +45,5 @@ def filter_query(where: ImageFilter) -> Select[int]:
                             | func.lower(ImageRow.series_description).like(pattern, escape="\\"))
     for label in where.labels:  # labels are a JSON list: match the quoted value exactly
         query = query.where(func.lower(cast(ImageRow.labels, Text)).like(_like(json.dumps(label)), escape="\\"))
-    return query.order_by(ImageRow.id)
+    clause = query.whereclause
+    return true() if clause is None else clause

@@ -50,6 +50,44 @@ def test_filtered_text_search_equals_brute_force(client: TestClient, encoder: HF
     assert all(matches(rows[r["image_id"]]) for r in body["results"])
 
 
+@pytest.mark.parametrize("filters", [{"modality": ["US"]}, {"modality": ["CT", "OT", "MR"]}, {"modality": ["OT"]}])
+def test_a_broad_filter_checked_on_the_nearest_images_equals_brute_force(client: TestClient, encoder: HFEncoder,
+                                                                         indexed_db: Path, filters: dict):
+    """Past post_filter_min vectors, a filter letting through a large share is checked on the nearest images
+    (more of them as needed) instead of listing what it allows: the same pages, and a total counted up to
+    count_limit then marked as a lower bound (which shows the path was taken)."""
+    ids, vectors, rows = embeddings(indexed_db, encoder.dim)
+    allowed = [i for i, image_id in enumerate(ids) if all(
+        [not filters.get("modality") or (rows[int(image_id)]["modality"] or "").upper() in filters["modality"],
+         all(label in (rows[int(image_id)]["labels"] or []) for label in filters.get("labels", []))])]
+    assert len(allowed) >= 4
+    cosines = vectors[allowed] @ encoder.encode_texts(["brain mri"])[0]
+    expected = sorted(cosines.tolist(), reverse=True)
+    service = client.app.state.services.get()
+    saved = service.post_filter_min, service.count_limit
+    service.post_filter_min, service.count_limit = 0, 2
+    try:
+        assert service.repository.filter_share(service_filters(filters)) >= 0.05
+        pages = [client.post("/search/text", json={"query": "brain mri", "mode": "image", "k": 3, "offset": offset,
+                                                   "filters": filters}).json() for offset in (0, 3)]
+        everything = client.post("/search/text", json={"query": "brain mri", "mode": "image", "k": 1000,
+                                                       "filters": filters}).json()
+    finally:
+        service.post_filter_min, service.count_limit = saved
+    assert [r["score"] for r in pages[0]["results"] + pages[1]["results"]] == pytest.approx(expected[:6], abs=1e-5)
+    assert [r["score"] for r in everything["results"]] == pytest.approx(expected, abs=1e-5)
+    assert everything["total"] == 2 and everything["total_at_least"]
+    exact = client.post("/search/text", json={"query": "brain mri", "mode": "image", "k": 3,
+                                              "filters": filters}).json()
+    assert exact["total"] == len(allowed) and not exact["total_at_least"]
+
+
+def service_filters(filters: dict):
+    from storage.records import ImageFilter
+
+    return ImageFilter(modality=tuple(filters.get("modality", ())), labels=tuple(filters.get("labels", ())))
+
+
 def test_pagination_min_score_and_grouping(client: TestClient):
     everything = client.post("/search/text", json={"query": "ct", "k": 10}).json()["results"]
     first = client.post("/search/text", json={"query": "ct", "k": 5}).json()["results"]
