@@ -49,7 +49,7 @@ class SourceLinks:
 
 
 POST_FILTER_MIN = 50_000  # vectors from which a broad filter is checked on the nearest images (not listed)
-POST_FILTER_SHARE = 0.05  # "broad": the filters let at least this share of the images through
+POST_FILTER_SHARE = 0.01  # "broad": the filters let at least this share of the images through
 
 
 class SearchService:
@@ -308,10 +308,9 @@ class SearchService:
             images = len(counted)
         elif options.filters.empty:
             images = max(0, self.store.ntotal - len(set(options.exclude)))
-        elif prepared.checked is not None:  # a broad filter: counted up to count_limit, the total at least that
-            images = self.repository.count_matching(options.filters, options.exclude, self.count_limit)
-            listed = images <= self.count_limit
-            images = min(images, self.count_limit)
+        elif prepared.checked is not None:  # a broad filter: counted over the first count_limit images by id
+            images, listed = self.repository.count_matching_within(options.filters, options.exclude,
+                                                                   self.count_limit)
         else:
             images = self.repository.count_matching(options.filters, options.exclude)
         capped = not listed or images > self.count_limit  # groups and facets of the first count_limit images

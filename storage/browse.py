@@ -100,7 +100,18 @@ class BrowseMixin:
             first = select(ImageRow.id).where(_direct(where, exclude)).limit(limit + 1).subquery()
             return int(session.scalar(select(func.count()).select_from(first)) or 0)
 
-    def filter_share(self, where: ImageFilter, sample: int = 2000, seed: int = 0) -> float | None:
+    def count_matching_within(self, where: ImageFilter, exclude: Sequence[int], rows: int) -> tuple[int, bool]:
+        """(how many of the first `rows` images by id match `where`, whether those were all the images): a
+        count that costs `rows` however rare the matches are, a lower bound of the total when not all."""
+        with database_errors(self.engine), self._sessions() as session:
+            low, high = session.execute(select(func.min(ImageRow.id), func.max(ImageRow.id))).one()
+            if low is None:
+                return 0, True
+            bound = int(low) + rows - 1
+            counted = select(func.count()).select_from(ImageRow).where(_direct(where, exclude), ImageRow.id <= bound)
+            return int(session.scalar(counted) or 0), bound >= int(high)
+
+    def filter_share(self, where: ImageFilter, sample: int = 1000, seed: int = 0) -> float | None:
         """The share of the images that match `where`, estimated on `sample` ids drawn between the smallest
         and the largest id (a cost of `sample` rows); None when there are no images to draw."""
         with database_errors(self.engine), self._sessions() as session:
