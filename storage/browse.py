@@ -90,15 +90,11 @@ class BrowseMixin:
         return {(patient, str(study)): (int(images), max(1, int(series)))
                 for patient, study, images, series in rows if (patient, study) in wanted}
 
-    def count_matching(self, where: ImageFilter, exclude: Sequence[int] = (), limit: int | None = None) -> int:
-        """How many images match `where`, leaving out the ids `exclude`; with `limit`, at most limit + 1
-        (the scan stops there: more than `limit` is all it tells)."""
+    def count_matching(self, where: ImageFilter, exclude: Sequence[int] = ()) -> int:
+        """How many images match `where`, leaving out the ids `exclude`."""
         with database_errors(self.engine), self._sessions() as session:
-            if limit is None:
-                counted = select(func.count()).select_from(ImageRow).where(_direct(where, exclude))
-                return int(session.scalar(counted) or 0)
-            first = select(ImageRow.id).where(_direct(where, exclude)).limit(limit + 1).subquery()
-            return int(session.scalar(select(func.count()).select_from(first)) or 0)
+            counted = select(func.count()).select_from(ImageRow).where(_direct(where, exclude))
+            return int(session.scalar(counted) or 0)
 
     def count_matching_within(self, where: ImageFilter, exclude: Sequence[int], rows: int) -> tuple[int, bool]:
         """(how many of the first `rows` images by id match `where`, whether those were all the images): a

@@ -1,7 +1,8 @@
 """Which ids a vector index gained and lost, generation by generation, so that what is derived from every
 indexed vector (a probe's scores: storage/probe_cache.py) follows a change at the cost of the change
-instead of being recomputed over the whole index. Each VectorIndex object has its own journal (a new
-token): an index loaded or rebuilt whole starts again from nothing."""
+instead of being recomputed over the whole index. Each VectorIndex object starts its own journal (a new
+token); a reader's store that reloads an index saved whole continues the old one with the ids the
+reload gained and lost (Store._continue_journal)."""
 
 from __future__ import annotations
 
