@@ -29,9 +29,9 @@ from bench.common import write_result
 from core.settings import Settings
 from indexer.sample import pydicom_test_files
 from search_api.app import build_access, build_service, create_app
-from search_api.auth import AccessControl, Principal
-from search_api.schemas import SearchResponse, SearchResult
-from search_api.views import image_parts, model_info
+from search_api.routes.views import image_parts, model_info
+from search_api.schemas.search import SearchResponse, SearchResult
+from search_api.security.auth import AccessControl, Principal
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["right pleural effusion", "chest x-ray", "brain mri", "knee fracture", "liver ct"]

@@ -93,7 +93,7 @@ def main() -> None:
         for name in ("CT_small.dcm", "MR_small.dcm"):
             shutil.copy2(pydicom_test_files() / name, archive / name)
         db = work / "db"
-        indexed = run(checkout, "indexer.cli", "run", str(archive), "--db", str(db), "--model", str(model),
+        indexed = run(checkout, "indexer.cli.main", "run", str(archive), "--db", str(db), "--model", str(model),
                       "--no-progress")
         assert indexed.returncode == 0, indexed.stderr
         key = run(checkout, "search_api.cli", "keys", "create", "--db", str(db), "--role", "clinician", "--name",
@@ -110,7 +110,7 @@ def main() -> None:
             if target.name == "lie-folder":
                 target.mkdir()
                 shutil.copy2(bombs["deflate-1g"], target / "lie.dcm")
-            peak, said = peak_of_run(checkout, "indexer.cli", "run", str(target), "--db",
+            peak, said = peak_of_run(checkout, "indexer.cli.main", "run", str(target), "--db",
                                      str(work / f"db-{target.name}"), "--model", str(model), "--workers", "0",
                                      "--no-progress", "--log-level", "ERROR")
             rows.append({"attack": name, "answer": said, "peak_mb": peak})
@@ -212,9 +212,9 @@ def disk_full_attack(checkout: Path, model: Path, archive: Path, work: Path) -> 
         many.mkdir()
         for path in sorted(pydicom_test_files().glob("*.dcm"))[:60]:
             shutil.copy2(path, many / path.name)
-        done = run(checkout, "indexer.cli", "run", str(many), "--db", str(disk / "db"), "--model", str(model),
+        done = run(checkout, "indexer.cli.main", "run", str(many), "--db", str(disk / "db"), "--model", str(model),
                    "--workers", "0", "--no-progress", "--log-level", "ERROR")
-        runs = run(checkout, "indexer.cli", "runs", "--db", str(disk / "db"))
+        runs = run(checkout, "indexer.cli.main", "runs", "--db", str(disk / "db"))
         said = [line for line in done.stderr.splitlines() if "error" in line.lower() or "Error" in line]
         return {"attack": "disk full during a run; then `runs`", "peak_mb": "",
                 "answer": f"exit {done.returncode} ({len(done.stderr.splitlines())} stderr lines: "

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/decode_rates.py [--repeat N]
 
-Prints, per transfer syntax, the files, the pixels per image and images/s of core.images.load_image_frames
+Prints, per transfer syntax, the files, the pixels per image and images/s of core.imaging.images.load_image_frames
 (the indexer's decode and render stage, middle frame), measured in this run on this machine.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pydicom
 
-from core.dicom import RenderOptions
 from core.errors import ImageError
-from core.images import load_image_frames
+from core.imaging.dicom import RenderOptions
+from core.imaging.images import load_image_frames
 from indexer.sample import pydicom_data_files, pydicom_test_files
 
 

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 
 from bench.common import RESULTS, machine
-from core.encoder import HFEncoder
-from core.explain import Explainer, occlusion_window
-from core.faithfulness import curves, rank_correlation, summarise
+from core.maps.explain import Explainer, occlusion_window
+from core.maps.faithfulness import curves, rank_correlation, summarise
+from core.model.encoder import HFEncoder
 from indexer.sample import decodable_test_images
 
 TEXTS = ["chest x-ray pleural effusion", "brain mri", "ct liver mass", "knee fracture"]
-DEFAULT_PASSES = 257  # search_api/explaining.py's default occlusion budget
+DEFAULT_PASSES = 257  # search_api/services/explaining.py's default occlusion budget
 
 
 def p50(seconds: list[float]) -> float:

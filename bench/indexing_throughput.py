@@ -32,14 +32,14 @@ import numpy as np
 import pydicom
 
 from bench.common import write_result
-from core.dicom import RenderOptions
-from core.encoder import HFEncoder, PreprocessorSpec
-from core.images import load_image_file
-from core.model_input import assemble
+from core.imaging.dicom import RenderOptions
+from core.imaging.images import load_image_file
+from core.model.encoder import HFEncoder, PreprocessorSpec
+from core.model.inputs import assemble
 from core.reports import report_analyzer
 from core.sources import open_source
-from indexer.load import LoadOptions, LoadPool
-from indexer.runner import run_indexing
+from indexer.engines.runner import run_indexing
+from indexer.pipeline.load import LoadOptions, LoadPool
 from indexer.sample import pydicom_test_files
 from storage.opening import open_index
 

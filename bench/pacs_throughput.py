@@ -30,13 +30,13 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from bench.common import write_result
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from core.settings import Settings
 from core.sources import open_source
 from core.sources.dicomweb import DicomWebArchive, DicomWebConfig
-from indexer.load import LoadOptions, LoadPool
-from indexer.pacs import apply_since, write_mark
-from indexer.runner import run_indexing
+from indexer.engines.runner import run_indexing
+from indexer.pipeline.load import LoadOptions, LoadPool
+from indexer.pipeline.pacs import apply_since, write_mark
 from indexer.sample import pydicom_data_files, pydicom_test_files
 from storage.opening import open_index
 from tests.pacs import PASSWORD, USER, Orthanc, orthanc_missing
@@ -142,7 +142,7 @@ def main() -> None:
 
             # what cron sees: the whole command (process start, listing; the model loads only if something is new)
             env = {**os.environ, "MEDSEARCH_DICOMWEB_USERNAME": USER, "MEDSEARCH_DICOMWEB_PASSWORD": PASSWORD}
-            command = [sys.executable, "-m", "indexer.cli", "run", url, "--since", "last", "--db",
+            command = [sys.executable, "-m", "indexer.cli.main", "run", url, "--since", "last", "--db",
                        str(root / "pacs-db"), "--model", args.model, "--no-progress", "--log-level", "WARNING"]
             t0 = time.perf_counter()
             cron = subprocess.run(command, capture_output=True, text=True, env=env, check=False)

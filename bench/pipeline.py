@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from core.encoder import ImagePreprocessor, PreprocessorSpec, Ready, describe_model, l2_normalise
+from core.model.encoder import ImagePreprocessor, PreprocessorSpec, Ready, describe_model, l2_normalise
 from core.sources import open_source
-from indexer.load import LoadOptions, LoadPool, Task, at_model_size, load
-from indexer.runner import run_indexing
+from indexer.engines.runner import run_indexing
+from indexer.pipeline.load import LoadOptions, LoadPool, Task, at_model_size, load
 from indexer.sample import pydicom_data_files, pydicom_test_files
-from storage import delta
 from storage.opening import open_index
-from storage.vector_index import VectorIndex
+from storage.vectors import delta
+from storage.vectors.index import VectorIndex
 
 # class -> (source file, files to make, side to resample the source to or None, noise)
 CLASSES: dict[str, tuple[str, int, int | None]] = {
@@ -51,7 +51,7 @@ CLASSES: dict[str, tuple[str, int, int | None]] = {
 
 
 class NullEncoder:
-    """core.encoder.Encoder without a model: the processor's resize, then vectors of pixel means."""
+    """core.model.encoder.Encoder without a model: the processor's resize, then vectors of pixel means."""
 
     def __init__(self, model: str, reduced: bool = True) -> None:
         self._pre = ImagePreprocessor.load(PreprocessorSpec(model))

@@ -28,9 +28,9 @@ import numpy as np
 
 from bench.common import write_result
 from bench.indexing_throughput import make_archive
-from core.encoder import HFEncoder
-from core.images import load_image_file
-from core.model_input import assemble
+from core.imaging.images import load_image_file
+from core.model.encoder import HFEncoder
+from core.model.inputs import assemble
 from storage.opening import open_index
 from tests.storage.test_store import fingerprint, records
 
@@ -41,7 +41,7 @@ def run_cli(archive: Path, db: Path, model: Path, *options: str) -> tuple[float,
     """(wall seconds, images/s of the run, stage seconds) of `medsearch-index run`."""
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "indexer.cli", "run", str(archive), "--db", str(db), "--model",
+    done = subprocess.run([sys.executable, "-m", "indexer.cli.main", "run", str(archive), "--db", str(db), "--model",
                            str(model), "--no-progress", "--log-level", "ERROR", *options], capture_output=True,
                           text=True, check=True, env=env)
     wall = time.perf_counter() - started

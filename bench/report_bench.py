@@ -34,11 +34,11 @@ from sqlalchemy import insert, text
 from bench.common import write_result
 from bench.pg_server import postgres_server
 from core.reports import ReportAnalyzer, report_analyzer
-from search_api.fusion import Fusion, fuse
-from search_api.report_search import plan_report_query
-from storage.models import ImageRow, ReportDocumentRow
+from search_api.services.fusion import Fusion, fuse
+from search_api.services.reports import plan_report_query
 from storage.opening import open_index
-from storage.report_postings import write_postings
+from storage.reports.postings import write_postings
+from storage.sql.models import ImageRow, ReportDocumentRow
 
 PRESENT = ["There is a {size} {side} {finding}.", "{Finding} is seen in the {anatomy}.",
            "IMPRESSION: {size} {finding}.", "Findings are consistent with {finding} of the {anatomy}."]

@@ -3,7 +3,7 @@ series, modalities, body parts, dates, labels, reports) written through the stor
 at each N:
 
 - `build-index` (automatic kind, tuned for image and text queries) time and peak memory; `verify` time;
-- an unchanged-archive rerun's listing (indexer.scan.list_source over the archive's real files) in files/s;
+- an unchanged-archive rerun's listing (indexer.pipeline.scan.list_source over the archive's real files) in files/s;
 - a real `medsearch-api serve`: start-up time (until /health answers), RSS after the queries, the
   index's own bytes; text search p50/p99 over loopback HTTP: image mode plain, with filters (modality +
   date range + a label), with group_by=study, with facets (totals are in every answer), hybrid (reports
@@ -40,11 +40,11 @@ from bench.common import RESULTS, write_result
 from bench.scale_data import LABELS, fill
 from core.reports import report_analyzer
 from core.sources import open_source
-from indexer.model import ModelSpec, resolve_model
-from indexer.scan import list_source
+from indexer.pipeline.model import ModelSpec, resolve_model
+from indexer.pipeline.scan import list_source
 from storage.opening import open_index
-from storage.probes import Probe
 from storage.records import Selection
+from storage.sql.probes import Probe
 
 BIN = Path(sys.executable).parent
 QUERIES = ["pleural effusion", "right lower lobe pneumonia", "no pneumothorax", "cardiomegaly", "fracture",

@@ -6,7 +6,7 @@ Data: bench/search_data.py (clustered like image embeddings; its top-64 variance
 dimension are measured and printed), plus the isotropic Gaussian worst case at the largest size. Four
 disjoint query sets, none indexed: image and text-like (away from the clusters, across a modality gap)
 tuning queries choose each kind's nprobe / efSearch (and re-ranked candidates) as build_index does
-(storage.index_build.tune: the cheapest reaching recall@10 0.95), held-out image and text queries score
+(storage.vectors.build.tune: the cheapest reaching recall@10 0.95), held-out image and text queries score
 them (mean recall@10 with a 95% bootstrap interval); text is also scored at the image effort (one
 effort for both, as builds did before), and IVF kinds try the query-aware alternative: inverted lists
 chosen by the text query shifted across the modality gap, scanned with the query itself.
@@ -33,10 +33,10 @@ import numpy as np
 from bench.common import write_result
 from bench.search_data import Mixture, describe, gaussian
 from storage.exact_scan import rerank
-from storage.index_build import RECALL_TARGET, bootstrap_interval, efforts_up_to, recall_per_query, tune
-from storage.repository import Repository
-from storage.search_effort import Efforts, QueryKind
-from storage.vector_index import IVF_KINDS, IndexPlan, VectorIndex, bytes_per_vector, faiss, plan_index
+from storage.sql.repository import Repository
+from storage.vectors.build import RECALL_TARGET, bootstrap_interval, efforts_up_to, recall_per_query, tune
+from storage.vectors.effort import Efforts, QueryKind
+from storage.vectors.index import IVF_KINDS, IndexPlan, VectorIndex, bytes_per_vector, faiss, plan_index
 
 QUERIES, SINGLE, K = 500, 100, 10
 KindSearch = Callable[[np.ndarray, QueryKind], np.ndarray]  # one query row and its kind -> its top-K ids
@@ -66,7 +66,7 @@ def latencies(searches: dict[str, KindSearch], queries: np.ndarray, rounds: int,
 
 
 def sqlite_vectors(folder: Path, vectors: np.ndarray) -> Repository:
-    """The vectors in an index database's embeddings table (the schema of storage.models), on disk."""
+    """The vectors in an index database's embeddings table (the schema of storage.sql.models), on disk."""
     from storage.opening import open_index
 
     open_index(folder, create=True).close()
@@ -79,7 +79,7 @@ def sqlite_vectors(folder: Path, vectors: np.ndarray) -> Repository:
 
 def measure(name: str, index: VectorIndex, n: int, sets: dict[str, tuple[np.ndarray, np.ndarray]], limit: int,
             gap: np.ndarray) -> dict[str, Any]:
-    """Tune the index for each query kind as build_index does (storage.index_build.tune: image queries
+    """Tune the index for each query kind as build_index does (storage.vectors.build.tune: image queries
     on image tuning queries, text on text tuning queries), score each on its held-out queries, and the
     text queries also at the image effort (what one effort for both gave) and, for IVF kinds, with
     their inverted lists chosen by the query shifted across the modality gap (`shifted_search`)."""

@@ -7,7 +7,7 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import replace
 
-from core.metadata import ImageMetadata
+from core.imaging.metadata import ImageMetadata
 
 # what medsearch itself puts in `extra` (not a manifest column): kept
 INTERNAL_EXTRA = ("body_part_from",)

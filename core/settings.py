@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.dicom import WINDOW_PRESETS, RenderOptions, check_window_option, select_frames
-from core.metadata import RESEARCHER_DEFAULT_FIELDS, check_field_names
+from core.imaging.dicom import WINDOW_PRESETS, RenderOptions, check_window_option, select_frames
+from core.imaging.metadata import RESEARCHER_DEFAULT_FIELDS, check_field_names
 from core.sources.dicomweb import DicomWebConfig, check_viewer_template
 
 DEFAULT_MODEL = "google/medsiglip-448"
@@ -33,7 +33,7 @@ class Settings(BaseSettings):
                        "SigLIP/CLIP checkpoint.")
     model_revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     device: Device = "auto"
-    batch_size: int = Field(default=0, ge=0, le=4096, description="Images a forward pass; 0: auto (core.device).")
+    batch_size: int = Field(default=0, ge=0, le=4096, description="Images a forward pass; 0: auto (core.model.device).")
     compile_model: bool = Field(default=False, description="torch.compile the image tower.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="Model precision: auto = bf16/fp16 on a GPU, fp32 on a CPU.")

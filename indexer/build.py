@@ -9,16 +9,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.preprocess import is_reduced, rendering_from_version, rendering_of
+from core.imaging.preprocess import is_reduced, rendering_from_version, rendering_of
 from core.reports import report_analyzer
 from core.settings import Settings
 from core.sources import Source, SourceOptions, open_source
+from indexer.engines.local_engine import LocalEngine
 from indexer.errors import IndexerError
-from indexer.job import Engine, IndexJob, JobOptions
-from indexer.load import LoadOptions
-from indexer.local_engine import LocalEngine
-from indexer.model import ModelSpec, resolve_model
-from indexer.result import ProgressFactory
+from indexer.pipeline.job import Engine, IndexJob, JobOptions
+from indexer.pipeline.load import LoadOptions
+from indexer.pipeline.model import ModelSpec, resolve_model
+from indexer.pipeline.result import ProgressFactory
 from storage.layout import start_generation
 from storage.opening import open_index
 from storage.records import Manifest
@@ -40,7 +40,7 @@ def source_options(settings: Settings, pacs: PacsOptions | None = None, prune: b
     """How sources are opened with these settings (and, for a PACS, the study query of the options)."""
     query = None
     if pacs is not None:
-        from indexer.pacs import build_query
+        from indexer.pipeline.pacs import build_query
 
         query = build_query(pacs.study_date, pacs.modalities, pacs.qido)
         if prune and (not query.complete or pacs.since):
@@ -70,7 +70,7 @@ def make_engine(settings: Settings, load: LoadOptions, model: ModelSpec, folder:
     """The engine the settings ask for; Ray is imported only when it is the one."""
     if settings.engine == "local":
         return LocalEngine(settings.worker_count, load, model.preprocessor())
-    from indexer.ray_engine import RayEngine, RayOptions
+    from indexer.engines.ray_engine import RayEngine, RayOptions
 
     return RayEngine(RayOptions(address=settings.ray_address, encoders=settings.ray_encoders,
                                 files_per_unit=settings.ray_unit_files, shard_dir=settings.ray_shard_dir,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from core.dicom import RenderOptions
 from core.errors import ImageError
-from core.images import load_image_frames
+from core.imaging.dicom import RenderOptions
+from core.imaging.images import load_image_frames
 from core.sources import Source
 
 logger = logging.getLogger(__name__)

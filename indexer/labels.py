@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.csvsafe import csv_text, unescape_cell
-from core.encoder import Encoder
+from core.model.encoder import Encoder
 from indexer.errors import IndexerError
-from storage.repository import Repository
+from storage.sql.repository import Repository
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from core.errors import ImageError
-from core.images import load_image_file
+from core.imaging.images import load_image_file
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def pydicom_test_files() -> Path:
 def decodable_test_images(count: int) -> list[np.ndarray]:
     """The first `count` of pydicom's own test files that decode (as RGB pixels, in name order): real
     images for checks of the model's maps (tests, bench/explain_bench.py); the set holds broken ones."""
-    from core.images import load_image_file
+    from core.imaging.images import load_image_file
 
     images = []
     for path in sorted(pydicom_test_files().glob("*.dcm")):

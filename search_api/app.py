@@ -16,23 +16,23 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from core.encoder import Encoder, HFEncoder
 from core.errors import MedsearchError
-from core.preprocess import is_reduced, model_window, rendering_from_version
+from core.imaging.preprocess import is_reduced, model_window, rendering_from_version
+from core.model.encoder import Encoder, HFEncoder
 from core.reports import VocabularyError, report_analyzer
 from core.settings import Settings
-from search_api.auth import AccessControl
 from search_api.docs import DOCS_PATHS, DOCS_POLICY, add_docs, declare_keys
 from search_api.errors import SearchError, http_error
-from search_api.gate import LOOPBACK_HOSTS, PUBLIC, FailureLimiter, Gate, HostPolicy
-from search_api.headers import Headers
-from search_api.images import ImageFiles
-from search_api.routes import router
-from search_api.routes_explain import router as explain_router
-from search_api.routes_images import router as image_router
-from search_api.routes_probes import router as probe_router
-from search_api.schemas import RANDOM_MODEL_WARNING
-from search_api.service import SearchService
+from search_api.routes.explain import router as explain_router
+from search_api.routes.images import router as image_router
+from search_api.routes.probes import router as probe_router
+from search_api.routes.search import router
+from search_api.schemas.search import RANDOM_MODEL_WARNING
+from search_api.security.auth import AccessControl
+from search_api.security.gate import LOOPBACK_HOSTS, PUBLIC, FailureLimiter, Gate, HostPolicy
+from search_api.security.headers import Headers
+from search_api.services.images import ImageFiles
+from search_api.services.search import SearchService
 from storage.access import AccessStore
 from storage.errors import StorageError
 from storage.layout import current_generation

@@ -9,7 +9,7 @@ from typing import Any, get_args
 
 import click
 
-from search_api.schemas_reports import Assertion, ModeIn
+from search_api.schemas.reports import Assertion, ModeIn
 
 MODES, ASSERTIONS = list(get_args(ModeIn)), list(get_args(Assertion))
 

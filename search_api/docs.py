@@ -39,7 +39,7 @@ def docs_page(title: str, body: str, head: str = "") -> str:
 
 def declare_keys(app: FastAPI, public: frozenset[str]) -> None:
     """Tell the schema (and Swagger UI's Authorize button) how a key is presented; the gate checks it
-    (search_api/gate.py). Routes in `public` need none."""
+    (search_api/security/gate.py). Routes in `public` need none."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:

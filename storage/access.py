@@ -21,10 +21,10 @@ from typing import Any, Literal
 from sqlalchemy import DateTime, Integer, String, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from storage.db import database_errors, make_engine, session_factory, sqlite_url
 from storage.errors import StorageError
-from storage.meta import utcnow
 from storage.migrate import ACCESS, upgrade
+from storage.sql.db import database_errors, make_engine, session_factory, sqlite_url
+from storage.sql.meta import utcnow
 
 Role = Literal["admin", "clinician", "researcher"]
 ROLES: tuple[Role, ...] = ("admin", "clinician", "researcher")

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from storage.repository import Repository
+from storage.sql.repository import Repository
 
 CHUNK = 20_000
 

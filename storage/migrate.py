@@ -21,8 +21,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage.db import describe_database_error, is_disk_full
 from storage.errors import DiskFullError, SchemaVersionError, StorageError
+from storage.sql.db import describe_database_error, is_disk_full
 
 logger = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from storage.db import sqlite_url
 from storage.errors import StorageError
 from storage.layout import current_generation, take_writer_lock
-from storage.report_records import ReportAnalyzer
-from storage.repository import Repository
+from storage.reports.records import ReportAnalyzer
+from storage.sql.db import sqlite_url
+from storage.sql.repository import Repository
 from storage.store import Store
 
 DATABASE_NAME = "medsearch.sqlite"

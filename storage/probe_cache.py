@@ -1,5 +1,5 @@
 """Probes' scores of every indexed image, kept in memory per (probe, index) and brought up to date from
-the index's id journal (storage/id_journal.py): a probe filter costs what changed since the last request
+the index's id journal (storage/vectors/id_journal.py): a probe filter costs what changed since the last request
 (the added images scored, the removed ones dropped), not a matrix product over every stored vector. The
 first request for a probe, or the first after the index was loaded or rebuilt whole, scores every
 stored vector once (exact, from the embeddings table: every index kind, compressed ones included).
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from storage.id_journal import Change, Mark
-from storage.probes import CHUNK, Probe
+from storage.sql.probes import CHUNK, Probe
+from storage.vectors.id_journal import Change, Mark
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class ProbeScores:
     """Build once per store (the API's search service does) and pass it in. Thread-safe."""
 
     def __init__(self, store: Any, repository: Any, probes: int = 8) -> None:
-        self._store, self._repository = store, repository  # storage.store.Store, storage.repository.Repository
+        self._store, self._repository = store, repository  # storage.store.Store, storage.sql.repository.Repository
         self._entries: OrderedDict[tuple[Any, ...], _Scores] = OrderedDict()
         self._probes = probes  # probes kept at most (each: ids + a float per label per image)
         self._lock = threading.Lock()

@@ -1,5 +1,5 @@
 """Typed records that storage takes and returns. The image metadata field list is defined here once for
-storage (models.py's columns, the repository's reads and writes); core.metadata.ImageMetadata mirrors it
+storage (models.py's columns, the repository's reads and writes); core.imaging.metadata.ImageMetadata mirrors it
 for decoding (core may not import storage) and tests prove the two lists, the ORM columns, the API
 schema and the manifest columns agree.
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from typing import Any
 
-from storage.report_records import ReportFields
+from storage.reports.records import ReportFields
 
 
 @dataclass

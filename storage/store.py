@@ -2,7 +2,7 @@
 
 Write order: rows and embeddings commit in one transaction (the source of truth), then the vectors go
 into the in-memory FAISS index, which `checkpoint()` saves: the changes since the last checkpoint appended
-to the index's log (storage.delta), or the whole index atomically once the log has grown to half the
+to the index's log (storage.vectors.delta), or the whole index atomically once the log has grown to half the
 saved index (so checkpoints cost what was added, in total as well). After a crash the saved index
 may lag behind (or, after deletions, run ahead of) the embeddings table; opening reconciles the two,
 so FAISS, rows and embeddings always agree once a store is open. A store opened read-only (the API,
@@ -21,16 +21,16 @@ from typing import IO, Any
 
 import numpy as np
 
-from storage import delta
 from storage.errors import DimensionMismatchError, StorageError
 from storage.exact_scan import exact_scores, ids_at_least, rerank, top_k
-from storage.id_journal import Change, Mark
-from storage.index_build import BuildReport, build_index
 from storage.layout import remove_stale_temp_files
 from storage.records import FileIssue, Link, Manifest, NewImage, RemovalPreview, Selection, UnitRecord
-from storage.repository import Repository
-from storage.search_effort import QueryKind
-from storage.vector_index import VectorIndex, plan_index
+from storage.sql.repository import Repository
+from storage.vectors import delta
+from storage.vectors.build import BuildReport, build_index
+from storage.vectors.effort import QueryKind
+from storage.vectors.id_journal import Change, Mark
+from storage.vectors.index import VectorIndex, plan_index
 from storage.verify import find_problems
 
 logger = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ class Store:
 
     def build_index(self, kind: str = "auto", memory_budget: int = 8 * 1024**3, seed: int = 0,
                     text_queries: np.ndarray | None = None) -> BuildReport:
-        """(Re)build the FAISS index from the stored embeddings without re-encoding (storage.index_build),
+        """(Re)build the FAISS index from the stored embeddings without re-encoding (storage.vectors.build),
         its effort tuned for image queries and for `text_queries` (the model's text embeddings) where
         given; save it atomically and remember `kind` for later rebuilds."""
         manifest = self._repository.get_manifest()
@@ -334,7 +334,7 @@ class Store:
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, kind: QueryKind = "image"
                ) -> list[list[tuple[int, float]]]:
         """For each query row, up to k (image id, cosine) pairs, best first, among `allowed` ids when
-        given, at the effort tuned for the queries' `kind` (storage/search_effort.py). Filtered search is
+        given, at the effort tuned for the queries' `kind` (storage/vectors/effort.py). Filtered search is
         exact: an ID selector on the exact index, or an exact scan of the allowed vectors when the index
         is approximate (up to EXACT_FILTER_LIMIT of them)."""
         if self._index is None or (allowed is not None and len(allowed) == 0):
@@ -371,7 +371,7 @@ class Store:
 
     def id_changes(self, mark: Mark | None) -> tuple[Mark | None, list[Change] | None]:
         """(the index's mark now, its id changes since `mark`, or None when the reader must start again from
-        every stored vector): see storage/id_journal.py."""
+        every stored vector): see storage/vectors/id_journal.py."""
         with self._lock:
             if self._index is None:
                 return None, None

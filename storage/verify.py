@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage.repository import Repository
-from storage.vector_index import VectorIndex
+from storage.sql.repository import Repository
+from storage.vectors.index import VectorIndex
 
 
 @dataclass(frozen=True)

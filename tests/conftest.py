@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.encoder import HFEncoder
-from core.random_model import build_random_siglip
+from core.model.encoder import HFEncoder
+from core.model.random_model import build_random_siglip
 from core.reports import report_analyzer
 from core.sources import open_source
-from indexer.result import RunResult
-from indexer.runner import run_indexing
+from indexer.engines.runner import run_indexing
+from indexer.pipeline.result import RunResult
 from indexer.sample import pydicom_test_files
 from storage.opening import open_index
 from storage.records import StoredImage

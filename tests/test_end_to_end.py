@@ -24,7 +24,7 @@ def test_index_then_serve_then_query(archive_dir: Path, tiny_model_dir: Path, tm
     zipped = shutil.make_archive(str(tmp_path / "archive"), "zip", archive_dir)
     db = tmp_path / "db"
     indexed = subprocess.run(
-        [sys.executable, "-m", "indexer.cli", "run", zipped, "--db", str(db), "--model", str(tiny_model_dir),
+        [sys.executable, "-m", "indexer.cli.main", "run", zipped, "--db", str(db), "--model", str(tiny_model_dir),
          "--no-progress"], capture_output=True, text=True, timeout=300, check=False)
     assert indexed.returncode == 0, indexed.stderr
 

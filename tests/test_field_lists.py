@@ -1,4 +1,4 @@
-"""The image metadata field list is defined once (core.metadata) and mirrored where a package may not
+"""The image metadata field list is defined once (core.imaging.metadata) and mirrored where a package may not
 import core: these tests prove every copy equals it, so a field added in one place and forgotten in
 another fails here."""
 
@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from core.metadata import COMPUTED_FIELDS, IDENTIFIER_FIELDS, MANIFEST_FIELDS, METADATA_FIELDS, ImageMetadata
-from indexer.manifest import PARSERS, parse_manifest
-from search_api.redact import IDENTIFIERS
-from search_api.schemas import ImageMetadataOut, Source
-from storage.models import ImageRow, SourceRow
+from core.imaging.metadata import COMPUTED_FIELDS, IDENTIFIER_FIELDS, MANIFEST_FIELDS, METADATA_FIELDS, ImageMetadata
+from indexer.pipeline.manifest import PARSERS, parse_manifest
+from search_api.schemas.search import ImageMetadataOut, Source
+from search_api.security.redact import IDENTIFIERS
 from storage.records import METADATA_FIELDS as STORED_FIELDS
 from storage.records import SOURCE_FIELDS, SOURCE_IDENTIFIERS, Metadata, StoredSource
+from storage.sql.models import ImageRow, SourceRow
 
 
 def test_storage_mirrors_core():

@@ -1,6 +1,6 @@
 """DICOM reading: header metadata and a rendering that matches what a viewer shows.
 
-Rendering rules (PREPROCESSING_VERSION in core.preprocess), per PS3.3 C.11 and C.7.6.3:
+Rendering rules (PREPROCESSING_VERSION in core.imaging.preprocess), per PS3.3 C.11 and C.7.6.3:
 
 1. Frames: the `frames` policy picks which frames become images: "middle" (default), "first", "all",
    or "every:N" (frames 0, N, 2N...). Only those frames are decoded. Enhanced objects take rescale and
@@ -18,7 +18,7 @@ Rendering rules (PREPROCESSING_VERSION in core.preprocess), per PS3.3 C.11 and C
      that preset for CT, "auto" for other modalities;
    - "CENTER/WIDTH" (for example "40/400"): that window for every greyscale image;
    - "percentile": stretch the given percentiles (default 0.5th..99.5th) of the modality values;
-   - "ct-channels": for CT, three windows in the colour channels (core.preprocess.CT_CHANNEL_WINDOWS,
+   - "ct-channels": for CT, three windows in the colour channels (core.imaging.preprocess.CT_CHANNEL_WINDOWS,
      the rendering MedSigLIP was trained with; part of the fingerprint); "auto" for other modalities.
 4. MONOCHROME1 (white = low values) is inverted so that every image shows bone bright on dark.
 5. Output: (H, W, 3) uint8 RGB, grey replicated into three channels.
@@ -41,8 +41,9 @@ from pydicom.uid import (
     UID,
 )
 
-from core.anatomy import ct_preset, region_from_text
-from core.dicom_read import (
+from core.errors import ImageError
+from core.imaging.anatomy import ct_preset, region_from_text
+from core.imaging.dicom_read import (
     check_has_pixels,
     check_size,
     extract_metadata,
@@ -52,9 +53,8 @@ from core.dicom_read import (
     read_dataset,
     text,
 )
-from core.errors import ImageError
-from core.metadata import ImageMetadata
-from core.preprocess import (
+from core.imaging.metadata import ImageMetadata
+from core.imaging.preprocess import (
     CT_CHANNEL_WINDOWS,
     CT_CHANNELS,
     ct_channels,
@@ -97,7 +97,7 @@ class RenderOptions:
     frames: str = "middle"
     max_pixels: int = 100_000_000
     limit_setting: str = "MEDSEARCH_MAX_IMAGE_PIXELS"  # named in the refusal of a larger image
-    reduce_to: int = 0  # > 0: decode at no less than this side (core.preprocess.REDUCED); 0: full resolution
+    reduce_to: int = 0  # > 0: decode at no less than this side (core.imaging.preprocess.REDUCED); 0: full resolution
 
     def __post_init__(self) -> None:
         check_window_option(self.window, self.presets)

@@ -22,9 +22,9 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from core.anatomy import region_from_text
 from core.errors import ImageError, ImageTooLargeError, NoPixelDataError
-from core.metadata import ImageMetadata
+from core.imaging.anatomy import region_from_text
+from core.imaging.metadata import ImageMetadata
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"

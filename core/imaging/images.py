@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.dicom import RenderOptions, load_dicom_frames, looks_like_dicom
 from core.errors import ImageError
-from core.metadata import ImageMetadata
-from core.raster import load_raster
+from core.imaging.dicom import RenderOptions, load_dicom_frames, looks_like_dicom
+from core.imaging.metadata import ImageMetadata
+from core.imaging.raster import load_raster
 
 
 @dataclass

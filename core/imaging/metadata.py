@@ -49,7 +49,7 @@ class ImageMetadata:
 METADATA_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ImageMetadata) if f.name != "frame_index")
 # computed from the pixels and the rendering: never taken from a manifest
 COMPUTED_FIELDS = ("rows", "columns", "frames", "frame_index", "window")
-# what a manifest CSV may set, each parsed by its type in ImageMetadata (indexer/manifest.py)
+# what a manifest CSV may set, each parsed by its type in ImageMetadata (indexer/pipeline/manifest.py)
 MANIFEST_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ImageMetadata) if f.name not in COMPUTED_FIELDS)
 # identifiers: always keyed pseudonyms for researchers, never on the allow-list in plain
 IDENTIFIER_FIELDS = ("patient_id", "accession_number", "study_uid", "series_uid", "sop_uid")

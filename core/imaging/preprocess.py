@@ -1,6 +1,6 @@
 """From decoded pixels to the model processor's input.
 
-Loading (core.images) turns every file into 8-bit RGB the way a viewer shows it; the model's own
+Loading (core.imaging.images) turns every file into 8-bit RGB the way a viewer shows it; the model's own
 processor then resizes and normalises. Any change to the rendering rules bumps PREPROCESSING_VERSION,
 which is part of the model fingerprint, so vectors rendered differently are never mixed in one index.
 """
@@ -12,7 +12,7 @@ from PIL import Image
 
 # 2: modality LUT (per frame for enhanced objects), header VOI window (LINEAR / LINEAR_EXACT /
 #    SIGMOID) or VOI LUT, else CT presets by body region, else a percentile window; MONOCHROME1
-#    inverted; grey replicated to RGB (core/dicom.py has the full rules).
+#    inverted; grey replicated to RGB (core/imaging/dicom.py has the full rules).
 PREPROCESSING_VERSION = "2"
 
 # The CT rendering MedSigLIP's and MedGemma's image encoder was trained with: three windows in the colour
@@ -86,7 +86,7 @@ def rendering_from_version(version: str) -> str:
 
 def grey_to_rgb(grey: np.ndarray) -> np.ndarray:
     """An (H, W) uint8 image as (H, W, 3) whose three channels share the grey values' memory (a
-    read-only view: nothing is copied, and core.model_input resizes it as one channel)."""
+    read-only view: nothing is copied, and core.model.inputs resizes it as one channel)."""
     return np.broadcast_to(grey[:, :, None], (*grey.shape, 3))
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.errors import ImageError, ImageTooLargeError, NotAnImageError
-from core.preprocess import grey_to_rgb, percentile_window, reduction_factor, unit_to_uint8
+from core.imaging.preprocess import grey_to_rgb, percentile_window, reduction_factor, unit_to_uint8
 
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
 MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
@@ -40,7 +40,7 @@ def load_raster(data: bytes, source: str, *, max_pixels: int, percentiles: tuple
 ]:
     """Decode a raster image. Returns (H, W, 3) uint8 RGB and Pillow's format name. `reduce_to` > 0:
     decoded at no less than that side (JPEG at a DCT scale, others averaged over boxes) before the
-    conversion to 8-bit RGB (core.preprocess.REDUCED)."""
+    conversion to 8-bit RGB (core.imaging.preprocess.REDUCED)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import MedsearchError
-from core.model_input import ModelInput
+from core.model.inputs import ModelInput
 
 logger = logging.getLogger(__name__)
 METHODS = ("gradient", "occlusion")
@@ -73,7 +73,7 @@ class Explainer:
 
     @classmethod
     def of(cls, encoder: Any) -> Explainer:
-        """The explainer of an HFEncoder (core.encoder); ExplainError for other encoders."""
+        """The explainer of an HFEncoder (core.model.encoder); ExplainError for other encoders."""
         parts = getattr(encoder, "explain_parts", None)
         if parts is None:
             raise ExplainError(f"{type(encoder).__name__} does not expose a transformers model to explain")

@@ -3,7 +3,7 @@
 Deletion masks the map's most relevant patches first: the score should fall faster than when the same
 number of random patches is masked (a lower area under the curve). Insertion starts from the fully
 masked image and restores the most relevant patches first: the score should rise faster (a higher
-area). Masked patches take the processor's mean colour, as in the occlusion map (core.explain).
+area). Masked patches take the processor's mean colour, as in the occlusion map (core.maps.explain).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from core.explain import Explainer
+from core.maps.explain import Explainer
 
 
 @dataclass(frozen=True)

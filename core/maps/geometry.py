@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from core.model_input import ModelInput
+from core.model.inputs import ModelInput
 
 
 @dataclass(frozen=True)

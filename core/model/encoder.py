@@ -14,9 +14,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from core.device import CPU_BATCH, CudaPending, batch_size_for, choose_device
 from core.errors import ModelLoadError
-from core.model_files import (
+from core.imaging.preprocess import preprocessing_version
+from core.model.device import CPU_BATCH, CudaPending, batch_size_for, choose_device
+from core.model.files import (
     RANDOM_WEIGHTS_MARKER,
     ModelFingerprint,
     describe_model,
@@ -25,8 +26,7 @@ from core.model_files import (
     hash_weights,
     hub_reachable,
 )
-from core.model_input import ModelInput, assemble
-from core.preprocess import preprocessing_version
+from core.model.inputs import ModelInput, assemble
 
 __all__ = ["RANDOM_WEIGHTS_MARKER", "Encoder", "HFEncoder", "ImagePreprocessor", "ModelFingerprint", "Pending",
            "PreprocessorSpec", "Ready", "describe_model", "hash_weights", "hub_reachable", "l2_normalise"]
@@ -44,7 +44,7 @@ class PreprocessorSpec:
 
 
 class ImagePreprocessor:
-    """The workers' half of the model's image processor (core.model_input): RGB uint8 -> uint8 at the
+    """The workers' half of the model's image processor (core.model.inputs): RGB uint8 -> uint8 at the
     model's input size (grey kept as one channel)."""
 
     def __init__(self, processor: Any) -> None:
@@ -100,7 +100,7 @@ class Encoder(Protocol):
 
     @property
     def decode_side(self) -> int:
-        """The side images are decoded at, at least (core.model_input.ModelInput.decode_side)."""
+        """The side images are decoded at, at least (core.model.inputs.ModelInput.decode_side)."""
         ...
 
     def preprocess(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -307,7 +307,7 @@ class HFEncoder:
         return self._preprocessor.input
 
     def explain_parts(self) -> tuple[Any, ModelInput, str, Any]:
-        """The model, its input, device and dtype, for relevance maps (core.explain.Explainer.of)."""
+        """The model, its input, device and dtype, for relevance maps (core.maps.explain.Explainer.of)."""
         return self._model, self._preprocessor.input, self._device, self._dtype
 
     def input_buffer(self, rows: int) -> np.ndarray:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ModelLoadError
-from core.preprocess import preprocessing_version
+from core.imaging.preprocess import preprocessing_version
 
 # A checkpoint folder that carries this file declares its weights random (made for tests or demos);
-# everything it produces is labelled meaningless. core.random_model writes it.
+# everything it produces is labelled meaningless. core.model.random_model writes it.
 RANDOM_WEIGHTS_MARKER = "medsearch_random_weights.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -118,7 +118,7 @@ def describe_model(name_or_path: str, revision: str | None = None, local_files_o
                    rendering: str = "") -> ModelFingerprint:
     """The fingerprint HFEncoder.load would give the model, from its configuration and weight files alone
     (no weights loaded): what a driver that lets other processes run the model needs. `rendering`: a
-    model rendering images are made with (core.preprocess.MODEL_RENDERINGS), part of the fingerprint.
+    model rendering images are made with (core.imaging.preprocess.MODEL_RENDERINGS), part of the fingerprint.
     Raises ModelLoadError."""
     from transformers import AutoConfig
 

@@ -60,7 +60,7 @@ class ModelInput:
 
     def resize(self, pixels: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (height, width) uint8 for a grey image (three equal channels that share
-        memory, as core.preprocess.grey_to_rgb makes them), else (height, width, 3)."""
+        memory, as core.imaging.preprocess.grey_to_rgb makes them), else (height, width, 3)."""
         if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
             raise ValueError(f"expected (H, W, 3) uint8 pixels, got {pixels.shape} {pixels.dtype}")
         grey = pixels.strides[2] == 0

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from core.model_files import RANDOM_WEIGHTS_MARKER
+from core.model.files import RANDOM_WEIGHTS_MARKER
 
 Shape = Literal["tiny", "base", "medsiglip", "medsiglip-grid", "wide"]
 

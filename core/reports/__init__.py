@@ -1,5 +1,9 @@
 """Report text as the search engine reads it: normalised words (text.py), the target vocabulary
-(vocabulary.py) and medspaCy's finding and assertion analysis of reports and queries (analyzer.py)."""
+(vocabulary.py), medspaCy's finding and assertion analysis of reports and queries (analyzer.py), and the
+phrases an index build tunes text queries on (query_phrases.py).
+
+Inside core: may import core.errors; never core.imaging, core.model, core.maps, core.sources or core.settings.
+"""
 
 from functools import lru_cache
 from pathlib import Path

@@ -128,7 +128,7 @@ class ReportAnalyzer:
 
     def _analyze(self, report_text: str | None, descriptions: Sequence[str | None]) -> ReportAnalysis | None:
         report = (report_text or "")[:MAX_REPORT_CHARS]
-        texts = [t for t in (report, *descriptions) if t]  # as storage.reports.TEXT_CONDITION
+        texts = [t for t in (report, *descriptions) if t]  # as storage.reports.documents.TEXT_CONDITION
         if not texts:
             return None
         mentions: list[Mention] = []

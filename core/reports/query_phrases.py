@@ -2,7 +2,7 @@
 mass"), made from a data file of templates, modalities and sides (core/reports/query_phrases.json) over
 the report vocabulary's findings and anatomy (core/reports/vocabulary.csv, with a site's terms). The
 indexer encodes them with the index's own text encoder when it builds an index, so that the index's
-search effort is tuned for text queries too (storage/index_build.py), not only for image queries.
+search effort is tuned for text queries too (storage/vectors/build.py), not only for image queries.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from core.errors import MedsearchError
 from core.reports.vocabulary import Vocabulary, load_vocabulary
 
-PHRASES = Path(__file__).parent / "reports" / "query_phrases.json"
+PHRASES = Path(__file__).parent / "query_phrases.json"
 FIELDS = ("modalities", "sides", "sizes", "templates")
 
 

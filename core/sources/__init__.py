@@ -3,6 +3,8 @@
 `open_source(location, options)` asks every kind, in order of priority, whether the location is
 its own: a new kind (an object store, say) is one new module in this package that defines `KIND`
 (a core.sources.base.SourceKind), found here without being named anywhere else.
+
+Inside core: may import core.errors; never core.imaging, core.model, core.maps, core.reports or core.settings.
 """
 
 from __future__ import annotations

@@ -15,15 +15,15 @@ from pydantic import ValidationError
 from core.errors import MedsearchError
 from core.reports import report_analyzer
 from core.settings import Settings
+from indexer.engines.runner import Progress
 from indexer.errors import IndexerError
-from indexer.runner import Progress
 from storage.errors import DiskFullError, StorageError
-from storage.index_build import BuildReport
 from storage.opening import OpenIndex, open_index
 from storage.records import Manifest
+from storage.vectors.build import BuildReport
 
 if TYPE_CHECKING:
-    from core.encoder import HFEncoder
+    from core.model.encoder import HFEncoder
 
 EXIT_OK, EXIT_NOTHING_INDEXED, EXIT_UNUSABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # every error root of ours: the CLI's only job with them is to say them in one line
@@ -98,8 +98,8 @@ class TqdmProgress(Progress):
 
 def index_encoder(model: str | None, manifest: Manifest | None, settings: Settings) -> HFEncoder:
     """The model an index was built with (or --model), rendering as the index did; exits when absent."""
-    from core.encoder import HFEncoder
-    from core.preprocess import rendering_from_version
+    from core.imaging.preprocess import rendering_from_version
+    from core.model.encoder import HFEncoder
 
     name = model or (manifest.model_name if manifest else settings.model)
     try:

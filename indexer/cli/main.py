@@ -1,6 +1,6 @@
 """`medsearch-index`: index archives, list runs, check, rebuild and remove. The command only parses
 options, builds the objects (source, store, repository, model loader, engine), runs the job, prints
-and maps errors to exit codes (indexer/cli_common.py); the work is in indexer/job.py and the stages."""
+and maps errors to exit codes (indexer/cli/common.py); the work is in indexer/pipeline/job.py and the stages."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from core.logs import configure_logging
 from core.memory import return_large_buffers
 from core.settings import Settings
 from indexer.build import PacsOptions
-from indexer.cli_common import (
+from indexer.cli.common import (
     EXIT_NOTHING_INDEXED,
     EXIT_OK,
     TqdmProgress,
@@ -25,12 +25,12 @@ from indexer.cli_common import (
     load_settings,
     open_db,
 )
-from indexer.cli_probes import probes, train_probe
-from indexer.cli_remove import exclusions, remove
-from indexer.cli_tools import contact_sheet, evaluate_command, random_model, sample_archive
-from indexer.job import JobResult
+from indexer.cli.probes import probes, train_probe
+from indexer.cli.remove import exclusions, remove
+from indexer.cli.tools import contact_sheet, evaluate_command, random_model, sample_archive
+from indexer.pipeline.job import JobResult
 from storage.layout import writer_active
-from storage.vector_index import KINDS, plan_index
+from storage.vectors.index import KINDS, plan_index
 
 logger = logging.getLogger("indexer")
 
@@ -258,13 +258,13 @@ def build_index(db_dir: Path | None, kind: str, memory_budget_gb: float, engine:
         texts = None
         if text_queries and store.manifest is not None and plan_index(
                 store.ntotal, store.manifest.dim, kind, budget).kind != "flat":  # an exact index tunes nothing
-            from indexer.tuning import text_tuning_queries
+            from indexer.pipeline.tuning import text_tuning_queries
 
             texts = text_tuning_queries(index_encoder(None, store.manifest, load_settings(db_dir=db_dir)))
         if engine == "ray":
-            from indexer.load import LoadOptions
-            from indexer.ray_build import build_on_ray
-            from indexer.ray_engine import RayEngine, RayOptions
+            from indexer.engines.ray_build import build_on_ray
+            from indexer.engines.ray_engine import RayEngine, RayOptions
+            from indexer.pipeline.load import LoadOptions
 
             ray = RayEngine(RayOptions(address=ray_address), LoadOptions(), store.folder)
             try:

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from core.logs import configure_logging
-from indexer.cli_common import exit_on_errors, fail, index_encoder, load_settings, open_db
-from storage.probes import NAME_PATTERN, Probe
+from indexer.cli.common import exit_on_errors, fail, index_encoder, load_settings, open_db
+from storage.sql.probes import NAME_PATTERN, Probe
 
 
 def _name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -57,7 +57,7 @@ def train_probe(db_dir: Path | None, labels_file: Path, name: str, prompts: Path
     and test), with the zero-shot prompts as a prior where labels are few, stored in the index database
     with the model's fingerprint, its training set's fingerprint, the date and its metrics."""
     from indexer.labels import parse_labels, parse_prompts
-    from indexer.probes import prior_of, train_probe, training_set
+    from indexer.probes.train import prior_of, train_probe, training_set
 
     configure_logging("WARNING")
     settings = load_settings(db_dir=db_dir)

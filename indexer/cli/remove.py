@@ -13,7 +13,7 @@ from core.logs import configure_logging
 from core.settings import Settings
 from core.sources import open_source
 from core.sources.dicomweb import is_dicomweb, split_location
-from indexer.cli_common import exit_on_errors, load_settings, open_db
+from indexer.cli.common import exit_on_errors, load_settings, open_db
 from storage.layout import GENERATIONS
 from storage.opening import DATABASE_NAME, open_index
 from storage.records import RemovalPreview, Selection
@@ -104,7 +104,7 @@ def remove(db_dir: Path | None, path_prefix: str | None, archive: str | None, pa
             with open_index(folder, generation=False, database_url=settings.database_url) as (store, repository):
                 done = store.remove(selection, note)
                 if key is not None and selection == Selection(archive=key) and is_dicomweb(key):
-                    from indexer.pacs import forget_mark
+                    from indexer.pipeline.pacs import forget_mark
 
                     forget_mark(repository, key)
                 click.echo(f"removed {done.sources} sources and {done.images} images from {folder}; "

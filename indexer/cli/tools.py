@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from core.logs import configure_logging
-from indexer.cli_common import exit_on_errors, index_encoder, load_settings, open_db
+from indexer.cli.common import exit_on_errors, index_encoder, load_settings, open_db
 
 
 @click.command("eval")
@@ -37,7 +37,7 @@ def evaluate_command(db_dir: Path | None, labels_file: Path | None, labels_from_
     query's own patient left out), text->image recall@k and mAP per label, zero-shot ROC AUC per label
     with a bootstrap 95% interval, and the index in use against exact search. Writes report.json,
     report.md and PNG plots (ROC curves, precision@k, confusion matrix) to --out."""
-    from indexer.evaluate import evaluate
+    from indexer.evaluation.evaluate import evaluate
     from indexer.labels import labels_from_metadata as metadata_labels
     from indexer.labels import parse_labels, parse_prompts
 
@@ -62,7 +62,7 @@ def evaluate_command(db_dir: Path | None, labels_file: Path | None, labels_from_
         prompt_map = parse_prompts(prompts.read_text(), str(prompts)) if prompts else None
         report = evaluate(store, repository, encoder, rows, prompt_map, bootstrap=bootstrap, probes=not no_probe,
                           windows=windows, render=settings.render_options(), maps=maps)
-    from indexer.evaluate import format_value, write_report
+    from indexer.evaluation.evaluate import format_value, write_report
 
     files = write_report(report, out)
     if report["model"]["random_weights"]:
@@ -141,7 +141,7 @@ def random_model(out: Path, shape: str) -> None:
     It loads like any checkpoint folder (--model OUT), but its results are meaningless, and
     medsearch says so in every answer built on it.
     """
-    from core.random_model import build_random_siglip
+    from core.model.random_model import build_random_siglip
 
     configure_logging("WARNING")
     build_random_siglip(out, shape=shape)  # type: ignore[arg-type]  # click checked the choice

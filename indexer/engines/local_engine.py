@@ -1,17 +1,17 @@
 """The local engine: decoding in worker processes of this machine, encoding and writing in this process
-(indexer/runner.py is its loop)."""
+(indexer/engines/runner.py is its loop)."""
 
 from __future__ import annotations
 
-from core.encoder import PreprocessorSpec
+from core.model.encoder import PreprocessorSpec
 from core.sources import Source
-from indexer.job import JobOptions
-from indexer.load import LoadOptions, LoadPool
-from indexer.model import ModelSpec
-from indexer.result import ProgressFactory, RunResult
-from indexer.runner import run_indexing
-from indexer.scan import Listing
-from storage.repository import Repository
+from indexer.engines.runner import run_indexing
+from indexer.pipeline.job import JobOptions
+from indexer.pipeline.load import LoadOptions, LoadPool
+from indexer.pipeline.model import ModelSpec
+from indexer.pipeline.result import ProgressFactory, RunResult
+from indexer.pipeline.scan import Listing
+from storage.sql.repository import Repository
 from storage.store import Store
 
 

@@ -1,4 +1,4 @@
-"""`build-index --engine ray`: a large IVF index built from shards on a Ray cluster (storage/ondisk.py).
+"""`build-index --engine ray`: a large IVF index built from shards on a Ray cluster (storage/vectors/ondisk.py).
 
 The driver trains the index once on a sample; each task fills a copy of it with one range of image ids,
 read from the database itself (a SQLite file on a filesystem the nodes share, or the server of
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from indexer.engines.ray_engine import RayEngine
 from indexer.errors import IndexerError
-from indexer.ray_engine import RayEngine
-from storage.index_build import BuildReport, build_report, tune_against_exact
-from storage.ondisk import fill_shard, id_ranges, merge_shards, remove_unused_ivfdata, train_empty
-from storage.repository import Repository
+from storage.sql.repository import Repository
 from storage.store import Store
+from storage.vectors.build import BuildReport, build_report, tune_against_exact
+from storage.vectors.ondisk import fill_shard, id_ranges, merge_shards, remove_unused_ivfdata, train_empty
 
 
 def fill_range(database: str | None, trained: bytes, dim: int, low: int, high: int, out: str) -> int:
@@ -40,7 +40,7 @@ def fill_range(database: str | None, trained: bytes, dim: int, low: int, high: i
 
 def build_on_ray(store: Store, repository: Repository, engine: RayEngine, kind: str, memory_budget: int,
                  parts: int | None = None, text_queries: np.ndarray | None = None) -> BuildReport:
-    """Train, fill shards in parallel tasks, merge on disk, tune (per query kind: storage.index_build),
+    """Train, fill shards in parallel tasks, merge on disk, tune (per query kind: storage.vectors.build),
     adopt. Raises IndexerError."""
     started = time.perf_counter()
     manifest = store.manifest

@@ -1,6 +1,6 @@
 """The Ray engine: the same run as the local engine, scheduled on a Ray cluster (Ray Data).
 
-    driver   lists the source, plans work units (indexer/units.py), commits finished shards
+    driver   lists the source, plans work units (indexer/engines/units.py), commits finished shards
     tasks    read and decode a unit's files themselves (CPU; from the shared filesystem, an archive
              member, or the PACS with credentials from the worker's own environment): no file bytes
              pass through the driver
@@ -31,20 +31,20 @@ from typing import Any
 import numpy as np
 
 from core.deid import pseudonym
-from core.device import CPU_BATCH
-from core.encoder import ImagePreprocessor, PreprocessorSpec
+from core.model.device import CPU_BATCH
+from core.model.encoder import ImagePreprocessor, PreprocessorSpec
 from core.sources import Source, SourceOptions, open_source
-from indexer.encode import BatchEncoder, given_vectors
+from indexer.engines.runner import task_for
+from indexer.engines.units import WorkUnit, config_digest, leftover_shards, plan_units, read_shard, write_shard
 from indexer.errors import IndexerError
-from indexer.job import JobOptions
-from indexer.load import LoadOptions, Outcome, Task, at_model_size, load
-from indexer.model import ModelSpec
-from indexer.result import Progress, ProgressFactory, RunResult
-from indexer.runner import task_for
-from indexer.scan import Listing
-from indexer.session import indexing_run
-from indexer.units import WorkUnit, config_digest, leftover_shards, plan_units, read_shard, write_shard
-from storage.repository import Repository
+from indexer.pipeline.encode import BatchEncoder, given_vectors
+from indexer.pipeline.job import JobOptions
+from indexer.pipeline.load import LoadOptions, Outcome, Task, at_model_size, load
+from indexer.pipeline.model import ModelSpec
+from indexer.pipeline.result import Progress, ProgressFactory, RunResult
+from indexer.pipeline.scan import Listing
+from indexer.pipeline.session import indexing_run
+from storage.sql.repository import Repository
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -354,6 +354,6 @@ class RayEngine:
 
 
 def _fingerprint_of(described: dict[str, Any]) -> Any:
-    from core.encoder import ModelFingerprint
+    from core.model.encoder import ModelFingerprint
 
     return ModelFingerprint(**{key: value for key, value in described.items() if key != "key"})

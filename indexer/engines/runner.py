@@ -16,17 +16,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 
-from core.encoder import Encoder
-from core.preprocess import is_reduced, rendering_from_version
+from core.imaging.preprocess import is_reduced, rendering_from_version
+from core.model.encoder import Encoder
 from core.sources import Entry, ReadItem, Source
-from indexer.encode import BatchEncoder
 from indexer.errors import IndexerError
-from indexer.load import LoadOptions, LoadPool, Outcome, Task
-from indexer.manifest import MANIFEST_NAME
-from indexer.result import Progress, ProgressFactory, RunResult
-from indexer.scan import Listing, list_source, unchanged
-from indexer.session import IndexingRun, indexing_run
-from storage.repository import Repository
+from indexer.pipeline.encode import BatchEncoder
+from indexer.pipeline.load import LoadOptions, LoadPool, Outcome, Task
+from indexer.pipeline.manifest import MANIFEST_NAME
+from indexer.pipeline.result import Progress, ProgressFactory, RunResult
+from indexer.pipeline.scan import Listing, list_source, unchanged
+from indexer.pipeline.session import IndexingRun, indexing_run
+from storage.sql.repository import Repository
 from storage.store import Store
 
 

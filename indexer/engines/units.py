@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from core.encoder import ModelFingerprint
-from core.metadata import ImageMetadata
+from core.imaging.metadata import ImageMetadata
+from core.model.encoder import ModelFingerprint
 from core.sources import Entry
-from indexer.load import Frame, LoadOptions, Outcome
-from indexer.manifest import MANIFEST_NAME, ManifestRow
-from indexer.scan import Listing, unchanged
+from indexer.pipeline.load import Frame, LoadOptions, Outcome
+from indexer.pipeline.manifest import MANIFEST_NAME, ManifestRow
+from indexer.pipeline.scan import Listing, unchanged
 from storage.layout import write_atomically
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ LABELS.csv: a column `path` (a file's path inside its archive) or `sop_uid`, and
 - zero-shot classification: ROC AUC per label of SigLIP's sigmoid(scale * cos + bias) with a
   bootstrap 95% interval, and a confusion matrix of the most probable label against the first true one;
 - the index in use against exact search: recall@k of its neighbours;
-- zero-shot against a probe (indexer/probes.py) on the same held-out patients, with paired bootstrap
-  intervals and the learning curve, and optionally across CT renderings (indexer/evaluate_probes.py).
+- zero-shot against a probe (indexer/probes/train.py) on the same held-out patients, with paired bootstrap
+  intervals and the learning curve, and optionally across CT renderings (indexer/evaluation/probes.py).
 Writes report.json, report.md and PNG plots to the report folder.
 """
 
@@ -22,16 +22,23 @@ from typing import Any
 
 import numpy as np
 
-from core.dicom import RenderOptions
-from core.encoder import Encoder
+from core.imaging.dicom import RenderOptions
+from core.model.encoder import Encoder
 from indexer.errors import IndexerError
-from indexer.evaluate_maps import indexed_rendering, map_faithfulness, map_lines
-from indexer.evaluate_probes import compare, compare_windows, plot_learning_curves, report_lines
+from indexer.evaluation.maps import indexed_rendering, map_faithfulness, map_lines
+from indexer.evaluation.probes import compare, compare_windows, plot_learning_curves, report_lines
 from indexer.labels import match, text_vectors
-from indexer.metrics import average_precision, bootstrap_auc_ci, precision_at_k, recall_at_k, roc_auc, roc_curve
-from indexer.probe_fit import Prior
-from indexer.probes import training_set
-from storage.repository import Repository
+from indexer.metrics import (
+    average_precision,
+    bootstrap_auc_ci,
+    precision_at_k,
+    recall_at_k,
+    roc_auc,
+    roc_curve,
+)
+from indexer.probes.fit import Prior
+from indexer.probes.train import training_set
+from storage.sql.repository import Repository
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -44,7 +51,7 @@ def evaluate(store: Store, repository: Repository, encoder: Encoder, rows: list[
     """The report (see the module docstring). `probes`: also zero-shot against a probe on the same
     held-out patients, with the learning curve; `windows` (with `render`): that comparison for the
     labelled CT images decoded again with each window option; `maps`: the relevance maps' faithfulness
-    on that many labelled images (indexer/evaluate_maps.py)."""
+    on that many labelled images (indexer/evaluation/maps.py)."""
     manifest = store.manifest
     if manifest is None or manifest.fingerprint_key != encoder.fingerprint.key:
         raise IndexerError("the model loaded is not the one this index was built with: evaluate with --model "

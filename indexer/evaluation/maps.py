@@ -1,8 +1,8 @@
 """`medsearch-index eval --maps N`: are relevance maps faithful on a site's own images and model?
 
 For up to N labelled images, each against the prompt of its first label (alphabetically), the gradient
-map the API serves (core.explain) is computed on the image as it was indexed, and its deletion and
-insertion areas are compared with random masking orders (core.faithfulness). A map that does not beat
+map the API serves (core.maps.explain) is computed on the image as it was indexed, and its deletion and
+insertion areas are compared with random masking orders (core.maps.faithfulness). A map that does not beat
 random masking on a site's images says that its maps are not to be read there.
 """
 
@@ -12,15 +12,15 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from core.dicom import RenderOptions
-from core.encoder import Encoder
-from core.explain import Explainer, ExplainError
-from core.faithfulness import curves, summarise
-from core.images import load_image_frames
-from core.preprocess import is_reduced, rendering_from_version
+from core.imaging.dicom import RenderOptions
+from core.imaging.images import load_image_frames
+from core.imaging.preprocess import is_reduced, rendering_from_version
+from core.maps.explain import Explainer, ExplainError
+from core.maps.faithfulness import curves, summarise
+from core.model.encoder import Encoder
 from core.sources import open_source
 from indexer.labels import Labelled, text_vectors
-from storage.repository import Repository
+from storage.sql.repository import Repository
 
 logger = logging.getLogger(__name__)
 

@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from core.dicom import RenderOptions
-from core.encoder import Encoder
-from core.images import load_image_frames
+from core.imaging.dicom import RenderOptions
+from core.imaging.images import load_image_frames
+from core.model.encoder import Encoder
 from core.sources import open_source
 from indexer.errors import IndexerError
 from indexer.metrics import paired_bootstrap_auc, roc_auc
-from indexer.probe_fit import Prior, grouped_folds, train_label
-from indexer.probes import TrainingSet, learning_curve
-from storage.repository import Repository
+from indexer.probes.fit import Prior, grouped_folds, train_label
+from indexer.probes.train import TrainingSet, learning_curve
+from storage.sql.repository import Repository
 
 logger = logging.getLogger(__name__)
 

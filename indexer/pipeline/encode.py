@@ -1,9 +1,9 @@
 """Stage 3: encode the frames that are new to the index (the only step that runs the model).
 
-Frames arrive as uint8 at the model's input size (core.model_input); each batch is copied once, into
+Frames arrive as uint8 at the model's input size (core.model.inputs); each batch is copied once, into
 one of two preallocated buffers (pinned memory on CUDA), and handed to the encoder, which normalises it
 on the device and returns before the vectors are ready there: the caller writes the previous batch
-meanwhile (indexer/write.py). A buffer is refilled only after the batch it held is finished.
+meanwhile (indexer/pipeline/write.py). A buffer is refilled only after the batch it held is finished.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from core.encoder import Encoder, Pending, Ready
-from core.model_input import assemble
-from indexer.load import Frame
+from core.model.encoder import Encoder, Pending, Ready
+from core.model.inputs import assemble
+from indexer.pipeline.load import Frame
 
 
 class _Chunks:

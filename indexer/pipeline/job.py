@@ -19,16 +19,16 @@ from typing import Protocol
 
 from core.sources import Source
 from core.sources.dicomweb import DicomWebArchive, ListingStats
-from indexer.load import LoadOptions
-from indexer.model import ModelSpec
-from indexer.result import ProgressFactory, RunResult
-from indexer.scan import Listing, list_source
-from indexer.session import check_not_excluded, record_idle_run
-from indexer.tuning import text_tuning_queries
-from storage.index_build import BuildReport
+from indexer.pipeline.load import LoadOptions
+from indexer.pipeline.model import ModelSpec
+from indexer.pipeline.result import ProgressFactory, RunResult
+from indexer.pipeline.scan import Listing, list_source
+from indexer.pipeline.session import check_not_excluded, record_idle_run
+from indexer.pipeline.tuning import text_tuning_queries
 from storage.layout import finish_generation
-from storage.repository import Repository
+from storage.sql.repository import Repository
 from storage.store import Store
+from storage.vectors.build import BuildReport
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class IndexJob:
             notes.append(f"committed {resumed} work units a killed run had finished (nothing encoded again)")
         remote = source if isinstance(source, DicomWebArchive) else None
         if remote is not None:
-            from indexer.pacs import apply_since
+            from indexer.pipeline.pacs import apply_since
 
             notes.append(f"{remote.base_url}: " + apply_since(remote, self.repository, options.since,
                                                               options.lookback_days))
@@ -139,7 +139,7 @@ class IndexJob:
     def _finish(self, result: RunResult, remote: DicomWebArchive | None, started_on: date, notes: list[str],
                 model_loaded: bool) -> JobResult:
         if remote is not None and not result.interrupted:
-            from indexer.pacs import marks_progress, write_mark
+            from indexer.pipeline.pacs import marks_progress, write_mark
 
             if marks_progress(remote, self.options.narrowed):
                 write_mark(self.repository, remote.key, started_on)

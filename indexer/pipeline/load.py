@@ -20,15 +20,15 @@ from typing import Any
 import numpy as np
 
 from core.deid import deidentify
-from core.dicom import RenderOptions
-from core.encoder import ImagePreprocessor, PreprocessorSpec
 from core.errors import ImageError, NoPixelDataError, NotAnImageError
-from core.images import load_image_frames
-from core.metadata import ImageMetadata
+from core.imaging.dicom import RenderOptions
+from core.imaging.images import load_image_frames
+from core.imaging.metadata import ImageMetadata
+from core.model.encoder import ImagePreprocessor, PreprocessorSpec
 from core.sources import Entry, Source, SourceOptions, open_source
-from indexer import handover
-from indexer.handover import SharedPixels
-from indexer.manifest import ManifestRow
+from indexer.pipeline import handover
+from indexer.pipeline.handover import SharedPixels
+from indexer.pipeline.manifest import ManifestRow
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class LoadOptions:
     deid_secret: str | None = None  # set: store keyed pseudonyms instead of patient IDs
     deid_keep_columns: tuple[str, ...] = ()  # de-identifying: manifest columns still stored
     deid_keep_reports: bool = False  # de-identifying: store report text (identifying)
-    reduced: bool = False  # decode at the model's input size (core.preprocess.REDUCED): set where it is known
+    reduced: bool = False  # decode at the model's input size (core.imaging.preprocess.REDUCED): set where it is known
 
 
 def at_model_size(options: LoadOptions, side: int) -> LoadOptions:
@@ -62,7 +62,7 @@ class Task:
 @dataclass
 class Frame:
     """One image ready for the model: its pixel hash, its pixels at the model's input size (uint8, grey
-    as one channel: core.model_input) and its metadata (and, once encoded elsewhere, its vector)."""
+    as one channel: core.model.inputs) and its metadata (and, once encoded elsewhere, its vector)."""
 
     pixel_sha256: str
     pixels: np.ndarray

@@ -2,7 +2,7 @@
 
 A file named `manifest.csv` at the archive's root (or one given with --manifest) with a header row.
 Required column: `path` (the image's path inside the archive, forward slashes). Known columns are the
-metadata fields a manifest may set (core.metadata.MANIFEST_FIELDS), each parsed by its type: text,
+metadata fields a manifest may set (core.imaging.metadata.MANIFEST_FIELDS), each parsed by its type: text,
 numbers (`patient_age`, `instance_number`), dates YYYY-MM-DD (`study_date`), yes/no
 (`burned_in_annotation`), `labels` (several separated by `;` or `|`) and `report` (or `report_text`).
 Every other column is kept in the image's `extra`. For DICOM images the header wins for the fields it
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from core.metadata import MANIFEST_FIELDS, ImageMetadata
+from core.imaging.metadata import MANIFEST_FIELDS, ImageMetadata
 from indexer.errors import ManifestError
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core.encoder import HFEncoder, ModelFingerprint, PreprocessorSpec, describe_model
+from core.model.encoder import HFEncoder, ModelFingerprint, PreprocessorSpec, describe_model
 
 
 def resolve_model(name: str) -> str:
@@ -23,7 +23,7 @@ class ModelSpec:
     precision: str = "auto"
     quantize: str | None = None
     local_files_only: bool = False
-    rendering: str = ""  # a model rendering (core.preprocess.MODEL_RENDERINGS): part of the fingerprint
+    rendering: str = ""  # a model rendering (core.imaging.preprocess.MODEL_RENDERINGS): part of the fingerprint
     compile_model: bool = False
 
     def load(self, device: str | None = None) -> HFEncoder:

@@ -20,7 +20,7 @@ from pydicom.datadict import tag_for_keyword
 
 from core.sources.dicomweb import DicomWebArchive, StudyQuery, check_date_range
 from indexer.errors import IndexerError
-from storage.repository import Repository
+from storage.sql.repository import Repository
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from core.sources import Entry, Source
-from indexer.manifest import MANIFEST_NAME
+from indexer.pipeline.manifest import MANIFEST_NAME
 from storage.records import FileState
-from storage.repository import Repository
+from storage.sql.repository import Repository
 
 
 def unchanged(state: FileState | None, entry: Entry) -> bool:

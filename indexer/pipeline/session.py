@@ -14,13 +14,13 @@ from typing import Any
 from core.deid import pseudonym
 from core.sources import Source
 from indexer.errors import IndexerError
-from indexer.load import LoadOptions
-from indexer.manifest import MANIFEST_NAME, ManifestRow, parse_manifest
-from indexer.result import RunResult
-from indexer.scan import Listing
-from indexer.write import BatchWriter, Encode
-from storage.removal import ExclusionMatcher
-from storage.repository import Repository
+from indexer.pipeline.load import LoadOptions
+from indexer.pipeline.manifest import MANIFEST_NAME, ManifestRow, parse_manifest
+from indexer.pipeline.result import RunResult
+from indexer.pipeline.scan import Listing
+from indexer.pipeline.write import BatchWriter, Encode
+from storage.sql.removal import ExclusionMatcher
+from storage.sql.repository import Repository
 from storage.store import Store
 
 logger = logging.getLogger(__name__)

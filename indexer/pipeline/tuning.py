@@ -1,6 +1,6 @@
 """The text queries an index build tunes its search effort on: the shipped query phrases
-(core/query_phrases.py) encoded by the index's own text encoder, so that `build-index` and a run that
-grows the index choose an effort for text queries as well as for image queries (storage/index_build.py)."""
+(core/reports/query_phrases.py) encoded by the index's own text encoder, so that `build-index` and a run that
+grows the index choose an effort for text queries as well as for image queries (storage/vectors/build.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from core.query_phrases import query_phrases
+from core.reports.query_phrases import query_phrases
 
 logger = logging.getLogger(__name__)
 

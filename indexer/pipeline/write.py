@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from core.encoder import Pending
-from indexer.load import Frame, Outcome
-from indexer.result import RunResult
+from core.model.encoder import Pending
+from indexer.pipeline.load import Frame, Outcome
+from indexer.pipeline.result import RunResult
 from storage.records import (
     FileIssue,
     FileState,
@@ -34,8 +34,8 @@ from storage.records import (
     UnitRecord,
     case_key,
 )
-from storage.removal import ExclusionMatcher
-from storage.repository import Repository
+from storage.sql.removal import ExclusionMatcher
+from storage.sql.repository import Repository
 from storage.store import Store
 
 logger = logging.getLogger(__name__)

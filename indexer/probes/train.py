@@ -1,7 +1,7 @@
 """`medsearch-index train-probe`: a few-shot classifier per label on the stored embeddings (no
 re-encoding), cross-validated by patient, calibrated on held-out folds, stored in the index database
-(storage/probes.py) with the fingerprints of its model and of its training set. The fitting is in
-indexer/probe_fit.py; `learning_curve` serves `eval`.
+(storage/sql/probes.py) with the fingerprints of its model and of its training set. The fitting is in
+indexer/probes/fit.py; `learning_curve` serves `eval`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from core.encoder import Encoder
+from core.model.encoder import Encoder
 from indexer.errors import IndexerError
 from indexer.labels import Labelled, match, text_vectors
 from indexer.metrics import roc_auc
-from indexer.probe_fit import Prior, fit_logistic, group_keys, grouped_folds, train_label
-from storage.meta import utcnow
-from storage.probes import Probe
-from storage.repository import Repository
+from indexer.probes.fit import Prior, fit_logistic, group_keys, grouped_folds, train_label
+from storage.sql.meta import utcnow
+from storage.sql.probes import Probe
+from storage.sql.repository import Repository
 from storage.store import Store
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from core.settings import Settings
-from search_api.service import SearchService
+from search_api.services.search import SearchService
 
 
 async def get_service(request: Request) -> SearchService:

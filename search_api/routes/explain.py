@@ -12,16 +12,16 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from core.explain import METHODS
-from core.explain_geometry import Placement, overlay_png, thumbnail_size
-from search_api.auth import PreviewAudit
-from search_api.deps import ServiceDep, SettingsDep
+from core.maps.explain import METHODS
+from core.maps.geometry import Placement, overlay_png, thumbnail_size
 from search_api.errors import FieldError
-from search_api.explaining import ExplainQuery, Explanation
-from search_api.routes_images import ERRORS, NO_STORE
-from search_api.service import SearchService
-from search_api.upload import read_limited
-from search_api.views import model_info
+from search_api.routes.deps import ServiceDep, SettingsDep
+from search_api.routes.images import ERRORS, NO_STORE
+from search_api.routes.upload import read_limited
+from search_api.routes.views import model_info
+from search_api.security.auth import PreviewAudit
+from search_api.services.explaining import ExplainQuery, Explanation
+from search_api.services.search import SearchService
 
 router = APIRouter(tags=["images"])
 

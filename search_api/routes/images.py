@@ -1,7 +1,7 @@
 """Route handlers for one indexed image, as a viewer shows it: its record, a preview with any window and
 frame, the modality values under the pointer, its study and series, zero-shot labels, and (for
 clinicians and admins) the original file. Every route is audited; researchers see what the allow-list
-grants (search_api/views.py). Files are always the ones recorded for the id, never a path from the
+grants (search_api/routes/views.py). Files are always the ones recorded for the id, never a path from the
 request."""
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from fastapi import APIRouter, File, Path, Query, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from search_api.auth import AccessDep, CallerDep, ClassifyAudit, DownloadAudit, DownloaderDep, PreviewAudit, ViewAudit
-from search_api.deps import ServiceDep, SettingsDep
-from search_api.images import Values
-from search_api.presets import prompts_for
-from search_api.schemas import ClassifyResponse, ErrorResponse, ImageResponse
-from search_api.schemas_images import (
+from search_api.routes.deps import ServiceDep, SettingsDep
+from search_api.routes.presets import prompts_for
+from search_api.routes.upload import read_limited
+from search_api.routes.views import classify_response, image_parts, may_see, model_info, researcher
+from search_api.schemas.images import (
     ClassifyIndexedRequest,
     SeriesImageOut,
     SeriesOut,
@@ -25,8 +24,18 @@ from search_api.schemas_images import (
     StudyResponse,
     ValuesResponse,
 )
-from search_api.upload import read_limited
-from search_api.views import classify_response, image_parts, may_see, model_info, researcher
+from search_api.schemas.search import ClassifyResponse, ErrorResponse, ImageResponse
+from search_api.security.auth import (
+    AccessDep,
+    CallerDep,
+    ClassifyAudit,
+    DownloadAudit,
+    DownloaderDep,
+    PreviewAudit,
+    ViewAudit,
+)
+from search_api.services.classifying import classify
+from search_api.services.images import Values
 
 router = APIRouter(tags=["images"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (403, 404, 422)}
@@ -156,5 +165,5 @@ async def classify_indexed(image_id: ImageId, body: ClassifyIndexedRequest, serv
     trained = service.probe(body.probe) if body.probe else None
     prompts = None if trained else prompts_for(body.labels, body.preset)
     service.require_image(image_id)
-    result = await run_in_threadpool(service.classify, image_id, prompts, body.neighbours, trained)
+    result = await run_in_threadpool(classify, service, image_id, prompts, body.neighbours, trained)
     return classify_response(result, service)

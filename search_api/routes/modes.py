@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from search_api.auth import AccessControl, Principal
 from search_api.errors import FieldError
-from search_api.query import Hit, Mode, QueryPart, ReportPlan
-from search_api.schemas import SearchOptionsIn
-from search_api.schemas_reports import MatchOut, QueryConceptOut, ReportQueryOut
-from search_api.service import SearchService
-from search_api.snippets import findings_of, queried_terms, snippet
+from search_api.routes.snippets import findings_of, queried_terms, snippet
+from search_api.schemas.reports import MatchOut, QueryConceptOut, ReportQueryOut
+from search_api.schemas.search import SearchOptionsIn
+from search_api.security.auth import AccessControl, Principal
+from search_api.services.query import Hit, Mode, QueryPart, ReportPlan
+from search_api.services.search import SearchService
 
 REPORT_FIELDS = ("report_text", "study_description", "series_description")  # what a report document holds
 

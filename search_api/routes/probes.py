@@ -8,13 +8,12 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from search_api.auth import AccessDep, CallerDep, SearchAudit, ViewAudit
-from search_api.deps import ServiceDep
 from search_api.errors import FieldError
-from search_api.presets import PRESETS, prompts_for
-from search_api.routes import EXPORT_RESPONSES, Export, answer, run_search
-from search_api.schemas import ErrorResponse, FilterSearchRequest, SearchResponse
-from search_api.schemas_probes import (
+from search_api.routes.deps import ServiceDep
+from search_api.routes.presets import PRESETS, prompts_for
+from search_api.routes.search import EXPORT_RESPONSES, Export, answer, run_search
+from search_api.routes.views import classify_response, may_see, model_info
+from search_api.schemas.probes import (
     EvidenceOut,
     ProbeOut,
     ProbesResponse,
@@ -23,8 +22,9 @@ from search_api.schemas_probes import (
     SummaryResponse,
     VoteOut,
 )
-from search_api.summary import summarise
-from search_api.views import classify_response, may_see, model_info
+from search_api.schemas.search import ErrorResponse, FilterSearchRequest, SearchResponse
+from search_api.security.auth import AccessDep, CallerDep, SearchAudit, ViewAudit
+from search_api.services.summary import summarise
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (403, 404, 409, 422)}

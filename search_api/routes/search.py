@@ -1,7 +1,7 @@
 """Route handlers for searching, classifying uploads and the service: thin; the work is in SearchService,
-answers are built per role in search_api/views.py, errors become HTTP answers in search_api/errors.py,
-and every route that touches patient data is audited by a dependency (search_api/auth.py). The image
-routes (viewing, study and series, downloads) are in search_api/routes_images.py."""
+answers are built per role in search_api/routes/views.py, errors become HTTP answers in search_api/errors.py,
+and every route that touches patient data is audited by a dependency (search_api/security/auth.py). The image
+routes (viewing, study and series, downloads) are in search_api/routes/images.py."""
 
 from __future__ import annotations
 
@@ -14,26 +14,24 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from core.images import LoadedImage
-from search_api.auth import (
-    DOWNLOAD_ROLES,
-    AccessControl,
-    AccessDep,
-    AdminDep,
-    Audit,
-    CallerDep,
-    ClassifyAudit,
-    Principal,
-    SearchAudit,
-)
-from search_api.deps import ServiceDep, SettingsDep
+from core.imaging.images import LoadedImage
 from search_api.errors import FieldError
-from search_api.fusion import Fusion
-from search_api.modes import matches_out, report_query_out, resolve
-from search_api.presets import PRESETS, prompts_for
-from search_api.probing import ProbeCondition
-from search_api.query import QueryPart, SearchOptions
-from search_api.schemas import (
+from search_api.routes.deps import ServiceDep, SettingsDep
+from search_api.routes.modes import matches_out, report_query_out, resolve
+from search_api.routes.presets import PRESETS, prompts_for
+from search_api.routes.upload import read_limited
+from search_api.routes.views import (
+    check_filters,
+    classify_response,
+    export_response,
+    facet_names,
+    image_parts,
+    model_info,
+    to_filter,
+)
+from search_api.schemas.images import WhoAmI
+from search_api.schemas.reports import FusionIn
+from search_api.schemas.search import (
     BatchSearchRequest,
     BatchSearchResponse,
     ClassifyResponse,
@@ -47,19 +45,22 @@ from search_api.schemas import (
     SimilarSearchRequest,
     TextSearchRequest,
 )
-from search_api.schemas_images import WhoAmI
-from search_api.schemas_reports import FusionIn
-from search_api.service import SearchService
-from search_api.upload import read_limited
-from search_api.views import (
-    check_filters,
-    classify_response,
-    export_response,
-    facet_names,
-    image_parts,
-    model_info,
-    to_filter,
+from search_api.security.auth import (
+    DOWNLOAD_ROLES,
+    AccessControl,
+    AccessDep,
+    AdminDep,
+    Audit,
+    CallerDep,
+    ClassifyAudit,
+    Principal,
+    SearchAudit,
 )
+from search_api.services.classifying import classify as classify_image
+from search_api.services.fusion import Fusion
+from search_api.services.probing import ProbeCondition
+from search_api.services.query import QueryPart, SearchOptions
+from search_api.services.search import SearchService
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (404, 413, 422)}
@@ -75,7 +76,7 @@ EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {**ERRORS, 200: {"content": 
 def run_search(service: SearchService, access: AccessControl, principal: Principal, audit: Audit, kind: Kind,
                parts: list[QueryPart], request: SearchOptionsIn, exclude: tuple[int, ...] = ()) -> SearchResponse:
     """One page of results with their total (and facets when asked), as the caller's role may see them, in
-    the mode that answers (search_api/modes.py)."""
+    the mode that answers (search_api/routes/modes.py)."""
     check_filters(request, access, principal)
     audit.kind = kind
     resolved = resolve(service, access, principal, parts, request)
@@ -225,7 +226,7 @@ async def classify(
     trained = service.probe(probe) if probe else None
     prompts = None if trained else prompts_for((labels or "").replace("\n", ",").split(","), preset)
     image = await read_upload(file, service, settings.max_upload_bytes)
-    result = await run_in_threadpool(service.classify, image, prompts, neighbours, trained)
+    result = await run_in_threadpool(classify_image, service, image, prompts, neighbours, trained)
     return classify_response(result, service)
 
 

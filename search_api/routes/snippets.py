@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 from core.reports import ReportAnalyzer
 from core.reports.text import words
-from search_api.query import ReportPlan
-from search_api.schemas_reports import FindingOut, Mark, Snippet
-from storage.report_records import StoredReport
+from search_api.schemas.reports import FindingOut, Mark, Snippet
+from search_api.services.query import ReportPlan
+from storage.reports.records import StoredReport
 
 MAX_SENTENCES = 2
 MAX_CHARS = 320

@@ -1,6 +1,6 @@
 """What a caller's role may see, turned into response models: one image, a classification, the model,
 and a page of results as CSV or JSON for export. Every route builds its answers here, so that the
-researcher allow-list (search_api/redact.py) is applied in one place."""
+researcher allow-list (search_api/security/redact.py) is applied in one place."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ from typing import Any
 from fastapi.responses import Response
 
 from core.csvsafe import csv_text
-from search_api.auth import AccessControl, Principal
-from search_api.classifying import Classification
 from search_api.errors import FieldError
-from search_api.schemas import (
+from search_api.schemas.search import (
     RANDOM_MODEL_WARNING,
     ClassifyResponse,
     Filters,
@@ -26,9 +24,11 @@ from search_api.schemas import (
     SearchResponse,
     Source,
 )
-from search_api.service import SearchService
-from storage.browse import FACET_FIELDS
+from search_api.security.auth import AccessControl, Principal
+from search_api.services.classifying import Classification
+from search_api.services.search import SearchService
 from storage.records import ImageFilter, StoredImage
+from storage.sql.browse import FACET_FIELDS
 
 # a facet reveals the values of the field it counts
 FACET_NEEDS = {"modality": "modality", "body_part": "body_part", "patient_sex": "patient_sex", "year": "study_date"}

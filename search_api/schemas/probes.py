@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from search_api.schemas import ClassifyResponse, ModelInfo
+from search_api.schemas.search import ClassifyResponse, ModelInfo
 
 
 class ProbeOut(BaseModel):

@@ -1,4 +1,4 @@
-"""Request and response models of report and hybrid search (their use: search_api/schemas.py)."""
+"""Request and response models of report and hybrid search (their use: search_api/schemas/search.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ ModeIn = Literal["hybrid", "image", "report"]
 
 
 class FusionIn(BaseModel):
-    """How a hybrid search fuses its two rankings (reciprocal rank fusion, search_api/fusion.py)."""
+    """How a hybrid search fuses its two rankings (reciprocal rank fusion, search_api/services/fusion.py)."""
 
     k: int = Field(default=60, ge=1, le=1000, description="RRF's k: 1 / (k + rank) per ranking.")
     report_weight: float = Field(default=1.0, ge=0, le=10, description="Weight of the report ranking.")

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from search_api.schemas_reports import Assertion, FusionIn, MatchOut, ModeIn, ReportQueryOut
+from search_api.schemas.reports import Assertion, FusionIn, MatchOut, ModeIn, ReportQueryOut
 
 RANDOM_MODEL_WARNING = ("The loaded model has RANDOM weights (a test model): scores and rankings are "
                         "meaningless.")

@@ -1,8 +1,8 @@
 """Who is calling, what their role may do, and the audit record of what they did.
 
 Roles: admin (everything, and the audit log), clinician (sees patient identifiers), researcher (an
-allow-list of fields, pseudonyms for every identifier: search_api/redact.py). The key is checked by
-the gate (search_api/gate.py) before any request body is read; routes read the caller from the
+allow-list of fields, pseudonyms for every identifier: search_api/security/redact.py). The key is checked by
+the gate (search_api/security/gate.py) before any request body is read; routes read the caller from the
 request. Open mode (no keys, every caller a clinician) exists only on loopback, for the demo.
 """
 
@@ -17,7 +17,7 @@ from fastapi import Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from search_api.errors import status_of
-from search_api.redact import RESEARCHER_FIELDS, Redactor
+from search_api.security.redact import RESEARCHER_FIELDS, Redactor
 from storage.access import AccessStore
 
 KEY_PREFIX = "msk_"

@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from search_api.auth import AccessControl, Principal, key_id_of
+from search_api.security.auth import AccessControl, Principal, key_id_of
 
 PUBLIC = frozenset({"/", "/health", "/presets", "/windows", "/docs", "/openapi.json", "/redoc"})
 PUBLIC_PREFIXES = ("/static/",)

@@ -15,7 +15,7 @@ import math
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from search_api.gate import SECURITY_HEADERS
+from search_api.security.gate import SECURITY_HEADERS
 
 
 class Headers:

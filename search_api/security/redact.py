@@ -14,8 +14,8 @@ from dataclasses import fields
 from typing import Any
 
 from core.deid import pseudonym
-from core.metadata import METADATA_FIELDS, check_field_names
-from core.metadata import RESEARCHER_DEFAULT_FIELDS as RESEARCHER_FIELDS
+from core.imaging.metadata import METADATA_FIELDS, check_field_names
+from core.imaging.metadata import RESEARCHER_DEFAULT_FIELDS as RESEARCHER_FIELDS
 from core.sources.dicomweb import is_dicomweb, parse_instance_path
 from storage.records import Metadata
 

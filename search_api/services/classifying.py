@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.images import LoadedImage
-from storage.probes import Probe
+from core.imaging.images import LoadedImage
+from storage.sql.probes import Probe
 
 if TYPE_CHECKING:
-    from search_api.service import SearchService
+    from search_api.services.search import SearchService
 
 PROBE_MIN_AUC = 0.75  # below this cross-validated AUC a probe's answer is flagged for review
 

@@ -1,6 +1,6 @@
 """Relevance maps for the API: an indexed image against a text, an uploaded image or another indexed
-image, as the model saw it when indexing (core.explain), placed on the file's pixels and drawn as an
-overlay at the preview's size (core.explain_geometry). Maps are cached per (image, frame, query, method,
+image, as the model saw it when indexing (core.maps.explain), placed on the file's pixels and drawn as an
+overlay at the preview's size (core.maps.geometry). Maps are cached per (image, frame, query, method,
 window, model); work that would not finish within the request timeout is refused before it starts."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from core.encoder import Encoder
-from core.explain import Explainer, ExplainError, RelevanceGrid, occlusion_window
-from core.explain_geometry import Placement, placement
+from core.maps.explain import Explainer, ExplainError, RelevanceGrid, occlusion_window
+from core.maps.geometry import Placement, placement
+from core.model.encoder import Encoder
 from search_api.errors import FieldError
-from search_api.images import ImageFiles
-from search_api.lru import LRUCache
+from search_api.services.images import ImageFiles
+from search_api.services.lru import LRUCache
 from storage.records import StoredImage
 
 logger = logging.getLogger(__name__)

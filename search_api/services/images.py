@@ -17,14 +17,14 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from core.dicom import RenderOptions, check_window_option, modality_values
 from core.errors import ImageError, MedsearchError
-from core.images import LoadedImage, load_image_bytes, load_image_frames
+from core.imaging.dicom import RenderOptions, check_window_option, modality_values
+from core.imaging.images import LoadedImage, load_image_bytes, load_image_frames
 from core.sources import Source, SourceOptions, open_source
 from core.sources.base import MAX_MEMBER_BYTES
 from core.sources.dicomweb import DicomWebConfig, is_dicomweb
 from search_api.errors import FieldError, PreviewError
-from search_api.lru import LRUCache
+from search_api.services.lru import LRUCache
 from storage.records import StoredImage, StoredSource
 
 logger = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ import numpy as np
 
 from search_api.errors import FieldError
 from storage.probe_cache import ProbeScores
-from storage.probes import Probe, ProbeModelError
 from storage.records import ImageFilter
-from storage.repository import Repository
+from storage.sql.probes import Probe, ProbeModelError
+from storage.sql.repository import Repository
 
 logger = logging.getLogger(__name__)
 Order = Literal["relevance", "probability", "newest", "oldest"]

@@ -1,5 +1,5 @@
-"""What a search takes and gives, shared by the search service (search_api/service.py) and the report and
-hybrid searches (search_api/report_search.py): query parts, options, hits and their totals."""
+"""What a search takes and gives, shared by the search service (search_api/services/search.py) and the report and
+hybrid searches (search_api/services/reports.py): query parts, options, hits and their totals."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Literal
 
 import numpy as np
 
-from core.images import LoadedImage
+from core.imaging.images import LoadedImage
 from core.reports import ReportQuery
-from search_api.fusion import Fusion
-from search_api.probing import Candidates, Order, ProbeCondition
+from search_api.services.fusion import Fusion
+from search_api.services.probing import Candidates, Order, ProbeCondition
 from storage.records import ImageFilter, StoredImage
-from storage.report_records import ReportMatch
-from storage.search_effort import QueryKind
+from storage.reports.records import ReportMatch
+from storage.vectors.effort import QueryKind
 
 Mode = Literal["hybrid", "image", "report"]
 MODES: tuple[Mode, ...] = ("hybrid", "image", "report")
@@ -47,7 +47,7 @@ class SearchOptions:
     exclude: tuple[int, ...] = ()  # image ids left out (the query image of "more like this")
     probe: ProbeCondition | None = None  # only images a probe calls positive (exact: every image scored)
     order: Order = "relevance"  # or by the probe's probability, or by study date
-    mode: Mode = "image"  # image similarity, the reports, or both fused (search_api/fusion.py)
+    mode: Mode = "image"  # image similarity, the reports, or both fused (search_api/services/fusion.py)
     assertions: tuple[str, ...] | None = None  # report findings asserted so; None: as the query says
     fusion: Fusion = field(default_factory=Fusion)
 
@@ -100,7 +100,7 @@ class Prepared:
     vector: np.ndarray | None
     candidates: Candidates | None
     report: ReportPlan | None = None
-    kind: QueryKind = "image"  # which search effort the vector index uses for it (storage/search_effort.py)
+    kind: QueryKind = "image"  # which search effort the vector index uses for it (storage/vectors/effort.py)
     report_ids: np.ndarray | None = None  # every matching image the candidates allow, ascending; or not needed
     checked: ImageFilter | None = None  # filters checked on the nearest images instead of listed (a broad one)
     share: float = 1.0  # the estimated share of images `checked` lets through

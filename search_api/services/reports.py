@@ -1,9 +1,9 @@
-"""Searching the reports, alone or fused with image similarity (search_api/fusion.py).
+"""Searching the reports, alone or fused with image similarity (search_api/services/fusion.py).
 
 A query's text becomes a ReportMatch (`plan`): the vocabulary's findings it names, each with the
 assertion the query gives it ("no pleural effusion": negated) or those of the `assertion` filter, its
 anatomy bound to them, and its other words. The database ranks the matches (the same BM25 in SQLite and
-PostgreSQL: storage/report_rank.py); the filters' candidates, `exclude` and `min_score` restrict the
+PostgreSQL: storage/reports/rank.py); the filters' candidates, `exclude` and `min_score` restrict the
 ranking before it is paged or fused, so that ranks are ranks among what may be shown.
 """
 
@@ -16,11 +16,11 @@ import numpy as np
 
 from core.reports import ReportAnalyzer
 from search_api.errors import FieldError
-from search_api.fusion import Fused, fuse
-from search_api.query import Hit, MatchInfo, Prepared, ReportPlan, SearchOptions
+from search_api.services.fusion import Fused, fuse
+from search_api.services.query import Hit, MatchInfo, Prepared, ReportPlan, SearchOptions
 from storage.records import StoredImage
-from storage.report_records import ReportMatch
-from storage.repository import Repository
+from storage.reports.records import ReportMatch
+from storage.sql.repository import Repository
 from storage.store import Store
 
 MAX_TERMS = 32  # findings, anatomy and words of one query

@@ -1,6 +1,6 @@
 """Searching: build a query vector, search within the filters, count and facet the matches, attach stored
 records; classify an upload or an indexed image. The encoder, the store and the repository are built at
-the entry point and handed in; this class only combines them (reading files back: search_api/images.py)."""
+the entry point and handed in; this class only combines them (reading files back: search_api/services/images.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from core.encoder import Encoder, l2_normalise
-from core.images import LoadedImage
+from core.imaging.images import LoadedImage
+from core.model.encoder import Encoder, l2_normalise
 from core.reports import ReportAnalyzer
 from core.sources.dicomweb import instance_url, viewer_url
-from search_api.classifying import Classification, classify
 from search_api.errors import UnknownImageError
-from search_api.explaining import Explanations
-from search_api.images import ImageFiles
-from search_api.lru import LRUCache
-from search_api.probing import (
+from search_api.services.explaining import Explanations
+from search_api.services.images import ImageFiles
+from search_api.services.lru import LRUCache
+from search_api.services.probing import (
     Candidates,
     check_label,
     load_probe,
@@ -28,12 +27,12 @@ from search_api.probing import (
     probability_of,
     probe_candidates,
 )
-from search_api.query import Hit, Matches, Prepared, QueryPart, ReportPlan, SearchOptions, query_kind
-from search_api.report_search import ReportSearch, cosines, new_group, plan_report_query, report_ids
+from search_api.services.query import Hit, Matches, Prepared, QueryPart, ReportPlan, SearchOptions, query_kind
+from search_api.services.reports import ReportSearch, cosines, new_group, plan_report_query, report_ids
 from storage.probe_cache import ProbeScores
-from storage.probes import Probe
 from storage.records import StoredImage, StoredSource
-from storage.repository import Repository
+from storage.sql.probes import Probe
+from storage.sql.repository import Repository
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -352,9 +351,4 @@ class SearchService:
         identifiers = {"study_uid": source.study_uid, "series_uid": source.series_uid, "sop_uid": source.sop_uid}
         return SourceLinks(instance_url(source.archive, source.path),
                            viewer_url(self.viewer_url_template, source.archive, identifiers))
-
-    def classify(self, image: LoadedImage | int, prompts: dict[str, str] | None, neighbours: int = 10,
-                 probe: Probe | None = None) -> Classification:
-        """See search_api/classifying.py."""
-        return classify(self, image, prompts, neighbours, probe)
 

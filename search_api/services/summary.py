@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from search_api.classifying import Classification
-from search_api.service import SearchService
-from storage.probes import Probe
+from search_api.services.classifying import Classification, classify
+from search_api.services.search import SearchService
 from storage.records import StoredImage
+from storage.sql.probes import Probe
 
 DISCLAIMER = ("This summary restates measurements: model probabilities and the labels of similar indexed cases. "
               "It is not a diagnosis or a treatment recommendation; a clinician judges the images themselves.")
@@ -114,7 +114,7 @@ def summarise(service: SearchService, image: StoredImage, k: int = 10, probe: Pr
         method = "zero-shot (labels of the nearest cases)"
     else:
         method = "none"
-    findings = service.classify(image.id, prompts, neighbours=0, probe=probe) if method != "none" else None
+    findings = classify(service, image.id, prompts, neighbours=0, probe=probe) if method != "none" else None
     return Summary(image.id, method, findings, neighbours, votes, statements(findings, method, neighbours, votes))
 
 

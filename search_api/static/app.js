@@ -9,7 +9,7 @@ const FIELDS = {modality: "modality", body: "body_part", sex: "patient_sex", ami
   from: "study_date_from", to: "study_date_to", labels: "labels", desc: "description", mfr: "manufacturer",
   min: "min_score", group: "group_by", k: "k", assert: "assertion"};  // URL parameter -> form field
 let query = null;  // {kind: "text", text} | {kind: "similar", id} | {kind: "image", file, name}
-let mode = "hybrid";  // what a text query searches: hybrid | report | image (search_api/modes.py)
+let mode = "hybrid";  // what a text query searches: hybrid | report | image (search_api/routes/modes.py)
 let page = 0, total = null, role = {may_download: false}, openedCase = null, restoring = false;
 
 const list = (id) => $(id).value.split(",").map((s) => s.trim()).filter(Boolean);

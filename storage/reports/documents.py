@@ -1,6 +1,6 @@
-"""The report index (part of storage.repository.Repository): one document per image with report text or
+"""The report index (part of storage.sql.repository.Repository): one document per image with report text or
 a description, in the database's own full-text engine: SQLite FTS5, or PostgreSQL's tsvector with a GIN
-index (migration 0005 creates either), both ranked by the same BM25 (storage.report_rank).
+index (migration 0005 creates either), both ranked by the same BM25 (storage.reports.rank).
 
 Documents are written in the transactions that write their images (`write_documents`), and leave with
 them (a foreign key that cascades; FTS5 follows through triggers). After a removal `optimize` merges
@@ -18,11 +18,9 @@ from sqlalchemy import Engine, and_, delete, func, literal_column, or_, select, 
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db import database_errors
 from storage.errors import StorageError
-from storage.models import ImageRow, ReportDocumentRow
-from storage.report_postings import postings_problems, rebuild_postings, write_postings
-from storage.report_rank import (
+from storage.reports.postings import postings_problems, rebuild_postings, write_postings
+from storage.reports.rank import (
     FTS_TABLE,
     fts5_query,
     phrases,
@@ -32,7 +30,7 @@ from storage.report_rank import (
     sqlite_ranking,
     tsquery,
 )
-from storage.report_records import (
+from storage.reports.records import (
     ReportAnalyzer,
     ReportFields,
     ReportMatch,
@@ -40,7 +38,9 @@ from storage.report_records import (
     ReportRanking,
     StoredReport,
 )
-from storage.report_topk import topk_ranking
+from storage.reports.topk import topk_ranking
+from storage.sql.db import database_errors
+from storage.sql.models import ImageRow, ReportDocumentRow
 
 TOKEN = re.compile(r"^[a-z0-9]+$")
 
@@ -179,7 +179,7 @@ class ReportsMixin:
                 is not None
 
     def rank_reports(self, match: ReportMatch, limit: int) -> ReportRanking:
-        """The best `limit` matching images by BM25, the same in both databases (storage.report_rank)."""
+        """The best `limit` matching images by BM25, the same in both databases (storage.reports.rank)."""
         _check(match)
         if match.empty:
             return ReportRanking((), (), True)

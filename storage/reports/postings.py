@@ -1,7 +1,7 @@
 """The report index's concept postings: for each document, its count of each concept token (`tf`) beside
 its length in tokens (`dl`, as BM25 counts it: words plus concept tokens), in a table ordered by
 (term, tf, dl, image id), so that a term's documents can be read best first by BM25 and a query's best
-matches ranked without scoring every match (storage/report_topk.py). Every document also has one row
+matches ranked without scoring every match (storage/reports/topk.py). Every document also has one row
 for the token '' (SENTINEL), so that report_terms (counts added by the writer, taken away by a trigger:
 migration 0006) holds N and the documents' total length beside each token's document count: BM25's
 IDF and average length in one read.
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import Connection, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from storage.models import ReportDocumentRow, ReportPostingRow, ReportTermRow
+from storage.sql.models import ReportDocumentRow, ReportPostingRow, ReportTermRow
 
 SENTINEL = ""  # the token every document carries: its counts are N and the total length
 

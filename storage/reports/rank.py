@@ -12,7 +12,7 @@ two float summations cannot reorder equal documents. The tsvector keeps at most 
 word and positions up to 16,383: in a report that repeats one word more often, or is longer,
 PostgreSQL counts fewer and may rank it lower. Both engines score every match, so a query's cost grows
 with its matches: queries of concept tokens alone (a finding, its anatomy, their assertions) are
-ranked from the postings instead (storage/report_topk.py), which reads the best first and stops;
+ranked from the postings instead (storage/reports/topk.py), which reads the best first and stops;
 bench/report_bench.py measures both.
 """
 
@@ -23,7 +23,7 @@ import math
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from storage.report_records import ReportMatch
+from storage.reports.records import ReportMatch
 
 FTS_TABLE = "report_fts"  # SQLite's FTS5 table (and its shadow tables report_fts_*)
 K1, B = 1.2, 0.75  # FTS5's constants
@@ -68,7 +68,7 @@ def postgres_ranking(session: Session, match: ReportMatch, limit: int) -> list[t
     if not documents:
         return []
     distinct = list(dict.fromkeys(terms))
-    # a concept token's documents are counted in report_terms (storage/report_postings.py); a word's here
+    # a concept token's documents are counted in report_terms (storage/reports/postings.py); a word's here
     hits = {(token, "A"): int(n) for token, n in session.execute(text(
         "SELECT token, documents FROM report_terms WHERE token = ANY(CAST(:tokens AS text[]))"),
         {"tokens": [t for t, w in distinct if w == "A"]})}

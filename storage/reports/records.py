@@ -1,4 +1,4 @@
-"""Typed records of the report index (storage/reports.py): what an analyzer hands storage, what a report
+"""Typed records of the report index (storage/reports/documents.py): what an analyzer hands storage, what a report
 search returns. Storage imports nothing of ours, so the analyzer (core.reports) is described here by
 the shape it has, not imported."""
 
@@ -78,4 +78,4 @@ class ReportRanking:
     ids: tuple[int, ...]
     scores: tuple[float, ...]
     complete: bool
-    ranked_by: str = "engine"  # or "postings": read best first (storage/report_topk.py)
+    ranked_by: str = "engine"  # or "postings": read best first (storage/reports/topk.py)

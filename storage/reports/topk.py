@@ -2,7 +2,7 @@
 assertion, and its narrower findings), without scoring every match.
 
 FTS5 and PostgreSQL score every matching document before they sort (a common finding matches a fifth
-of an archive: 200,000 scores at 1M reports). Here the postings (storage/report_postings.py) are read
+of an archive: 200,000 scores at 1M reports). Here the postings (storage/reports/postings.py) are read
 best first and, as in the threshold algorithm (Fagin, Lotem and Naor, PODS 2001), reading stops as soon
 as no unread document can beat the `limit`-th score found:
 
@@ -31,10 +31,10 @@ import numpy as np
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from storage.models import ReportTermRow
-from storage.report_postings import SENTINEL
-from storage.report_rank import DIGITS, K1, B, idf
-from storage.report_records import ReportMatch
+from storage.reports.postings import SENTINEL
+from storage.reports.rank import DIGITS, K1, B, idf
+from storage.reports.records import ReportMatch
+from storage.sql.models import ReportTermRow
 
 MARGIN = 2e-9  # the limit-th score must beat the threshold by more than the rounding of the order
 RARE = 32  # a group's other terms are read whole where each has at most 1/RARE of its largest's documents

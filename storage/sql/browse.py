@@ -1,4 +1,4 @@
-"""Browsing the index like a viewer (part of storage.repository.Repository): a study's series with their
+"""Browsing the index like a viewer (part of storage.sql.repository.Repository): a study's series with their
 counts, a series' images in instance order, and the counts of matching images per value (facets)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import numpy as np
 from sqlalchemy import ColumnElement, Engine, case, extract, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db import database_errors
-from storage.filters import filter_condition, filter_query
-from storage.models import ImageRow, SourceRow
 from storage.records import ImageFilter
+from storage.sql.db import database_errors
+from storage.sql.filters import filter_condition, filter_query
+from storage.sql.models import ImageRow, SourceRow
 
 FACET_FIELDS = ("modality", "body_part", "patient_sex", "year")
 

@@ -6,8 +6,8 @@ import json
 
 from sqlalchemy import ColumnElement, Select, Text, cast, func, select, true
 
-from storage.models import ImageRow
 from storage.records import ImageFilter
+from storage.sql.models import ImageRow
 
 
 def _like(text: str) -> str:

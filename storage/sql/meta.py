@@ -1,4 +1,4 @@
-"""The model manifest and facts about the database itself (part of storage.repository.Repository)."""
+"""The model manifest and facts about the database itself (part of storage.sql.repository.Repository)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db import database_errors
 from storage.errors import FingerprintMismatchError, StorageError
-from storage.models import IndexManifestRow, Meta
 from storage.records import Manifest
+from storage.sql.db import database_errors
+from storage.sql.models import IndexManifestRow, Meta
 
 
 def utcnow() -> datetime:

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 ORM models of the index database. API schemas live in search_api/schemas.py, never here.
+"""SQLAlchemy 2 ORM models of the index database. API schemas live in search_api/schemas/search.py, never here.
 
 The schema changes only through Alembic migrations (storage/migrations/index/versions): a change here
 without a migration fails tests/storage/test_migrations.py, which compares the two.
@@ -184,7 +184,7 @@ class ExclusionRow(Base):
 
 
 class CommittedUnitRow(Base):
-    """A work unit of a distributed run whose shard is committed (see storage.repository.write_batch)."""
+    """A work unit of a distributed run whose shard is committed (see storage.sql.repository.write_batch)."""
 
     __tablename__ = "committed_units"
     unit_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -213,7 +213,7 @@ class ProbeRow(Base):
 
 
 class ReportDocumentRow(Base):
-    """An image's report index document (storage/reports.py): the normalised words of its report text and
+    """An image's report index document (storage/reports/documents.py): the normalised words of its report text and
     descriptions, the concept tokens of its findings with their assertions, and where each was mentioned.
     The full-text index over it (SQLite FTS5 `report_fts`, or PostgreSQL's `document` tsvector with a GIN
     index) is the database's own, created by migration 0005 and kept in step in the same transactions."""
@@ -228,7 +228,7 @@ class ReportDocumentRow(Base):
 
 
 class ReportTermRow(Base):
-    """A concept token of the report index's postings (storage/report_postings.py) with how many documents
+    """A concept token of the report index's postings (storage/reports/postings.py) with how many documents
     carry it and their total length, kept by triggers (migration 0006). The token '' stands for every
     document: its counts are BM25's N and the documents' total length."""
 
@@ -241,7 +241,7 @@ class ReportTermRow(Base):
 
 class ReportPostingRow(Base):
     """One document's count of one concept token (`tf`) beside the document's length in tokens (`dl`),
-    ordered so that a term's documents are read best first by BM25 (storage/report_topk.py). Every
+    ordered so that a term's documents are read best first by BM25 (storage/reports/topk.py). Every
     document has one row for the token '' (tf 0). Leaves with its document (found by its image id)."""
 
     __tablename__ = "report_postings"

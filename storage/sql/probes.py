@@ -1,9 +1,9 @@
-"""Probes, stored: few-shot classifiers on the index's embeddings (trained by indexer/probes.py). A probe
+"""Probes, stored: few-shot classifiers on the index's embeddings (trained by indexer/probes/train.py). A probe
 is a label set and, per label, a calibrated linear classifier collapsed into one weight vector and one
 intercept, so that scoring every stored vector is one matrix product. It belongs to the model whose
 embeddings it was trained on (`fingerprint_key`): callers refuse it under another (ProbeModelError).
 
-`Probe` is the typed record; `ProbesMixin` is part of storage.repository.Repository.
+`Probe` is the typed record; `ProbesMixin` is part of storage.sql.repository.Repository.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db import database_errors
 from storage.errors import StorageError
-from storage.models import ProbeRow
+from storage.sql.db import database_errors
+from storage.sql.models import ProbeRow
 
 CHUNK = 20_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"

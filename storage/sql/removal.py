@@ -1,4 +1,4 @@
-"""Removals that leave no trace and stick (part of storage.repository.Repository).
+"""Removals that leave no trace and stick (part of storage.sql.repository.Repository).
 
 `remove(selection)` deletes, in one transaction, the selected sources, the images left without any
 (with their vectors), the skipped/failed records of the same files and, for a whole archive, its runs;
@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import ColumnElement, Engine, delete, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db import database_errors
-from storage.meta import utcnow
-from storage.models import EmbeddingRow, ExclusionRow, ImageRow, RunErrorRow, RunRow, SourceRow
 from storage.records import Exclusion, RemovalPreview, Selection
+from storage.sql.db import database_errors
+from storage.sql.meta import utcnow
+from storage.sql.models import EmbeddingRow, ExclusionRow, ImageRow, RunErrorRow, RunRow, SourceRow
 
 EXCLUSION_KEY = "exclusion_key"
 ANY_ARCHIVE = "*"

@@ -1,8 +1,8 @@
 """All SQL of the index database, one transaction per public method, typed records in and out. `Repository`
-is the images, sources and embeddings part; the manifest and facts about the database (storage/meta.py),
-runs (storage/runs.py), removals with their exclusions (storage/removal.py), browsing by study and
-series with facet counts (storage/browse.py), probes (storage/probes.py) and the report index
-(storage/reports.py) are mixed in, so that an entry point builds one repository and passes it where it
+is the images, sources and embeddings part; the manifest and facts about the database (storage/sql/meta.py),
+runs (storage/sql/runs.py), removals with their exclusions (storage/sql/removal.py), browsing by study and
+series with facet counts (storage/sql/browse.py), probes (storage/sql/probes.py) and the report index
+(storage/reports/documents.py) are mixed in, so that an entry point builds one repository and passes it where it
 is needed.
 """
 
@@ -16,13 +16,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.browse import BrowseMixin
-from storage.db import database_errors, make_engine, session_factory
 from storage.errors import DimensionMismatchError
-from storage.filters import filter_query
-from storage.meta import MetaMixin, utcnow
-from storage.models import CommittedUnitRow, EmbeddingRow, ImageRow, RunErrorRow, SourceRow
-from storage.probes import ProbesMixin
 from storage.records import (
     METADATA_FIELDS,
     SOURCE_FIELDS,
@@ -37,10 +31,16 @@ from storage.records import (
     StoredSource,
     UnitRecord,
 )
-from storage.removal import RemovalMixin
-from storage.report_records import ReportAnalyzer, ReportFields
-from storage.reports import ReportsMixin
-from storage.runs import RunsMixin
+from storage.reports.documents import ReportsMixin
+from storage.reports.records import ReportAnalyzer, ReportFields
+from storage.sql.browse import BrowseMixin
+from storage.sql.db import database_errors, make_engine, session_factory
+from storage.sql.filters import filter_query
+from storage.sql.meta import MetaMixin, utcnow
+from storage.sql.models import CommittedUnitRow, EmbeddingRow, ImageRow, RunErrorRow, SourceRow
+from storage.sql.probes import ProbesMixin
+from storage.sql.removal import RemovalMixin
+from storage.sql.runs import RunsMixin
 
 
 def stored_image(row: ImageRow, sources: Sequence[SourceRow]) -> StoredImage:

@@ -1,5 +1,5 @@
 """Runs and what they could not index, and what the database knows of an archive's files (part of
-storage.repository.Repository)."""
+storage.sql.repository.Repository)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db import database_errors
-from storage.meta import utcnow
-from storage.models import RunErrorRow, RunRow, SourceRow
 from storage.records import FileIssue, FileState, RunSummary
+from storage.sql.db import database_errors
+from storage.sql.meta import utcnow
+from storage.sql.models import RunErrorRow, RunRow, SourceRow
 
 
 def _summary(r: RunRow) -> RunSummary:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from storage.errors import StorageError
-from storage.repository import Repository
-from storage.search_effort import Effort, Efforts
-from storage.vector_index import IVF_KINDS, KINDS, IndexPlan, VectorIndex, bytes_per_vector, faiss, plan_index
+from storage.sql.repository import Repository
+from storage.vectors.effort import Effort, Efforts
+from storage.vectors.index import IVF_KINDS, KINDS, IndexPlan, VectorIndex, bytes_per_vector, faiss, plan_index
 
 logger = logging.getLogger(__name__)
 

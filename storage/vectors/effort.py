@@ -3,7 +3,7 @@
 Text queries are out of distribution for an index built on images: their nearest neighbours spread
 over more inverted lists (or graph regions) than an image's, so the effort that finds an image query's
 top ten misses part of a text query's (RoarGraph, PVLDB 17(11) 2024; the out-of-distribution track of
-big-ann-benchmarks). `build_index` tunes one Effort per kind on queries of that kind (storage/index_build.py),
+big-ann-benchmarks). `build_index` tunes one Effort per kind on queries of that kind (storage/vectors/build.py),
 the index file keeps them in its header, and every search names its kind: an image, a text, or both (a
 composite of an image and a text: the larger of the two efforts).
 """

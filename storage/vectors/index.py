@@ -20,10 +20,10 @@ import faiss as _faiss
 import numpy as np
 
 from storage.errors import DimensionMismatchError, StorageError
-from storage.id_journal import IdJournal
 from storage.layout import write_atomically
-from storage.ondisk_path import relocated
-from storage.search_effort import Effort, Efforts, QueryKind
+from storage.vectors.effort import Effort, Efforts, QueryKind
+from storage.vectors.id_journal import IdJournal
+from storage.vectors.ondisk_path import relocated
 
 logger = logging.getLogger(__name__)
 faiss: Any = _faiss  # its shipped stubs miss most SWIG attributes (DirectMap, hnsw, invlists...)
@@ -132,7 +132,7 @@ class VectorIndex:
 
     @classmethod
     def load_with_header(cls, path: Path) -> tuple[VectorIndex, dict[str, Any]]:
-        """The index in `path` and its header (database_id, kind, ntotal, token: storage.delta)."""
+        """The index in `path` and its header (database_id, kind, ntotal, token: storage.vectors.delta)."""
         try:
             data = path.read_bytes()
             header: dict[str, Any] = {}
@@ -202,7 +202,7 @@ class VectorIndex:
 
     @property
     def on_disk(self) -> bool:
-        """IVF lists in a file of their own (storage/ondisk.py), mapped into memory."""
+        """IVF lists in a file of their own (storage/vectors/ondisk.py), mapped into memory."""
         if isinstance(self._index, faiss.IndexIDMap2) or self.kind not in IVF_KINDS:
             return False
         lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(self._index).invlists)
@@ -355,7 +355,7 @@ class VectorIndex:
 
     def save(self, path: Path, owner: str, token: str | None = None) -> None:
         """Write atomically, marked with the id of the database (`owner`) it was built from and the
-        token its log of later changes names (storage.delta)."""
+        token its log of later changes names (storage.vectors.delta)."""
         header = json.dumps({"database_id": owner, "kind": self.kind, "ntotal": self.ntotal, "token": token,
                              "efforts": self.efforts.to_json() if self.efforts is not None else None}).encode()
 

@@ -4,7 +4,7 @@ filled shards on disk (FAISS contrib `merge_ondisk`) into inverted lists in a fi
 folder that searches map into memory (storage.store adopts the result and saves its small index file
 atomically, so the API switches to it whole).
 
-Vectors removed later stay in the file, left out of every search (storage.vector_index: FAISS's on-disk
+Vectors removed later stay in the file, left out of every search (storage.vectors.index: FAISS's on-disk
 lists cannot shrink safely); building again compacts. Search from an on-disk index reads the probed
 lists from that file: once the file is in the page
 cache it costs what the in-memory index costs; cold, each query reads nprobe lists from disk.
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.index_build import sample_embeddings
-from storage.repository import Repository
-from storage.vector_index import IVF_KINDS, IndexPlan, VectorIndex, faiss, plan_index
+from storage.sql.repository import Repository
+from storage.vectors.build import sample_embeddings
+from storage.vectors.index import IVF_KINDS, IndexPlan, VectorIndex, faiss, plan_index
 
 logger = logging.getLogger(__name__)
 

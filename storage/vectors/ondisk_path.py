@@ -1,4 +1,4 @@
-"""An on-disk IVF index names its lists' file (storage.ondisk) by the absolute path it was merged at.
+"""An on-disk IVF index names its lists' file (storage.vectors.ondisk) by the absolute path it was merged at.
 `relocated` rewrites that name, in the serialised index, to the file of the same name beside the index
 file being read, so that a database folder copied to another server, moved, or restored from a backup
 opens as it is and searches its own lists (never the original folder's, should that still exist)."""

@@ -13,8 +13,8 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
 
-from core.dicom import RenderOptions, load_dicom_frames
-from core.encoder import HFEncoder, describe_model
+from core.imaging.dicom import RenderOptions, load_dicom_frames
+from core.model.encoder import HFEncoder, describe_model
 from indexer.sample import pydicom_data_files
 from tests.conftest import dicom_file
 
@@ -64,7 +64,7 @@ def test_an_index_built_with_it_is_served_with_it_and_not_mixed(tiny_model_dir: 
 
     from core.settings import Settings
     from search_api.app import build_service, create_app
-    from search_api.auth import AccessControl
+    from search_api.security.auth import AccessControl
     from storage.opening import open_index
     from tests.indexer.test_cli import run_cli
 

@@ -11,10 +11,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from core.dicom import RenderOptions, apply_window, looks_like_dicom
-from core.dicom_read import extract_metadata, parse_age
 from core.errors import ImageError, ImageTooLargeError, NoPixelDataError
-from core.images import load_image_bytes, load_image_file
+from core.imaging.dicom import RenderOptions, apply_window, looks_like_dicom
+from core.imaging.dicom_read import extract_metadata, parse_age
+from core.imaging.images import load_image_bytes, load_image_file
 from tests.conftest import dicom_file
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.encoder import HFEncoder
 from core.errors import ModelLoadError
+from core.model.encoder import HFEncoder
 
 
 def test_outputs_are_normalised_float32(encoder: HFEncoder):

@@ -1,4 +1,4 @@
-"""Relevance maps (core.explain): faithful by deletion and insertion on real DICOM files, and placed
+"""Relevance maps (core.maps.explain): faithful by deletion and insertion on real DICOM files, and placed
 where the marked pixels are in the file (portrait, landscape, a multi-frame file, reduced decoding)."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from core.dicom import RenderOptions
-from core.encoder import HFEncoder, l2_normalise
-from core.explain import Explainer, ExplainError
-from core.explain_geometry import overlay_pixels, placement, thumbnail_size
-from core.faithfulness import curves, rank_correlation, summarise
-from core.images import load_image_frames
-from core.random_model import build_random_siglip
+from core.imaging.dicom import RenderOptions
+from core.imaging.images import load_image_frames
+from core.maps.explain import Explainer, ExplainError
+from core.maps.faithfulness import curves, rank_correlation, summarise
+from core.maps.geometry import overlay_pixels, placement, thumbnail_size
+from core.model.encoder import HFEncoder, l2_normalise
+from core.model.random_model import build_random_siglip
 from indexer.sample import decodable_test_images
 
 TEXTS = ["chest x-ray pleural effusion", "brain mri", "ct liver mass", "knee fracture"]

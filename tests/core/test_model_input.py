@@ -1,4 +1,4 @@
-"""The split image processor (core.model_input) against the processor run whole (the path before it),
+"""The split image processor (core.model.inputs) against the processor run whole (the path before it),
 and decoding at the model's input size against full resolution, on real files."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from core.dicom import RenderOptions
-from core.encoder import HFEncoder
-from core.images import load_image_file, load_image_frames
-from core.model_input import ModelInput, assemble
+from core.imaging.dicom import RenderOptions
+from core.imaging.images import load_image_file, load_image_frames
+from core.model.encoder import HFEncoder
+from core.model.inputs import ModelInput, assemble
 from indexer.sample import pydicom_data_files
 from tests.conftest import available, dicom_file
 

@@ -12,9 +12,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from core.dicom import RenderOptions, apply_window, frame_view, select_frames
 from core.errors import ImageError, NoPixelDataError
-from core.images import load_image_bytes, load_image_file, load_image_frames
+from core.imaging.dicom import RenderOptions, apply_window, frame_view, select_frames
+from core.imaging.images import load_image_bytes, load_image_file, load_image_frames
 from indexer.sample import pydicom_data_files
 from tests.conftest import dicom_file
 from tests.core.test_dicom import make_dicom

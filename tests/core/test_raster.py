@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.dicom import RenderOptions
 from core.errors import ImageError, ImageTooLargeError, NotAnImageError
-from core.images import load_image_bytes
+from core.imaging.dicom import RenderOptions
+from core.imaging.images import load_image_bytes
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:

@@ -11,7 +11,7 @@ from storage.opening import open_index
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "indexer.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "indexer.cli.main", *args], capture_output=True, text=True,
                           timeout=300, check=False)
 
 
@@ -69,7 +69,7 @@ def test_contact_sheet(archive_dir: Path, tmp_path: Path):
 
 
 def test_another_model_needs_a_new_generation(archive_dir: Path, tiny_model_dir: Path, tmp_path: Path):
-    from core.random_model import build_random_siglip
+    from core.model.random_model import build_random_siglip
 
     small = tmp_path / "small"
     small.mkdir()

@@ -13,10 +13,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from core.dicom_read import NON_IMAGE_SOP_CLASSES
-from core.encoder import HFEncoder
+from core.imaging.dicom_read import NON_IMAGE_SOP_CLASSES
+from core.model.encoder import HFEncoder
 from core.sources import open_source
-from indexer.runner import run_indexing
+from indexer.engines.runner import run_indexing
 from indexer.sample import pydicom_data_files, pydicom_test_files
 from storage.opening import open_index
 

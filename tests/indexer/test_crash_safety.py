@@ -49,7 +49,7 @@ def make_archive(root: Path) -> Path:
 
 
 def index_command(archive: Path | str, db: Path, model: Path) -> list[str]:
-    return [sys.executable, "-m", "indexer.cli", "run", str(archive), "--db", str(db), "--model", str(model),
+    return [sys.executable, "-m", "indexer.cli.main", "run", str(archive), "--db", str(db), "--model", str(model),
             "--batch-size", "1", "--workers", "0", "--checkpoint-seconds", "0", "--no-progress",
             "--log-level", "ERROR"]
 

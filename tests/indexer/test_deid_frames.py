@@ -9,11 +9,11 @@ import pydicom
 import pytest
 
 from core.deid import pseudonym
-from core.dicom import RenderOptions
-from core.encoder import HFEncoder
+from core.imaging.dicom import RenderOptions
+from core.model.encoder import HFEncoder
 from core.sources import open_source
-from indexer.load import LoadOptions
-from indexer.runner import run_indexing
+from indexer.engines.runner import run_indexing
+from indexer.pipeline.load import LoadOptions
 from storage.errors import StorageError
 from storage.opening import open_index
 from tests.conftest import dicom_file, rows_by_path

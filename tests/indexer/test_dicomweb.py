@@ -16,12 +16,12 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from core.encoder import HFEncoder
 from core.errors import ArchiveError
+from core.model.encoder import HFEncoder
 from core.reports import report_analyzer
 from core.sources import open_source
 from core.sources.dicomweb import DicomWebArchive, DicomWebConfig, StudyQuery, check_date_range, split_location
-from indexer.runner import run_indexing
+from indexer.engines.runner import run_indexing
 from indexer.sample import pydicom_data_files
 from storage.opening import open_index
 from tests.conftest import dicom_file
@@ -260,7 +260,7 @@ def _closed_port() -> int:
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "indexer.cli", "run", *args, "--no-progress", "--workers", "0"],
+    return subprocess.run([sys.executable, "-m", "indexer.cli.main", "run", *args, "--no-progress", "--workers", "0"],
                           capture_output=True, text=True, timeout=300, check=False,
                           env={**os.environ, **(env or {})})
 
@@ -358,7 +358,7 @@ def test_a_pacs_that_stops_answering_stops_the_run_and_the_rerun_finishes(orthan
 
 def test_query_options_are_checked():
     from indexer.errors import IndexerError
-    from indexer.pacs import build_query
+    from indexer.pipeline.pacs import build_query
 
     query = build_query("2024-01-01..2024-06-30", ("ct, mr",), ("StudyDescription=*CHEST*", "00080080=NORTH"))
     assert query.study_date == "20240101-20240630" and query.modalities == ("CT", "MR")

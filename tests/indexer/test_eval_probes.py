@@ -14,14 +14,14 @@ import numpy as np
 import pydicom
 import pytest
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from core.settings import Settings
 from core.sources import open_source
-from indexer.evaluate import evaluate, write_report
-from indexer.evaluate_probes import rerendered
+from indexer.engines.runner import run_indexing
+from indexer.evaluation.evaluate import evaluate, write_report
+from indexer.evaluation.probes import rerendered
 from indexer.labels import parse_labels
-from indexer.probes import training_set
-from indexer.runner import run_indexing
+from indexer.probes.train import training_set
 from storage.opening import open_index
 from tests.conftest import dicom_file
 from tests.probe_corpus import build_probe_corpus
@@ -81,7 +81,7 @@ def test_ct_renderings_are_compared_on_the_files_decoded_again(encoder: HFEncode
         assert np.all(np.sum(channels * data.vectors[positions], axis=1) < 0.9999)  # rendered otherwise
     (tmp_path / "labels.csv").write_bytes(labels)
     out = tmp_path / "report"
-    done = subprocess.run([sys.executable, "-m", "indexer.cli", "eval", "--db", str(db), "--labels",
+    done = subprocess.run([sys.executable, "-m", "indexer.cli.main", "eval", "--db", str(db), "--labels",
                            str(tmp_path / "labels.csv"), "--out", str(out), "--bootstrap", "50", "--model",
                            str(tiny_model_dir), "--compare-window", "ct-channels"],
                           capture_output=True, text=True, timeout=300, check=False)
@@ -89,7 +89,7 @@ def test_ct_renderings_are_compared_on_the_files_decoded_again(encoder: HFEncode
     report = json.loads((out / "report.json").read_text())
     assert report["ct_windows"]["ct_images"] == 6 and set(report["ct_windows"]["windows"]) == {"auto", "ct-channels"}
     assert "CT rendered ct-channels" in done.stdout and "CT renderings compared" in (out / "report.md").read_text()
-    bad = subprocess.run([sys.executable, "-m", "indexer.cli", "eval", "--db", str(db), "--labels",
+    bad = subprocess.run([sys.executable, "-m", "indexer.cli.main", "eval", "--db", str(db), "--labels",
                           str(tmp_path / "labels.csv"), "--out", str(out), "--compare-window", "sideways"],
                          capture_output=True, text=True, timeout=300, check=False)
     assert bad.returncode == 2 and "window" in bad.stderr

@@ -12,11 +12,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from core.sources import open_source
-from indexer.evaluate import evaluate
+from indexer.engines.runner import run_indexing
+from indexer.evaluation.evaluate import evaluate
 from indexer.labels import parse_labels
-from indexer.runner import run_indexing
 from storage.opening import open_index
 from tests.conftest import dicom_file
 
@@ -70,7 +70,7 @@ def test_labels_errors_name_the_file(encoder: HFEncoder, tmp_path: Path):
 
 def test_eval_command_writes_the_report(archive_dir: Path, tiny_model_dir: Path, tmp_path: Path):
     db, out = tmp_path / "db", tmp_path / "report"
-    run = [sys.executable, "-m", "indexer.cli"]
+    run = [sys.executable, "-m", "indexer.cli.main"]
     assert subprocess.run([*run, "run", str(archive_dir), "--db", str(db), "--model", str(tiny_model_dir)],
                           capture_output=True, check=False, timeout=300).returncode == 0
     prompts = tmp_path / "prompts.yaml"

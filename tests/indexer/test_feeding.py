@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from core.device import CPU_BATCH, batch_size_for
-from core.encoder import HFEncoder
+from core.model.device import CPU_BATCH, batch_size_for
+from core.model.encoder import HFEncoder
 from core.reports import report_analyzer
 from core.sources import open_source
-from indexer import handover
-from indexer.encode import BatchEncoder
-from indexer.load import Frame
-from indexer.runner import run_indexing
+from indexer.engines.runner import run_indexing
+from indexer.pipeline import handover
+from indexer.pipeline.encode import BatchEncoder
+from indexer.pipeline.load import Frame
 from storage.opening import open_index
 from tests.conftest import dicom_file, rows_by_path
 
@@ -77,7 +77,7 @@ def test_the_same_pixels_in_adjacent_batches_are_encoded_once(encoder: HFEncoder
 
 
 def test_batches_larger_than_a_buffer_and_buffers_reused(encoder: HFEncoder):
-    from core.images import load_image_file
+    from core.imaging.images import load_image_file
 
     pixels = [load_image_file(dicom_file(name)).pixels for name in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm")]
     frames = [Frame(str(i), encoder.preprocess([p])[0], None, "dicom") for i, p in enumerate(pixels * 3)]  # type: ignore[arg-type]
@@ -115,7 +115,7 @@ def test_the_cpu_suggestion_and_sdpa_attention(encoder: HFEncoder):
 
 
 def test_the_compiled_model_gives_the_same_vectors(tiny_model_dir: Path, encoder: HFEncoder):
-    from core.images import load_image_file
+    from core.imaging.images import load_image_file
 
     compiled = HFEncoder.load(str(tiny_model_dir), device="cpu", compile_model=True)
     pixels = [load_image_file(dicom_file(name)).pixels for name in ("CT_small.dcm", "MR_small.dcm")]

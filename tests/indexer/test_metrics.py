@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.metrics import average_precision, bootstrap_auc_ci, precision_at_k, recall_at_k, roc_auc, roc_curve
+from indexer.metrics import (
+    average_precision,
+    bootstrap_auc_ci,
+    precision_at_k,
+    recall_at_k,
+    roc_auc,
+    roc_curve,
+)
 
 
 def test_precision_recall_and_ap_by_hand():

@@ -14,15 +14,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from core.dicom import RenderOptions
-from core.encoder import HFEncoder
-from core.images import load_image_file
-from core.model_input import ModelInput
+from core.imaging.dicom import RenderOptions
+from core.imaging.images import load_image_file
+from core.model.encoder import HFEncoder
+from core.model.inputs import ModelInput
 from core.settings import Settings
 from search_api.app import build_service, create_app
-from search_api.auth import AccessControl
+from search_api.security.auth import AccessControl
 from storage.opening import open_index
-from storage.report_records import ReportMatch
+from storage.reports.records import ReportMatch
 from tests.conftest import dicom_file
 from tests.indexer.test_cli import run_cli
 
@@ -34,7 +34,7 @@ REPORT_TRACES = ["Quillfeather", "quillfeath", "Xanthoria", "xanthoria"]
 
 
 def cross_patient_archive(root: Path, decode_side: int) -> Path:
-    """`decode_side`: the model's (core.model_input); the PNG holds the DICOM's pixels rendered at it, as
+    """`decode_side`: the model's (core.model.inputs); the PNG holds the DICOM's pixels rendered at it, as
     a run renders them, so that it is the same pixels under another patient."""
     (root / "dicom").mkdir(parents=True)
     (root / "images").mkdir()

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from core.encoder import HFEncoder
-from core.random_model import build_random_siglip
-from indexer.cli import main
+from core.model.encoder import HFEncoder
+from core.model.random_model import build_random_siglip
+from indexer.cli.main import main
 from indexer.metrics import roc_auc
-from indexer.probe_fit import group_keys, train_label
+from indexer.probes.fit import group_keys, train_label
 from storage.opening import open_index
-from storage.probes import ProbeModelError
 from storage.records import ImageRecord, Metadata, NewImage, SourceRecord
+from storage.sql.probes import ProbeModelError
 from tests.probe_corpus import LABELS, ProbeCorpus, build_probe_corpus, unit, write_labels
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer.engines.units import read_shard
 from indexer.sample import build_sample_archive, pydicom_test_files
-from indexer.units import read_shard
 from storage.opening import open_index
 from tests.indexer.test_crash_safety import assert_same_state, make_archive, sources_written
 from tests.ray_cluster import RAY_ENV, RayCluster, is_loopback, listening
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.timeout(900)
 
 def index(archive: Path, db: Path, model: Path, *options: str, env: dict[str, str] | None = None,
           background: bool = False) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
-    command = [sys.executable, "-m", "indexer.cli", "run", str(archive), "--db", str(db), "--model", str(model),
+    command = [sys.executable, "-m", "indexer.cli.main", "run", str(archive), "--db", str(db), "--model", str(model),
                "--no-progress", "--log-level", "WARNING", *options]
     environment = {**os.environ, **RAY_ENV, **(env or {})}
     if background:
@@ -191,7 +191,8 @@ def test_a_missing_extra_a_wrong_address_and_a_stall_are_one_line_each(ray_clust
                                                                          tiny_model_dir: Path, tmp_path: Path):
     archive = make_archive(tmp_path / "archive")
     no_ray = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.modules['ray'] = None; from indexer.cli import main; main()", "run",
+        [sys.executable, "-c", "import sys; sys.modules['ray'] = None; from indexer.cli.main import main; main()",
+         "run",
          str(archive), "--db", str(tmp_path / "a"), "--model", str(tiny_model_dir), "--engine", "ray"],
         capture_output=True, text=True, timeout=300, check=False)
     assert no_ray.returncode == 2 and "Traceback" not in no_ray.stderr
@@ -228,11 +229,11 @@ def test_build_index_on_ray_merges_on_disk_and_the_api_serves_it(ray_cluster: Ra
 
     from core.settings import Settings
     from search_api.app import build_service, create_app
-    from search_api.auth import AccessControl
+    from search_api.security.auth import AccessControl
 
     db = tmp_path / "db"
     shutil.copytree(indexed_db, db, ignore=shutil.ignore_patterns(".writer.lock"))
-    built = subprocess.run([sys.executable, "-m", "indexer.cli", "build-index", "--db", str(db), "--engine", "ray",
+    built = subprocess.run([sys.executable, "-m", "indexer.cli.main", "build-index", "--db", str(db), "--engine", "ray",
                             "--ray-address", ray_cluster.address, "--index", "ivf", "--ray-parts", "3"],
                            capture_output=True, text=True, timeout=600, check=False, env={**os.environ, **RAY_ENV})
     assert built.returncode == 0, built.stderr

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from core.encoder import HFEncoder
-from core.images import load_image_file
+from core.imaging.images import load_image_file
+from core.model.encoder import HFEncoder
 from core.reports import report_analyzer
 from core.sources import open_source
-from indexer.runner import run_indexing
+from indexer.engines.runner import run_indexing
 from storage.opening import open_index
 from tests.conftest import BAD_DICOM, GOOD_DICOM, available, dicom_file, rows_by_path
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from indexer.sample import REPORTS, build_sample_archive
 from storage.opening import open_index
 from tests.conftest import index_folder

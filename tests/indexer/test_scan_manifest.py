@@ -9,7 +9,7 @@ import pytest
 
 from core.sources import open_source
 from indexer.errors import ArchiveError, ManifestError
-from indexer.manifest import parse_manifest
+from indexer.pipeline.manifest import parse_manifest
 
 
 def make_tree(root: Path) -> Path:

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from core.settings import Settings
 from search_api.app import build_service, create_app
-from search_api.auth import AccessControl
+from search_api.security.auth import AccessControl
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
-from core.encoder import HFEncoder
-from core.random_model import build_random_siglip
+from core.model.encoder import HFEncoder
+from core.model.random_model import build_random_siglip
 from core.settings import Settings
 from search_api.app import StartupError, build_service
 from storage.opening import open_index

@@ -12,10 +12,10 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from core.settings import Settings
 from search_api.app import build_service, create_app
-from search_api.auth import AccessControl
+from search_api.security.auth import AccessControl
 from storage.access import AccessStore
 from tests.conftest import dicom_file
 

@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from search_api.errors import FieldError
-from search_api.explaining import ExplainQuery, Explanations
+from search_api.services.explaining import ExplainQuery, Explanations
 from tests.conftest import dicom_file
 
 
@@ -105,8 +105,8 @@ def test_work_that_would_not_finish_in_the_timeout_is_refused_before_it_starts(c
 def test_reduced_index_maps_lie_on_the_full_file(tmp_path: Path, encoder: HFEncoder):
     """An index decoded at reduced resolution: the map is computed on what the model saw, placed on the
     file's full-size pixels (the preview's)."""
-    from core.dicom import RenderOptions
-    from search_api.images import ImageFiles
+    from core.imaging.dicom import RenderOptions
+    from search_api.services.images import ImageFiles
     from storage.opening import open_index
     from tests.conftest import index_folder
 

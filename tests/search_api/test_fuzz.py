@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis import checks
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from core.settings import Settings
 from search_api.app import build_service, create_app
-from search_api.auth import AccessControl
+from search_api.security.auth import AccessControl
 from storage.access import AccessStore
 
 EXAMPLES = 30  # per operation and generation mode; bounded so that CI stays quick

@@ -11,12 +11,12 @@ import pytest
 import requests
 from fastapi.testclient import TestClient
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from core.settings import Settings
 from core.sources.dicomweb import DicomWebArchive, DicomWebConfig
-from indexer.runner import run_indexing
+from indexer.engines.runner import run_indexing
 from search_api.app import build_service, create_app
-from search_api.auth import AccessControl
+from search_api.security.auth import AccessControl
 from storage.access import AccessStore
 from storage.opening import open_index
 from tests.indexer.test_dicomweb import synthetic_study

@@ -16,13 +16,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from core.settings import Settings
 from core.sources import open_source
-from indexer.load import LoadOptions
-from indexer.runner import run_indexing
+from indexer.engines.runner import run_indexing
+from indexer.pipeline.load import LoadOptions
 from search_api.app import build_service, create_app
-from search_api.auth import AccessControl
+from search_api.security.auth import AccessControl
 from storage.access import AccessStore
 from storage.opening import open_index
 from tests.conftest import dicom_file

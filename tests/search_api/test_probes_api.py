@@ -16,13 +16,13 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from core.settings import Settings
-from indexer.cli import main
-from search_api.auth import AccessControl
+from indexer.cli.main import main
+from search_api.security.auth import AccessControl
 from storage.access import AccessStore
 from storage.opening import open_index
-from storage.probes import Probe
+from storage.sql.probes import Probe
 from tests.probe_corpus import ProbeCorpus, build_probe_corpus
 from tests.search_api.conftest import open_client
 

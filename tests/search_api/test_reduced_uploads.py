@@ -7,8 +7,8 @@ import io
 
 from PIL import Image
 
-from core.dicom import RenderOptions
-from search_api.images import ImageFiles
+from core.imaging.dicom import RenderOptions
+from search_api.services.images import ImageFiles
 from tests.core.test_model_input import large_files
 
 

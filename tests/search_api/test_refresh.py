@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from core.encoder import HFEncoder
-from core.random_model import build_random_siglip
+from core.model.encoder import HFEncoder
+from core.model.random_model import build_random_siglip
 from core.settings import Settings
 from core.sources import open_source
-from indexer.runner import run_indexing
+from indexer.engines.runner import run_indexing
 from search_api.app import create_app
-from search_api.auth import AccessControl
+from search_api.security.auth import AccessControl
 from storage.layout import current_generation, finish_generation, start_generation
 from storage.opening import open_index
 from tests.conftest import dicom_file

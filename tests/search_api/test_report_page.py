@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from core.settings import Settings
-from search_api.auth import AccessControl
+from search_api.security.auth import AccessControl
 from tests.report_corpus import REPORTS
 from tests.search_api.browser import browser_page, screenshot, serve
 

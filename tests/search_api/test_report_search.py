@@ -14,14 +14,14 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from core.reports import report_analyzer
 from core.settings import Settings
 from core.sources import open_source
-from indexer.runner import run_indexing
+from indexer.engines.runner import run_indexing
 from search_api.app import build_service, create_app
-from search_api.auth import AccessControl
-from search_api.modes import REPORT_FIELDS
+from search_api.routes.modes import REPORT_FIELDS
+from search_api.security.auth import AccessControl
 from storage.access import AccessStore
 from tests.postgres import needs_postgres
 from tests.report_corpus import REPORTS
@@ -88,7 +88,7 @@ def test_a_broader_term_and_anatomy(report_client: TestClient, report_index):
 
 def rrf(reports: list[int], images: list[int], k: int = 60, report_weight: float = 1.0, image_weight: float = 1.0,
         window: int = 1000) -> list[int]:
-    """Reciprocal rank fusion over whole rankings, by its definition (search_api/fusion.py's docstring)."""
+    """Reciprocal rank fusion over whole rankings, by its definition (search_api/services/fusion.py's docstring)."""
     report_rank = {i: r for r, i in enumerate(reports, start=1) if r <= window}
     image_rank = {i: r for r, i in enumerate(images, start=1)}
 

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from storage.opening import open_index
 from tests.conftest import dicom_file
 
@@ -169,7 +169,7 @@ def test_classify_with_labels_preset_and_neighbours(client: TestClient, archive_
 
 
 def test_preview_renders_the_recorded_file(client: TestClient, archive_dir: Path):
-    from core.images import load_image_file
+    from core.imaging.images import load_image_file
 
     hit = client.post("/search/image", files={"file": ("ct", dicom_file("CT_small.dcm").read_bytes())}).json()
     image_id = hit["results"][0]["image_id"]

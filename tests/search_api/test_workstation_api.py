@@ -224,7 +224,7 @@ def test_the_viewer_link_applies_to_files_with_a_study_uid(workstation, tiny_mod
 
     from core.settings import Settings
     from search_api.app import build_service, create_app
-    from search_api.auth import AccessControl
+    from search_api.security.auth import AccessControl
 
     _, db, ids = workstation
     settings = Settings(db_dir=db, model=str(tiny_model_dir), viewer_url_template=(

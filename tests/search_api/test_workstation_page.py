@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 from pydicom.pixels import apply_modality_lut
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from core.settings import Settings
-from search_api.auth import AccessControl
+from search_api.security.auth import AccessControl
 from tests.search_api.browser import browser_page, screenshot, serve
 from tests.search_api.test_workstation_api import reference
 
@@ -288,7 +288,7 @@ def test_a_site_probe_classifies_and_the_summary_links_its_evidence(page, site, 
     the summary's case links open the cases they cite."""
     from click.testing import CliRunner
 
-    from indexer.cli import main
+    from indexer.cli.main import main
     from indexer.labels import labels_from_metadata
     from storage.opening import open_index
 

@@ -1,4 +1,4 @@
-"""Checkpoints append what was added to the index's log (storage.delta), not the whole index; loading,
+"""Checkpoints append what was added to the index's log (storage.vectors.delta), not the whole index; loading,
 readers, torn logs and removals. Real SQLite files and FAISS indexes."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.delta import delta_path
 from storage.opening import open_index
 from storage.records import Selection
-from storage.vector_index import VectorIndex
+from storage.vectors.delta import delta_path
+from storage.vectors.index import VectorIndex
 from tests.storage.test_store import DIM, fingerprint, records, unit_vectors
 
 

@@ -17,14 +17,14 @@ from alembic.runtime.migration import MigrationContext
 
 from core.reports import report_analyzer
 from storage.access import AccessBase, AccessStore
-from storage.db import make_engine, sqlite_url
 from storage.errors import SchemaVersionError
 from storage.migrate import ACCESS, INDEX, MIGRATIONS, head
-from storage.models import Base
 from storage.opening import open_index
 from storage.records import case_key
-from storage.report_records import ReportMatch
-from storage.reports import FTS_TABLE
+from storage.reports.documents import FTS_TABLE
+from storage.reports.records import ReportMatch
+from storage.sql.db import make_engine, sqlite_url
+from storage.sql.models import Base
 from tests.postgres import needs_postgres
 
 FIXTURE = Path(__file__).parent / "fixtures" / "schema1"
@@ -175,7 +175,7 @@ def test_a_newer_database_is_refused_and_left_alone(tmp_path: Path):
 
 @pytest.mark.parametrize(("chain", "metadata"), [(INDEX, Base.metadata), (ACCESS, AccessBase.metadata)])
 def test_models_and_migrations_describe_the_same_schema(chain, metadata, tmp_path: Path):
-    """A change to storage/models.py or storage/access.py without a migration fails here."""
+    """A change to storage/sql/models.py or storage/access.py without a migration fails here."""
     engine = make_engine(sqlite_url(tmp_path / "new.sqlite"))
     from storage.migrate import upgrade
 

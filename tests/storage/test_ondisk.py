@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.ondisk import fill_shard, id_ranges, merge_shards, train_empty
 from storage.opening import open_index
 from storage.records import Selection
-from storage.vector_index import VectorIndex, faiss
+from storage.vectors.index import VectorIndex, faiss
+from storage.vectors.ondisk import fill_shard, id_ranges, merge_shards, train_empty
 from tests.storage.test_index_kinds import fill
 
 DIM = 8

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.encoder import HFEncoder
+from core.model.encoder import HFEncoder
 from core.reports import report_analyzer
 from core.settings import Settings
 from core.sources import open_source
-from indexer.runner import run_indexing
+from indexer.engines.runner import run_indexing
 from search_api.app import build_service
-from search_api.query import QueryPart, SearchOptions
+from search_api.services.query import QueryPart, SearchOptions
 from storage.access import AccessStore
 from storage.opening import open_index
 from storage.records import ImageFilter

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.id_journal import IdJournal
 from storage.opening import open_index
 from storage.probe_cache import ProbeScores
-from storage.probes import Probe
 from storage.records import Selection
+from storage.sql.probes import Probe
+from storage.vectors.id_journal import IdJournal
 from tests.storage.test_store import DIM, fingerprint, records, unit_vectors
 
 

@@ -1,5 +1,5 @@
-"""The report index's postings and the ranking read from them (storage/report_postings.py,
-storage/report_topk.py) against the engines' own BM25 over every match: the same documents, order and
+"""The report index's postings and the ranking read from them (storage/reports/postings.py,
+storage/reports/topk.py) against the engines' own BM25 over every match: the same documents, order and
 scores, before and after removals, in SQLite and PostgreSQL; verify finds and repairs wrong counts."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from sqlalchemy import text
 from core.reports import report_analyzer
 from storage.opening import open_index
 from storage.records import ImageRecord, Metadata, NewImage, Selection, SourceRecord
-from storage.report_rank import postgres_ranking, sqlite_ranking
-from storage.report_records import ReportMatch
-from storage.report_topk import topk_ranking
+from storage.reports.rank import postgres_ranking, sqlite_ranking
+from storage.reports.records import ReportMatch
+from storage.reports.topk import topk_ranking
 from tests.postgres import needs_postgres
 from tests.storage.test_store import fingerprint, unit_vectors
 

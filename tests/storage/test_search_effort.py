@@ -1,4 +1,4 @@
-"""The vector index's search effort tuned per query kind (storage/search_effort.py, index_build.py):
+"""The vector index's search effort tuned per query kind (storage/vectors/effort.py, index_build.py):
 text-like queries (between the image clusters, as text embeddings lie away from image embeddings)
 need more effort than image queries, the build finds both, the index file keeps them, and every
 search uses its kind's."""
@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage.index_build import recall_per_query
 from storage.opening import open_index
-from storage.search_effort import Effort, Efforts
-from storage.vector_index import VectorIndex
+from storage.vectors.build import recall_per_query
+from storage.vectors.effort import Effort, Efforts
+from storage.vectors.index import VectorIndex
 from tests.storage.test_store import fingerprint, records
 
 DIM, CLUSTERS = 32, 60

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage.index_build import efforts_up_to, recall_per_query, tune
 from storage.opening import open_index
-from storage.search_effort import Effort
-from storage.vector_index import KINDS, LOSSY_KINDS, IndexPlan, VectorIndex, faiss
+from storage.vectors.build import efforts_up_to, recall_per_query, tune
+from storage.vectors.effort import Effort
+from storage.vectors.index import KINDS, LOSSY_KINDS, IndexPlan, VectorIndex, faiss
 from tests.storage.test_store import fingerprint, records
 
 DIM = 16

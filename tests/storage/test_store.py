@@ -12,7 +12,7 @@ from storage.errors import FingerprintMismatchError, StorageError
 from storage.migrate import INDEX, head
 from storage.opening import open_index
 from storage.records import ImageRecord, Link, Metadata, NewImage, Selection, SourceRecord
-from storage.vector_index import VectorIndex
+from storage.vectors.index import VectorIndex
 
 DIM = 8
 

@@ -42,7 +42,7 @@ POSTGRESQL = [
     "ALTER TABLE report_documents ADD COLUMN document tsvector GENERATED ALWAYS AS "
     "(setweight(to_tsvector('simple', body), 'D') || setweight(to_tsvector('simple', concepts), 'A')) STORED",
     "CREATE INDEX ix_report_documents_document ON report_documents USING gin (document)",
-    # BM25 as FTS5 computes it (storage/reports.py) needs the documents' count and total length: kept here
+    # BM25 as FTS5 computes it (storage/reports/documents.py) needs the documents' count and total length: kept here
     "CREATE FUNCTION report_tokens(body text, concepts text) RETURNS bigint IMMUTABLE LANGUAGE sql AS $$ "
     "SELECT coalesce(array_length(string_to_array(body, ' '), 1), 0) "
     "+ coalesce(array_length(string_to_array(concepts, ' '), 1), 0) $$",

@@ -1,5 +1,5 @@
 """Report postings: each document's count of each of its concept tokens beside its length, ordered so
-that a query's best matches are read first and ranked without scoring every match (storage/report_topk.py),
+that a query's best matches are read first and ranked without scoring every match (storage/reports/topk.py),
 and per token the documents carrying it and their total length (report_terms; the token '' counts every
 document), added by the writer and taken away by a trigger, in the transactions that write and remove
 documents.
@@ -15,14 +15,14 @@ Create Date: 2026-12-06
 import sqlalchemy as sa
 from alembic import op
 
-from storage.report_postings import backfill_postings
+from storage.reports.postings import backfill_postings
 
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
 
-SQLITE = [  # the writer adds a batch's counts (storage.report_postings.write_postings); a delete takes its own
+SQLITE = [  # the writer adds a batch's counts (storage.reports.postings.write_postings); a delete takes its own
     "CREATE TRIGGER report_postings_ad AFTER DELETE ON report_postings BEGIN UPDATE report_terms SET "
     "documents = documents - 1, tokens = tokens - old.dl WHERE id = old.term_id; END",
 ]
