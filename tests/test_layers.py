@@ -145,3 +145,10 @@ def test_every_package_says_what_it_is_for_and_stays_small():
         assert ast.get_docstring(ast.parse(path.read_text())), f"{path} has no docstring"
         inside = [p for p in path.parent.glob("*.py") if p.name != "__init__.py"]
         assert len(inside) <= MAX_MODULES, f"{name} holds {len(inside)} modules (at most {MAX_MODULES})"
+
+
+def test_the_tests_mirror_the_rooms():
+    for folder in (ROOT / "tests").glob("*/*/"):
+        if folder.is_dir() and folder.name not in ("fixtures", "__pycache__") and folder.parent.name in PACKAGES:
+            room = ROOT / folder.parent.name / folder.name
+            assert (room / "__init__.py").is_file(), f"{folder} mirrors no room of {folder.parent.name}"

@@ -8,7 +8,7 @@ Two methods over the model's patch grid (rows x cols = input size / patch size):
   by the deletion/insertion measurements (README "Relevance maps"; bench/explain_bench.py).
 - `occlusion`: the score's fall when a window of patches is replaced by the processor's mean colour
   (zero after normalisation), batched; each cell gets the mean fall of the windows that cover it.
-  The slower reference the fast map is checked against (tests/core/test_explain.py, bench/explain_bench.py).
+  The slower reference the fast map is checked against (tests/core/maps/test_explain.py, bench/explain_bench.py).
 
 The score is the cosine of the image embedding with the query vector (L2-normalised); positive values
 mean the patch raises it. A map says where the model's score is sensitive, not where a finding is.

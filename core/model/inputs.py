@@ -4,7 +4,7 @@
 processor's own resampling, still 8 bits (a grey image stays one channel). `ModelInput.normalise`
 runs where the model runs (on the GPU when there is one): rescale and mean/std, in float32. For the
 SigLIP family (a fixed height x width resize, no crop) the resize is the processor's own Pillow call,
-so the two halves give the processor's pixel values (tests/core/test_model_input.py bounds the cosine
+so the two halves give the processor's pixel values (tests/core/model/test_model_input.py bounds the cosine
 of the embeddings at 0.9999 and finds them equal); other processors (a shortest-edge resize and a
 centre crop, CLIP) are run whole with rescaling and normalisation switched off.
 """
@@ -34,7 +34,7 @@ class ModelInput:
     def decode_side(self) -> int:
         """Twice the longer side of the model's input: images are decoded at no less than this (from
         twice its size the resize to the model's input is within a few grey levels of one from full
-        resolution: tests/core/test_model_input.py)."""
+        resolution: tests/core/model/test_model_input.py)."""
         return 2 * max(self.height, self.width)
 
     @classmethod

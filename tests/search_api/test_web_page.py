@@ -90,7 +90,7 @@ def test_with_keys_the_page_asks_for_one_then_works(browser, api_settings: Setti
 
 def test_a_result_from_the_pacs_links_to_its_viewer(browser, orthanc, encoder: HFEncoder, tiny_model_dir: Path,
                                                    tmp_path: Path):
-    from tests.search_api.test_pacs_links import index_pacs, pacs_settings
+    from tests.search_api.routes.test_pacs_links import index_pacs, pacs_settings
 
     settings = pacs_settings(orthanc, tmp_path / "db", tiny_model_dir)
     index_pacs(settings, orthanc, encoder)

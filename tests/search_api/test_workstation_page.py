@@ -22,7 +22,7 @@ from core.model.encoder import HFEncoder
 from core.settings import Settings
 from search_api.security.auth import AccessControl
 from tests.search_api.browser import browser_page, screenshot, serve
-from tests.search_api.test_workstation_api import reference
+from tests.search_api.routes.test_workstation_api import reference
 
 MEAN = """(selector) => { const img = document.querySelector(selector);
   const canvas = document.createElement("canvas"); canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;

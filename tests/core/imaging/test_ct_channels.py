@@ -66,7 +66,7 @@ def test_an_index_built_with_it_is_served_with_it_and_not_mixed(tiny_model_dir: 
     from search_api.app import build_service, create_app
     from search_api.security.auth import AccessControl
     from storage.opening import open_index
-    from tests.indexer.test_cli import run_cli
+    from tests.indexer.cli.test_cli import run_cli
 
     archive = tmp_path / "archive"
     archive.mkdir()

@@ -17,7 +17,7 @@ from core.imaging.dicom import RenderOptions, apply_window, frame_view, select_f
 from core.imaging.images import load_image_bytes, load_image_file, load_image_frames
 from indexer.sample import pydicom_data_files
 from tests.conftest import dicom_file
-from tests.core.test_dicom import make_dicom
+from tests.core.imaging.test_dicom import make_dicom
 
 
 def data_file(name: str) -> Path:

@@ -22,7 +22,7 @@ import pytest
 from indexer.engines.units import read_shard
 from indexer.sample import build_sample_archive, pydicom_test_files
 from storage.opening import open_index
-from tests.indexer.test_crash_safety import assert_same_state, make_archive, sources_written
+from tests.indexer.pipeline.test_crash_safety import assert_same_state, make_archive, sources_written
 from tests.ray_cluster import RAY_ENV, RayCluster, is_loopback, listening
 
 pytestmark = pytest.mark.timeout(900)

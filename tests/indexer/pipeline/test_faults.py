@@ -20,7 +20,7 @@ from core.csvsafe import csv_text, safe_cell
 from indexer.sample import pydicom_test_files
 from storage.access import AccessStore
 from storage.opening import open_index
-from tests.indexer.test_cli import run_cli
+from tests.indexer.cli.test_cli import run_cli
 from tests.storage.test_store import fingerprint, records, unit_vectors
 
 

@@ -24,7 +24,7 @@ from search_api.security.auth import AccessControl
 from storage.opening import open_index
 from storage.reports.records import ReportMatch
 from tests.conftest import dicom_file
-from tests.indexer.test_cli import run_cli
+from tests.indexer.cli.test_cli import run_cli
 
 CT = pydicom.dcmread(dicom_file("CT_small.dcm"))
 OTHER_STUDY = CT.StudyInstanceUID + ".99"

@@ -19,7 +19,7 @@ from search_api.app import build_service, create_app
 from search_api.security.auth import AccessControl
 from storage.access import AccessStore
 from storage.opening import open_index
-from tests.indexer.test_dicomweb import synthetic_study
+from tests.indexer.pipeline.test_dicomweb import synthetic_study
 from tests.pacs import PASSWORD, USER, Orthanc
 
 VIEWER = "https://viewer.example.org/ohif/viewer?StudyInstanceUIDs={study_uid}&series={series_uid}"

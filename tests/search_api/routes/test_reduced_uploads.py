@@ -9,7 +9,7 @@ from PIL import Image
 
 from core.imaging.dicom import RenderOptions
 from search_api.services.images import ImageFiles
-from tests.core.test_model_input import large_files
+from tests.core.model.test_model_input import large_files
 
 
 def test_uploads_are_decoded_at_the_model_size_and_shown_at_full_resolution():

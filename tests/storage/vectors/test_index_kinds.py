@@ -88,7 +88,7 @@ def test_filtered_top_k_equals_brute_force_filtered_top_k(kind: str, tmp_path: P
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_copied_folder_of_each_kind_opens_and_answers_the_same(kind: str, tmp_path: Path):
     """Backups and moves: the folder copied elsewhere, the original gone, opens as it is (no stored path
-    points back at it: tests/storage/test_ondisk.py covers the on-disk lists) and answers the same."""
+    points back at it: tests/storage/vectors/test_ondisk.py covers the on-disk lists) and answers the same."""
     import shutil
 
     db, vectors, _ = fill(tmp_path / "db")

@@ -11,7 +11,7 @@ from storage.opening import open_index
 from storage.records import Selection
 from storage.vectors.index import VectorIndex, faiss
 from storage.vectors.ondisk import fill_shard, id_ranges, merge_shards, train_empty
-from tests.storage.test_index_kinds import fill
+from tests.storage.vectors.test_index_kinds import fill
 
 DIM = 8
 
