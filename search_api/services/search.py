@@ -16,14 +16,15 @@ from core.model.encoder import Encoder, l2_normalise
 from core.reports import ReportAnalyzer
 from core.sources.dicomweb import instance_url, viewer_url
 from search_api.errors import UnknownImageError
+from search_api.services.counting import count_matches
 from search_api.services.explaining import Explanations
 from search_api.services.images import ImageFiles
+from search_api.services.listing import ordered_page
 from search_api.services.lru import LRUCache
 from search_api.services.probing import (
     Candidates,
     check_label,
     load_probe,
-    ordered,
     probability_of,
     probe_candidates,
 )
@@ -255,70 +256,13 @@ class SearchService:
         return self.probability(score) if single_text and score is not None else None
 
     def _search_ordered(self, prepared: Prepared, options: SearchOptions) -> list[Hit]:
-        """Every allowed image in the order asked (without a query and an order: the probe's probability,
-        else index order); with a query, its cosine is each hit's score and min_score still applies."""
-        vector = prepared.vector
-        candidates = prepared.candidates or Candidates(
-            np.setdiff1d(self.repository.image_ids(), np.asarray(options.exclude, dtype=np.int64)), None)
-        if vector is not None and options.min_score is not None:
-            keep = np.isin(candidates.ids, self.store.ids_scoring(vector, options.min_score, candidates.ids,
-                                                                  prepared.kind))
-            candidates = Candidates(candidates.ids[keep], None if candidates.probability is None
-                                    else candidates.probability[keep])
-        order = options.order if options.order != "relevance" else (
-            "probability" if candidates.probability is not None else "relevance")  # relevance: index order
-        ids = ordered(self.repository, candidates, options.filters, order)
-        need, start, groups = options.offset + options.k, 0, set[str]()
-        kept: list[StoredImage] = []
-        while len(kept) < need and start < len(ids):
-            chunk = ids[start:start + max(2 * need, 64)]
-            start += len(chunk)
-            images = self.repository.get_images(chunk.tolist())
-            for image_id in chunk.tolist():
-                image = images.get(image_id)
-                if image is not None and image.sources and new_group(image, options.group_by, groups):
-                    kept.append(image)
-        page = kept[options.offset:need]
-        scores: dict[int, float] = {}
-        if vector is not None and page:
-            found, vectors = self.repository.get_embeddings([image.id for image in page], self.encoder.dim)
-            scores = dict(zip(found.tolist(), (vectors @ vector[0]).tolist(), strict=True))
-        return [Hit(rank=options.offset + i + 1, score=scores.get(image.id), probability=None, image=image,
-                    probe_probability=probability_of(candidates, image.id)) for i, image in enumerate(page)]
+        return ordered_page(self.store, self.repository, self.encoder.dim, prepared, options)
 
     def matches(self, parts: Sequence[QueryPart], options: SearchOptions, facets: Sequence[str] = (),
                 prepared: Prepared | None = None) -> Matches:
-        """How many results there are to page through (images, or studies/patients when grouped) and the
-        facet counts of the matching images: every image the filters allow, or with a cutoff those the
-        search finds scoring at least it."""
-        prepared = prepared or self.prepare(parts, options)
-        candidates = prepared.candidates
-        among = candidates.ids if candidates is not None and options.probe is not None else None
-        if prepared.report is not None:  # the candidates are already min_score's
-            among = prepared.report_ids if options.mode == "report" else candidates.ids if candidates else None
-        elif options.min_score is not None and prepared.vector is not None:
-            among = self.store.ids_scoring(prepared.vector, options.min_score,
-                                           None if candidates is None else candidates.ids, prepared.kind)
-            if options.exclude:
-                among = np.setdiff1d(among, np.asarray(options.exclude, dtype=np.int64))
-        counted = among if among is not None else candidates.ids if candidates is not None else None
-        listed = True  # the images are counted exactly (else: counting stopped after count_limit)
-        if counted is not None:
-            images = len(counted)
-        elif options.filters.empty:
-            images = max(0, self.store.ntotal - len(set(options.exclude)))
-        elif prepared.checked is not None:  # a broad filter: counted over the first count_limit images by id
-            images, listed = self.repository.count_matching_within(options.filters, options.exclude,
-                                                                   self.count_limit)
-        else:
-            images = self.repository.count_matching(options.filters, options.exclude)
-        capped = not listed or images > self.count_limit  # groups and facets of the first count_limit images
-        limit = self.count_limit if capped else None
-        total = images if not options.group_by else self.repository.count_groups(
-            options.filters, options.group_by, options.exclude, counted, limit)
-        counts = self.repository.facets(options.filters, facets, options.exclude, counted, limit) if facets else None
-        return Matches(total, counts, total_at_least=not listed or (capped and bool(options.group_by)),
-                       facets_counted=self.count_limit if capped and facets else None)
+        """How many results there are to page through, and the facets (search_api/services/counting.py)."""
+        return count_matches(self.store, self.repository, self.count_limit, options, facets,
+                             prepared or self.prepare(parts, options))
 
     def _collect(self, pairs: list[tuple[int, float]], options: SearchOptions) -> list[tuple[float, StoredImage]]:
         excluded = set(options.exclude)
