@@ -21,7 +21,7 @@ DEMO_MODEL := $(MODEL)
 DEMO_DB    := data/demo-db
 endif
 
-.PHONY: help install test screenshots lint demo sample bench clean
+.PHONY: help install test docs screenshots lint demo sample bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ install: $(STAMP) ## Create .venv and install medsearch with its test and lint t
 
 test: $(STAMP) ## Run the whole test suite (CI runs exactly this)
 	$(PY) -m pytest
+
+docs: $(STAMP) ## Build the manual (docs/, MkDocs) into site/: open site/index.html
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 screenshots: $(STAMP) ## The browser tests, keeping their screenshots in data/screenshots/
 	MEDSEARCH_SCREENSHOT_DIR=data/screenshots $(PY) -m pytest tests/search_api/test_web_page.py tests/search_api/test_workstation_page.py tests/search_api/test_report_page.py
@@ -100,4 +103,4 @@ bench: $(STAMP) $(SAMPLE) $(RANDOM_MODEL)/config.json $(BASE_MODEL)/config.json 
 	$(PY) -m bench.report
 
 clean: ## Remove the virtual environment and generated demo data
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data site .pytest_cache .mypy_cache .ruff_cache

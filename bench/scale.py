@@ -169,8 +169,10 @@ def measure(n: int, work: Path, model: str, repeat: int, seed: int) -> dict[str,
     db, index = folder / "db", ["medsearch-index"]
     out["build_index_s"], out["build_index_peak_bytes"] = child([str(BIN / index[0]), "build-index", "--db", str(db)])
     out["index_bytes"] = sum(p.stat().st_size for p in db.rglob("index.*") if p.is_file())
+    out["database_bytes"] = sum(p.stat().st_size for p in db.rglob("medsearch.sqlite*") if p.is_file())
     print(f"  build-index {out['build_index_s']:.1f} s, peak {out['build_index_peak_bytes'] / 2**20:,.0f} MiB; "
-          f"index {out['index_bytes'] / 2**20:,.0f} MiB", flush=True)
+          f"index {out['index_bytes'] / 2**20:,.0f} MiB; database {out['database_bytes'] / n:,.0f} B an image",
+          flush=True)
     out["verify_s"], _ = child([str(BIN / index[0]), "verify", "--db", str(db)])
     out |= listing_rate(db, folder / "archive")
     print(f"  verify {out['verify_s']:.1f} s; rerun listing {out['listing_files_per_s']:,.0f} files/s", flush=True)
@@ -193,7 +195,7 @@ def exponents(rows: list[dict[str, float]], name: str) -> tuple[float | None, fl
 
 
 FIGURES = [*(f"{p}_{q}_ms" for p in PATHS for q in ("p50", "p99")), "startup_s", "api_rss_bytes", "index_bytes",
-           "remove_patient_s", "compact_s", "verify_s", "listing_files_per_s", "build_index_s",
+           "database_bytes", "remove_patient_s", "compact_s", "verify_s", "listing_files_per_s", "build_index_s",
            "build_index_peak_bytes", "write_images_per_s"]
 
 
@@ -220,7 +222,7 @@ def plot(rows: list[dict[str, float]], dim: int, path: Path) -> None:
               ("request p99 (ms)", [f"{p}_p99_ms" for p in PATHS]),
               ("operations (s)", ["startup_s", "remove_patient_s", "compact_s", "verify_s", "build_index_s",
                                   "listing_s"]),
-              ("memory (bytes)", ["api_rss_bytes", "index_bytes", "build_index_peak_bytes"])]
+              ("memory and disk (bytes)", ["api_rss_bytes", "index_bytes", "database_bytes", "build_index_peak_bytes"])]
     figure, axes = plt.subplots(2, 2, figsize=(12, 9))
     for axis, (title, names) in zip(axes.flat, panels, strict=True):
         for name in names:

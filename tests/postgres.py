@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 ENABLED = os.environ.get("MEDSEARCH_TEST_POSTGRES") == "1"
 needs_postgres = pytest.mark.skipif(not ENABLED, reason="set MEDSEARCH_TEST_POSTGRES=1 to test against a real "
-                                    "PostgreSQL (README)")
+                                    "PostgreSQL (docs/operations.md)")
 _counter = itertools.count()
 
 
