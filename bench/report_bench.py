@@ -34,7 +34,8 @@ from sqlalchemy import insert, text
 from bench.common import write_result
 from bench.pg_server import postgres_server
 from core.reports import ReportAnalyzer, report_analyzer
-from search_api.services.fusion import Fusion, fuse
+from search_api.services.fusion import fuse
+from search_api.services.query import Fusion
 from search_api.services.reports import plan_report_query
 from storage.opening import open_index
 from storage.reports.postings import write_postings

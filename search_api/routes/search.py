@@ -57,9 +57,7 @@ from search_api.security.auth import (
     SearchAudit,
 )
 from search_api.services.classifying import classify as classify_image
-from search_api.services.fusion import Fusion
-from search_api.services.probing import ProbeCondition
-from search_api.services.query import QueryPart, SearchOptions
+from search_api.services.query import Fusion, ProbeCondition, QueryPart, SearchOptions
 from search_api.services.search import SearchService
 
 router = APIRouter()
@@ -92,13 +90,10 @@ def run_search(service: SearchService, access: AccessControl, principal: Princip
                                  resolved.plan if resolved.mode != "image" else None)
     audit.ids += [hit.image.id for hit in hits]
     info = model_info(service)
-    studies = service.repository.study_counts([(h.image.metadata.patient_id, h.image.metadata.study_uid)
-                                               for h in hits if h.image.metadata.study_uid])
     why = matches_out(service, access, principal, hits, resolved, assertions)
     results = []
     for hit, match in zip(hits, why, strict=True):
-        meta = hit.image.metadata
-        images, series = studies.get((meta.patient_id, meta.study_uid or ""), (None, None))
+        images, series = hit.study
         results.append(SearchResult(rank=hit.rank, score=hit.score, probability=hit.probability,
                                     probe_probability=hit.probe_probability, match=match,
                                     study_images=images, study_series=series,

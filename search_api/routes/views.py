@@ -11,6 +11,7 @@ from typing import Any
 from fastapi.responses import Response
 
 from core.csvsafe import csv_text
+from core.sources.dicomweb import instance_url, viewer_url
 from search_api.errors import FieldError
 from search_api.schemas.search import (
     RANDOM_MODEL_WARNING,
@@ -61,8 +62,9 @@ def image_parts(image: StoredImage, service: SearchService, access: AccessContro
     """The response fields of one image, as this caller's role may see them."""
     sources = []
     for stored in image.sources:
-        links = service.links(stored)
-        source = {**shallow(stored), "url": links.url, "viewer_url": links.viewer_url}
+        identifiers = {"study_uid": stored.study_uid, "series_uid": stored.series_uid, "sop_uid": stored.sop_uid}
+        source = {**shallow(stored), "url": instance_url(stored.archive, stored.path),
+                  "viewer_url": viewer_url(service.viewer_url_template, stored.archive, identifiers)}
         source.pop("id")
         sources.append(Source(**(access.redactor.source(source) if researcher(principal) else source)))
     metadata = access.redactor.metadata(image.metadata) if researcher(principal) else shallow(image.metadata)

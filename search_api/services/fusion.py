@@ -16,16 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-RRF_K = 60
-WINDOW = 1000
-
-
-@dataclass(frozen=True)
-class Fusion:
-    k: int = RRF_K
-    report_weight: float = 1.0
-    image_weight: float = 1.0
-    window: int = WINDOW
+from search_api.services.query import Fusion
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Reading back what was indexed, as a viewer does: the file recorded for an image (never one named by a
 request), rendered with any window and frame, a frame's modality values (Hounsfield units under the
 pointer), the original bytes, and uploads decoded like the indexer decodes. Every decode takes one of
-the decode slots, so the API's decoding memory has a ceiling (README: decompression bombs)."""
+the decode slots, so the API's decoding memory has a ceiling (docs/access.md: decompression bombs)."""
 
 from __future__ import annotations
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from search_api.services.probing import Candidates, ordered, probability_of
-from search_api.services.query import Hit, Prepared, SearchOptions
-from search_api.services.reports import new_group
+from search_api.services.probing import ordered
+from search_api.services.query import Candidates, Hit, Prepared, SearchOptions, new_group, probability_of
 from storage.records import StoredImage
 from storage.sql.repository import Repository
 from storage.store import Store

@@ -6,28 +6,17 @@ scored, none is missed because an approximate index did not reach it."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from search_api.errors import FieldError
+from search_api.services.query import Candidates, Order, ProbeCondition
 from storage.probe_cache import ProbeScores
 from storage.records import ImageFilter
 from storage.sql.probes import Probe, ProbeModelError
 from storage.sql.repository import Repository
 
 logger = logging.getLogger(__name__)
-Order = Literal["relevance", "probability", "newest", "oldest"]
-
-
-@dataclass(frozen=True)
-class ProbeCondition:
-    """Keep the images a probe gives at least `min_probability` for `label`."""
-
-    name: str
-    label: str
-    min_probability: float = 0.5
 
 
 def load_probe(repository: Repository, fingerprint_key: str | None, name: str,
@@ -48,14 +37,6 @@ def check_label(probe: Probe, label: str, loc: tuple[str | int, ...]) -> None:
     if label not in probe.labels:
         raise FieldError(422, loc, f"probe {probe.name!r} has no label {label!r} (its labels: "
                          f"{', '.join(probe.labels)})", "unknown_label")
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """The ids a search may return (ascending), and the probe's probability of each when one filters."""
-
-    ids: np.ndarray
-    probability: np.ndarray | None
 
 
 def probe_candidates(scores_of: ProbeScores, probe: Probe, condition: ProbeCondition, allowed: np.ndarray | None
@@ -85,9 +66,3 @@ def ordered(repository: Repository, candidates: Candidates, where: ImageFilter, 
     return ids
 
 
-def probability_of(candidates: Candidates | None, image_id: int) -> float | None:
-    """The probe's probability of one candidate (None without a probe, or for an id not among them)."""
-    if candidates is None or candidates.probability is None:
-        return None
-    at = int(np.searchsorted(candidates.ids, image_id))
-    return float(candidates.probability[at]) if at < len(candidates.ids) and candidates.ids[at] == image_id else None

@@ -11,14 +11,34 @@ import numpy as np
 
 from core.imaging.images import LoadedImage
 from core.reports import ReportQuery
-from search_api.services.fusion import Fusion
-from search_api.services.probing import Candidates, Order, ProbeCondition
 from storage.records import ImageFilter, StoredImage
 from storage.reports.records import ReportMatch
 from storage.vectors.effort import QueryKind
 
 Mode = Literal["hybrid", "image", "report"]
+Order = Literal["relevance", "probability", "newest", "oldest"]
 MODES: tuple[Mode, ...] = ("hybrid", "image", "report")
+
+
+RRF_K = 60
+WINDOW = 1000
+
+
+@dataclass(frozen=True)
+class Fusion:
+    k: int = RRF_K
+    report_weight: float = 1.0
+    image_weight: float = 1.0
+    window: int = WINDOW
+
+
+@dataclass(frozen=True)
+class ProbeCondition:
+    """Keep the images a probe gives at least `min_probability` for `label`."""
+
+    name: str
+    label: str
+    min_probability: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,7 @@ class Hit:
     image: StoredImage
     probe_probability: float | None = None  # the filtering probe's probability of its label
     match: MatchInfo | None = None  # report and hybrid searches
+    study: tuple[int | None, int | None] = (None, None)  # its study's images and series (SearchService.page)
 
 
 @dataclass(frozen=True)
@@ -104,3 +125,31 @@ class Prepared:
     report_ids: np.ndarray | None = None  # every matching image the candidates allow, ascending; or not needed
     checked: ImageFilter | None = None  # filters checked on the nearest images instead of listed (a broad one)
     share: float = 1.0  # the estimated share of images `checked` lets through
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The ids a search may return (ascending), and the probe's probability of each when one filters."""
+
+    ids: np.ndarray
+    probability: np.ndarray | None
+
+
+def probability_of(candidates: Candidates | None, image_id: int) -> float | None:
+    """The probe's probability of one candidate (None without a probe, or for an id not among them)."""
+    if candidates is None or candidates.probability is None:
+        return None
+    at = int(np.searchsorted(candidates.ids, image_id))
+    return float(candidates.probability[at]) if at < len(candidates.ids) and candidates.ids[at] == image_id else None
+
+
+def new_group(image: StoredImage, group_by: str | None, seen: set[str]) -> bool:
+    """Whether the image is the first of its study / patient (always true without grouping)."""
+    if not group_by:
+        return True
+    meta = image.metadata
+    key = (meta.study_uid if group_by == "study" else meta.patient_id) or f"image:{image.id}"
+    if key in seen:
+        return False
+    seen.add(key)
+    return True

@@ -17,7 +17,7 @@ import numpy as np
 from core.reports import ReportAnalyzer
 from search_api.errors import FieldError
 from search_api.services.fusion import Fused, fuse
-from search_api.services.query import Hit, MatchInfo, Prepared, ReportPlan, SearchOptions
+from search_api.services.query import Hit, MatchInfo, Prepared, ReportPlan, SearchOptions, new_group
 from storage.records import StoredImage
 from storage.reports.records import ReportMatch
 from storage.sql.repository import Repository
@@ -85,18 +85,6 @@ def report_ranking(repository: Repository, prepared: Prepared, exclude: Sequence
             return ReportList([i for i, _ in kept[:depth]], [s for _, s in kept[:depth]],
                               ranking.complete and len(kept) <= depth)
         limit *= 4
-
-
-def new_group(image: StoredImage, group_by: str | None, seen: set[str]) -> bool:
-    """Whether the image is the first of its study / patient (always true without grouping)."""
-    if not group_by:
-        return True
-    meta = image.metadata
-    key = (meta.study_uid if group_by == "study" else meta.patient_id) or f"image:{image.id}"
-    if key in seen:
-        return False
-    seen.add(key)
-    return True
 
 
 def collect(repository: Repository, ids: Iterator[int], need: int, group_by: str | None) -> list[StoredImage]:

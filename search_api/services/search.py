@@ -7,45 +7,40 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from core.imaging.images import LoadedImage
 from core.model.encoder import Encoder, l2_normalise
 from core.reports import ReportAnalyzer
-from core.sources.dicomweb import instance_url, viewer_url
 from search_api.errors import UnknownImageError
-from search_api.services.counting import count_matches
+from search_api.services.cutoff import scoring
 from search_api.services.explaining import Explanations
 from search_api.services.images import ImageFiles
 from search_api.services.listing import ordered_page
 from search_api.services.lru import LRUCache
-from search_api.services.probing import (
+from search_api.services.probing import check_label, load_probe, probe_candidates
+from search_api.services.query import (
     Candidates,
-    check_label,
-    load_probe,
+    Hit,
+    Matches,
+    Prepared,
+    QueryPart,
+    ReportPlan,
+    SearchOptions,
+    new_group,
     probability_of,
-    probe_candidates,
+    query_kind,
 )
-from search_api.services.query import Hit, Matches, Prepared, QueryPart, ReportPlan, SearchOptions, query_kind
-from search_api.services.reports import ReportSearch, cosines, new_group, plan_report_query, report_ids
+from search_api.services.reports import ReportSearch, plan_report_query, report_ids
 from storage.probe_cache import ProbeScores
-from storage.records import StoredImage, StoredSource
+from storage.records import StoredImage
 from storage.sql.probes import Probe
 from storage.sql.repository import Repository
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
-NEAR = 1e-5  # a cosine computed by FAISS and by NumPy differ by less than this (float32 sums of 1152 terms)
-
-
-@dataclass(frozen=True)
-class SourceLinks:
-    """Back-references of a source: its WADO-RS URL (PACS only) and its study in a viewer."""
-
-    url: str | None
-    viewer_url: str | None
 
 
 POST_FILTER_MIN = 50_000  # vectors from which a broad filter is checked on the nearest images (not listed)
@@ -123,7 +118,7 @@ class SearchService:
         return load_probe(self.repository, manifest.fingerprint_key if manifest else None, name, loc)
 
     def _candidates(self, options: SearchOptions) -> Candidates | None:
-        """The ids the filters, the probe condition and the exclusions allow; None: every image."""
+        """The ids the filters, the probe and the exclusions allow; None: every image."""
         allowed = None if options.filters.empty else self.repository.filter_image_ids(options.filters)
         scores = None
         if options.probe is not None:
@@ -161,7 +156,7 @@ class SearchService:
         if options.mode == "image" or report is None:
             return prepared
         if options.min_score is not None and prepared.vector is not None:
-            prepared = replace(prepared, candidates=self._scoring(prepared, options))
+            prepared = replace(prepared, candidates=scoring(self.store, self.repository, prepared, options))
         prepared = replace(prepared, report=report)
         if options.mode == "hybrid" and options.assertions is None:
             return prepared  # ranked from the report index's best matches: the whole match set is not needed
@@ -189,31 +184,19 @@ class SearchService:
         share = self.repository.filter_share(options.filters)
         return share if share is not None and share >= POST_FILTER_SHARE else None
 
-    def _scoring(self, prepared: Prepared, options: SearchOptions) -> Candidates:
-        """The candidates whose cosine reaches min_score (exact where the search is)."""
-        assert prepared.vector is not None and options.min_score is not None
-        candidates = prepared.candidates
-        allowed = None if candidates is None else candidates.ids
-        # the results show NumPy's cosine (report_search.cosines), FAISS sums in another order: the ids
-        # within NEAR of the cutoff are decided by the cosine shown, so min_score = a shown score keeps it
-        sure = self.store.ids_scoring(prepared.vector, options.min_score + NEAR, allowed, prepared.kind)
-        band = np.setdiff1d(self.store.ids_scoring(prepared.vector, options.min_score - NEAR, allowed, prepared.kind),
-                            sure)
-        shown = cosines(self.repository, prepared.vector, band.tolist(), self.store.dim or 0)
-        scoring = np.union1d(sure, np.asarray([i for i, c in shown.items() if c >= options.min_score], dtype=np.int64))
-        scoring = np.setdiff1d(scoring, np.asarray(options.exclude, dtype=np.int64)) if options.exclude else scoring
-        if candidates is None:
-            return Candidates(scoring, None)
-        keep = np.isin(candidates.ids, scoring)
-        probability = None if candidates.probability is None else candidates.probability[keep]
-        return Candidates(candidates.ids[keep], probability)
-
     def page(self, parts: Sequence[QueryPart], options: SearchOptions, facets: Sequence[str] = (),
              report: ReportPlan | None = None) -> tuple[list[Hit], Matches]:
         """One page of results and its total (and facets): the query encoded and the filters' (and a
         probe's, and the report query's) candidates computed once for both."""
         prepared = self.prepare(parts, options, report)
-        return self.search(parts, options, prepared), self.matches(parts, options, facets, prepared)
+        return self.with_studies(self.search(parts, options, prepared)), self.matches(parts, options, facets, prepared)
+
+    def with_studies(self, hits: list[Hit]) -> list[Hit]:
+        """The hits with the size of each one's study (its patient's images and series with that UID)."""
+        studies = self.repository.study_counts([(hit.image.metadata.patient_id, hit.image.metadata.study_uid)
+                                                for hit in hits if hit.image.metadata.study_uid])
+        return [replace(hit, study=studies.get((hit.image.metadata.patient_id, hit.image.metadata.study_uid or ""),
+                                               (None, None))) for hit in hits]
 
     def search(self, parts: Sequence[QueryPart], options: SearchOptions, prepared: Prepared | None = None
                ) -> list[Hit]:
@@ -260,9 +243,37 @@ class SearchService:
 
     def matches(self, parts: Sequence[QueryPart], options: SearchOptions, facets: Sequence[str] = (),
                 prepared: Prepared | None = None) -> Matches:
-        """How many results there are to page through, and the facets (search_api/services/counting.py)."""
-        return count_matches(self.store, self.repository, self.count_limit, options, facets,
-                             prepared or self.prepare(parts, options))
+        """How many results there are to page through (images, or studies/patients when grouped) and the
+        facet counts of the matching images: every image the filters allow, or with a cutoff those the
+        search finds scoring at least it."""
+        prepared = prepared or self.prepare(parts, options)
+        candidates = prepared.candidates
+        among = candidates.ids if candidates is not None and options.probe is not None else None
+        if prepared.report is not None:  # the candidates are already min_score's
+            among = prepared.report_ids if options.mode == "report" else candidates.ids if candidates else None
+        elif options.min_score is not None and prepared.vector is not None:
+            among = self.store.ids_scoring(prepared.vector, options.min_score,
+                                           None if candidates is None else candidates.ids, prepared.kind)
+            if options.exclude:
+                among = np.setdiff1d(among, np.asarray(options.exclude, dtype=np.int64))
+        counted = among if among is not None else candidates.ids if candidates is not None else None
+        listed = True  # the images are counted exactly (else: counting stopped after count_limit)
+        if counted is not None:
+            images = len(counted)
+        elif options.filters.empty:
+            images = max(0, self.store.ntotal - len(set(options.exclude)))
+        elif prepared.checked is not None:  # a broad filter: counted over the first count_limit images by id
+            images, listed = self.repository.count_matching_within(options.filters, options.exclude,
+                                                                   self.count_limit)
+        else:
+            images = self.repository.count_matching(options.filters, options.exclude)
+        capped = not listed or images > self.count_limit  # groups and facets of the first count_limit images
+        limit = self.count_limit if capped else None
+        total = images if not options.group_by else self.repository.count_groups(
+            options.filters, options.group_by, options.exclude, counted, limit)
+        counts = self.repository.facets(options.filters, facets, options.exclude, counted, limit) if facets else None
+        return Matches(total, counts, total_at_least=not listed or (capped and bool(options.group_by)),
+                       facets_counted=self.count_limit if capped and facets else None)
 
     def _collect(self, pairs: list[tuple[int, float]], options: SearchOptions) -> list[tuple[float, StoredImage]]:
         excluded = set(options.exclude)
@@ -288,11 +299,3 @@ class SearchService:
         if image is None:
             raise UnknownImageError(image_id, loc=("path", "image_id"))
         return image
-
-    def links(self, source: StoredSource) -> SourceLinks:
-        """Back-references of a source: a PACS instance's WADO-RS URL, and the study in the viewer of
-        MEDSEARCH_VIEWER_URL_TEMPLATE for every source with a Study Instance UID."""
-        identifiers = {"study_uid": source.study_uid, "series_uid": source.series_uid, "sop_uid": source.sop_uid}
-        return SourceLinks(instance_url(source.archive, source.path),
-                           viewer_url(self.viewer_url_template, source.archive, identifiers))
-
