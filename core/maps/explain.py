@@ -5,7 +5,7 @@ Two methods over the model's patch grid (rows x cols = input size / patch size):
   processor's normalisation, so the mean colour is 0), summed per patch: the first-order estimate of the
   score's fall when the patch is masked. One forward and one backward pass. Chosen over gradient x
   activation of the last layer's patch tokens (`at="tokens"`, a backward through the pooling head only)
-  by the deletion/insertion measurements (README "Relevance maps"; bench/explain_bench.py).
+  by the deletion/insertion measurements (docs/maps.md; bench/explain_bench.py).
 - `occlusion`: the score's fall when a window of patches is replaced by the processor's mean colour
   (zero after normalisation), batched; each cell gets the mean fall of the windows that cover it.
   The slower reference the fast map is checked against (tests/core/maps/test_explain.py, bench/explain_bench.py).

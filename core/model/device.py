@@ -25,7 +25,7 @@ def choose_device(requested: str) -> str:
         return "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("--device cuda was asked for but torch sees no CUDA GPU "
-                             f"(torch {torch.__version__}; README says how to install a CUDA build)")
+                             f"(torch {torch.__version__}; docs/install.md says how to install a CUDA build)")
     if requested == "mps" and not torch.backends.mps.is_available():
         raise ModelLoadError("--device mps was asked for but this torch has no MPS support")
     return requested

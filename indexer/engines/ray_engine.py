@@ -93,7 +93,7 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
             return
     except (ValueError, OSError) as exc:
         raise IndexerError(f"--ray-address {address}: no Ray cluster answers there ({exc}); start one with "
-                           "`ray start --head --port=PORT` (README: the Ray engine) or leave the option out for "
+                           "`ray start --head --port=PORT` (docs/ray.md) or leave the option out for "
                            "a local one") from None
 
 
@@ -266,7 +266,7 @@ class RayEngine:
                 except Exception as exc:  # refused token, another Ray version: one line
                     first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
                     raise IndexerError(f"cannot join the Ray cluster at {self.options.address}: {first[:300]} (its "
-                                       "token: RAY_AUTH_TOKEN or ~/.ray/auth_token; README: the Ray engine)") from None
+                                       "token: RAY_AUTH_TOKEN or ~/.ray/auth_token; docs/ray.md)") from None
             else:  # a local cluster of this machine, listening on loopback only
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
                          logging_level="ERROR", log_to_driver=False)

@@ -1,5 +1,5 @@
 """The sample archive that `make demo` indexes: every report written for it reaches the index, so that the
-README's report searches (a present and a negated pleural effusion) answer on the demo."""
+The README tour's report searches (a present and a negated pleural effusion) answer on the demo."""
 
 from __future__ import annotations
 
