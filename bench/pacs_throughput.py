@@ -33,7 +33,8 @@ from bench.common import write_result
 from core.model.encoder import HFEncoder
 from core.settings import Settings
 from core.sources import open_source
-from core.sources.dicomweb import DicomWebArchive, DicomWebConfig
+from core.sources.dicomweb import DicomWebArchive
+from core.sources.dicomweb_locations import DicomWebConfig
 from indexer.engines.runner import run_indexing
 from indexer.pipeline.load import LoadOptions, LoadPool
 from indexer.pipeline.pacs import apply_since, write_mark

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.imaging.dicom import WINDOW_PRESETS, RenderOptions, check_window_option, select_frames
 from core.imaging.metadata import RESEARCHER_DEFAULT_FIELDS, check_field_names
-from core.sources.dicomweb import DicomWebConfig, check_viewer_template
+from core.sources.dicomweb_locations import DicomWebConfig, check_viewer_template
 
 DEFAULT_MODEL = "google/medsiglip-448"
 

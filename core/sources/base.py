@@ -26,7 +26,7 @@ ReadItem = tuple[Entry, "bytes | OSError | None"]  # an entry with its bytes, it
 @dataclass(frozen=True)
 class SourceOptions:
     """How to open a source: the member size limit, and for a PACS its connection and study query
-    (core.sources.dicomweb.DicomWebConfig and StudyQuery; typed loosely so that this module needs none)."""
+    (core.sources.dicomweb_locations.DicomWebConfig and StudyQuery; typed loosely so that this module needs none)."""
 
     max_member_bytes: int = MAX_MEMBER_BYTES
     dicomweb: Any = None

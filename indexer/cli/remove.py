@@ -12,7 +12,7 @@ from core.errors import MedsearchError
 from core.logs import configure_logging
 from core.settings import Settings
 from core.sources import open_source
-from core.sources.dicomweb import is_dicomweb, split_location
+from core.sources.dicomweb_locations import is_dicomweb, split_location
 from indexer.cli.common import exit_on_errors, load_settings, open_db
 from storage.layout import GENERATIONS
 from storage.opening import DATABASE_NAME, open_index

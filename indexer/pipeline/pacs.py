@@ -18,7 +18,8 @@ from datetime import date, timedelta
 
 from pydicom.datadict import tag_for_keyword
 
-from core.sources.dicomweb import DicomWebArchive, StudyQuery, check_date_range
+from core.sources.dicomweb import DicomWebArchive
+from core.sources.dicomweb_locations import StudyQuery, check_date_range
 from indexer.errors import IndexerError
 from storage.sql.repository import Repository
 

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi.responses import Response
 
 from core.csvsafe import csv_text
-from core.sources.dicomweb import instance_url, viewer_url
+from core.sources.dicomweb_locations import instance_url, viewer_url
 from search_api.errors import FieldError
 from search_api.schemas.search import (
     RANDOM_MODEL_WARNING,

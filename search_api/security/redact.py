@@ -16,7 +16,7 @@ from typing import Any
 from core.deid import pseudonym
 from core.imaging.metadata import METADATA_FIELDS, check_field_names
 from core.imaging.metadata import RESEARCHER_DEFAULT_FIELDS as RESEARCHER_FIELDS
-from core.sources.dicomweb import is_dicomweb, parse_instance_path
+from core.sources.dicomweb_locations import is_dicomweb, parse_instance_path
 from storage.records import Metadata
 
 IDENTIFIERS = {"patient_id": "patient", "accession_number": "accession", "study_uid": "study",

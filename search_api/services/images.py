@@ -22,7 +22,7 @@ from core.imaging.dicom import RenderOptions, check_window_option, modality_valu
 from core.imaging.images import LoadedImage, load_image_bytes, load_image_frames
 from core.sources import Source, SourceOptions, open_source
 from core.sources.base import MAX_MEMBER_BYTES
-from core.sources.dicomweb import DicomWebConfig, is_dicomweb
+from core.sources.dicomweb_locations import DicomWebConfig, is_dicomweb
 from search_api.errors import FieldError, PreviewError
 from search_api.services.lru import LRUCache
 from storage.records import StoredImage, StoredSource

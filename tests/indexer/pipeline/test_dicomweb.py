@@ -20,7 +20,8 @@ from core.errors import ArchiveError
 from core.model.encoder import HFEncoder
 from core.reports import report_analyzer
 from core.sources import open_source
-from core.sources.dicomweb import DicomWebArchive, DicomWebConfig, StudyQuery, check_date_range, split_location
+from core.sources.dicomweb import DicomWebArchive
+from core.sources.dicomweb_locations import DicomWebConfig, StudyQuery, check_date_range, split_location
 from indexer.engines.runner import run_indexing
 from indexer.sample import pydicom_data_files
 from storage.opening import open_index

@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 
 from core.model.encoder import HFEncoder
 from core.settings import Settings
-from core.sources.dicomweb import DicomWebArchive, DicomWebConfig
+from core.sources.dicomweb import DicomWebArchive
+from core.sources.dicomweb_locations import DicomWebConfig
 from indexer.engines.runner import run_indexing
 from search_api.app import build_service, create_app
 from search_api.security.auth import AccessControl
