@@ -335,8 +335,9 @@ class Store:
                ) -> list[list[tuple[int, float]]]:
         """For each query row, up to k (image id, cosine) pairs, best first, among `allowed` ids when
         given, at the effort tuned for the queries' `kind` (storage/vectors/effort.py). Filtered search is
-        exact: an ID selector on the exact index, or an exact scan of the allowed vectors when the index
-        is approximate (up to EXACT_FILTER_LIMIT of them)."""
+        exact: an ID selector on the exact index, every inverted list of an IVF-Flat index probed with
+        one (its lists hold the vectors), or an exact scan of the allowed vectors read from the database
+        for the other approximate kinds (up to EXACT_FILTER_LIMIT of them)."""
         if self._index is None or (allowed is not None and len(allowed) == 0):
             return [[] for _ in range(len(queries))]
         with self._lock:
@@ -347,6 +348,8 @@ class Store:
                 scores, ids = self._index.search(queries, fetch, kind=kind)
             elif self._index.exact or len(allowed) > EXACT_FILTER_LIMIT:
                 scores, ids = self._index.search(queries, fetch, allowed, kind=kind)
+            elif (every := self._index.every_list()) is not None:
+                scores, ids = self._index.search(queries, fetch, allowed, kind=kind, effort=every)
             else:
                 return top_k(exact_scores(self._repository, dim, queries, allowed), len(queries), k)
         if lossy:

@@ -177,6 +177,11 @@ class VectorIndex:
     def exact(self) -> bool:
         return self.kind == "flat"
 
+    def every_list(self) -> Effort | None:
+        """The effort that makes a filtered IVF-Flat search exact: every inverted list probed (the lists hold
+        the vectors themselves, so this is an exact scan of the allowed ones in memory); None otherwise."""
+        return Effort(faiss.extract_index_ivf(self._index).nlist) if self.kind == "ivf" else None
+
     @property
     def lossy(self) -> bool:
         """Compressed codes: its scores are approximate, so its results are re-ranked from full vectors."""

@@ -73,9 +73,11 @@ def test_auto_plan_by_size_and_memory():
 def test_filtered_top_k_equals_brute_force_filtered_top_k(kind: str, tmp_path: Path):
     db, vectors, ids = fill(tmp_path / "db")
     query = unit_vectors(3, seed=21)
-    with open_index(db) as (store, _repository):
+    with open_index(db) as (store, repository):
         store.build_index(kind)
         allowed = np.asarray(ids[::7], dtype=np.int64)  # a filter that keeps one image in seven
+        if kind == "ivf":  # IVF-Flat's lists hold the vectors: searched exactly in memory, not read back
+            repository.get_embeddings = None
         results = store.search(query, 15, allowed=allowed)
     position = {image_id: i for i, image_id in enumerate(ids)}
     for row, hits in enumerate(results):
