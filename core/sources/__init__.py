@@ -2,8 +2,9 @@
 
 `open_source(location, options)` asks every kind, in order of priority, whether the location is
 its own: a new kind (an object store, say) is one new module in this package that defines `KIND`
-(a core.sources.base.SourceKind), found here without being named anywhere else. dicomweb_locations.py is the PACS kind's half that needs no
-connection (locations, study queries, instance paths and viewer links), which the API uses alone.
+(a core.sources.base.SourceKind), found here without being named anywhere else. dicomweb_locations.py
+is the PACS kind's half that needs no connection (locations, study queries, instance paths and viewer
+links), which the API uses alone.
 
 Inside core: may import core.errors; never core.imaging, core.model, core.maps, core.reports or core.settings.
 """
