@@ -36,7 +36,8 @@ from storage.exact_scan import rerank
 from storage.sql.repository import Repository
 from storage.vectors.build import RECALL_TARGET, bootstrap_interval, efforts_up_to, recall_per_query, tune
 from storage.vectors.effort import Efforts, QueryKind
-from storage.vectors.index import IVF_KINDS, IndexPlan, VectorIndex, bytes_per_vector, faiss, plan_index
+from storage.vectors.index import VectorIndex, faiss
+from storage.vectors.plan import IVF_KINDS, IndexPlan, bytes_per_vector, plan_index
 
 QUERIES, SINGLE, K = 500, 100, 10
 KindSearch = Callable[[np.ndarray, QueryKind], np.ndarray]  # one query row and its kind -> its top-K ids

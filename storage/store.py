@@ -30,7 +30,8 @@ from storage.vectors import delta
 from storage.vectors.build import BuildReport, build_index
 from storage.vectors.effort import QueryKind
 from storage.vectors.id_journal import Change, Mark
-from storage.vectors.index import VectorIndex, plan_index
+from storage.vectors.index import VectorIndex
+from storage.vectors.plan import plan_index
 from storage.verify import find_problems
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from indexer.cli.remove import exclusions, remove
 from indexer.cli.tools import contact_sheet, evaluate_command, random_model, sample_archive
 from indexer.pipeline.job import JobResult
 from storage.layout import writer_active
-from storage.vectors.index import KINDS, plan_index
+from storage.vectors.plan import KINDS, plan_index
 
 logger = logging.getLogger("indexer")
 

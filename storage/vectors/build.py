@@ -12,7 +12,8 @@ import numpy as np
 from storage.errors import StorageError
 from storage.sql.repository import Repository
 from storage.vectors.effort import Effort, Efforts
-from storage.vectors.index import IVF_KINDS, KINDS, IndexPlan, VectorIndex, bytes_per_vector, faiss, plan_index
+from storage.vectors.index import VectorIndex, faiss
+from storage.vectors.plan import IVF_KINDS, KINDS, IndexPlan, bytes_per_vector, plan_index
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from storage.sql.repository import Repository
 from storage.vectors.build import sample_embeddings
-from storage.vectors.index import IVF_KINDS, IndexPlan, VectorIndex, faiss, plan_index
+from storage.vectors.index import VectorIndex, faiss
+from storage.vectors.plan import IVF_KINDS, IndexPlan, plan_index
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import pytest
 from storage.opening import open_index
 from storage.vectors.build import efforts_up_to, recall_per_query, tune
 from storage.vectors.effort import Effort
-from storage.vectors.index import KINDS, LOSSY_KINDS, IndexPlan, VectorIndex, faiss
+from storage.vectors.index import VectorIndex, faiss
+from storage.vectors.plan import KINDS, LOSSY_KINDS, IndexPlan
 from tests.storage.test_store import fingerprint, records
 
 DIM = 16

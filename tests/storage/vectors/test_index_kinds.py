@@ -9,7 +9,7 @@ import pytest
 
 from storage.opening import open_index
 from storage.records import Selection
-from storage.vectors.index import KINDS, bytes_per_vector, plan_index
+from storage.vectors.plan import KINDS, bytes_per_vector, plan_index
 from tests.storage.test_store import fingerprint, records, unit_vectors
 
 N, DIM = 3000, 8
