@@ -166,7 +166,8 @@ def search_figures(url: str | None, folder: Path, analyzer: ReportAnalyzer, vect
             image = timed(lambda v=queries[q:q + 1]: vectors.search(v, 10), repeat)
 
             def hybrid(m=match, v=queries[q:q + 1]) -> list:
-                return fuse(repository.rank_reports(m, 1000).ids, vectors.search(v, 1000)[1][0].tolist(), Fusion())[:10]
+                return fuse(repository.rank_reports(m, 1000).ids, vectors.search(v, 1000)[1][0].tolist(),
+                            Fusion()).first(10)
 
             both = timed(hybrid, repeat)
             matched = len(repository.report_matches(match))

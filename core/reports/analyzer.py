@@ -25,12 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from core.reports.text import ASSERTIONS, concept_token, normalise
+from core.reports.text import ASSERTIONS, concept_token, group_token, normalise
 from core.reports.vocabulary import Vocabulary, VocabularyError
 
 logger = logging.getLogger(__name__)
 
-ANALYZER_VERSION = "1"
+ANALYZER_VERSION = "2"  # 2: group tokens of the terms with narrower ones
 # when ConText gives a mention several modifiers, the first of these wins
 PRECEDENCE = (("is_family", "family"), ("is_hypothetical", "hypothetical"), ("is_negated", "negated"),
               ("is_uncertain", "uncertain"), ("is_historical", "historical"))
@@ -106,6 +106,10 @@ class ReportAnalyzer:
         self._cache: dict[str, _Sentence] = {}
         self._cache_size = cache_size
         self._narrower = {term: tuple(vocabulary.narrower(term)) for term in vocabulary.terms}
+        # the terms whose group token a mention of each term carries: itself where it has narrower ones,
+        # and every term above it
+        self._groups = {term: tuple(broad for broad, under in self._narrower.items()
+                                    if len(under) > 1 and term in under) for term in vocabulary.terms}
         # the images of one study carry the same report and arrive together: their documents are one
         self._documents: OrderedDict[tuple[str, tuple[str | None, ...]], ReportAnalysis | None] = OrderedDict()
 
@@ -178,9 +182,10 @@ class ReportAnalyzer:
         asserted = sorted({m.assertion for m in mentions if m.assertion is not None})
         tokens: list[str] = []
         for mention in mentions:
-            tokens.append(concept_token(mention.kind, None, mention.term))
-            for assertion in ([mention.assertion] if mention.assertion else asserted):
+            for assertion in (None, *([mention.assertion] if mention.assertion else asserted)):
                 tokens.append(concept_token(mention.kind, assertion, mention.term))
+                tokens.extend(group_token(mention.kind, assertion, broad)
+                              for broad in self._groups.get(mention.term, ()))
         graph = getattr(doc._, "context_graph", None)
         modifiers = tuple((doc[m.modifier_span[0]:m.modifier_span[1]].start_char,
                            doc[m.modifier_span[0]:m.modifier_span[1]].end_char)
@@ -202,10 +207,14 @@ class ReportAnalyzer:
         return ReportQuery(tuple(dict.fromkeys(concepts)), tuple(dict.fromkeys(normalise(rest))),
                            tuple(c.assertion for c in concepts if c.assertion))
 
-    def query_groups(self, query: ReportQuery, assertions: Sequence[str] | None = None) -> list[list[str]]:
+    def query_groups(self, query: ReportQuery, assertions: Sequence[str] | None = None,
+                     folded: bool = False) -> list[list[str]]:
         """The concept tokens a matching report must carry, as groups (one token of each group): a finding
         with the query's assertion (or any of `assertions`), with its narrower terms; anatomy with the
-        assertion of the query's findings (or `assertions`), or any where the query has no finding."""
+        assertion of the query's findings (or `assertions`), or any where the query has no finding.
+        `folded`: a term with narrower ones is its group token (one per assertion) instead of the tokens
+        of every term under it: the same reports match, ranked by the group's counts (documents of this
+        analyzer carry the group tokens; older ones do not)."""
         wanted_default = [c.assertion for c in query.concepts if c.assertion] or None
         groups = []
         for concept in query.concepts:
@@ -216,8 +225,11 @@ class ReportAnalyzer:
                 chosen = [concept.assertion]
             else:
                 chosen = list(dict.fromkeys(wanted_default)) if wanted_default else [None]
-            groups.append([concept_token(concept.kind, a, term) for term in self._narrower.get(concept.term, (
-                concept.term,)) for a in chosen])
+            under = self._narrower.get(concept.term, (concept.term,))
+            if folded and len(under) > 1:
+                groups.append([group_token(concept.kind, a, concept.term) for a in chosen])
+            else:
+                groups.append([concept_token(concept.kind, a, term) for term in under for a in chosen])
         return groups
 
 

@@ -85,3 +85,11 @@ def concept_token(kind: str, assertion: str | None, term: str) -> str:
     """The token of a finding (kind 'finding') or anatomy term mentioned with an assertion (None: any)."""
     code = ASSERTION_CODES[assertion] if assertion is not None else ANY
     return f"{kind[0]}9{code}{slug(term)}"
+
+
+def group_token(kind: str, assertion: str | None, term: str) -> str:
+    """The token of a term that has narrower ones, carried by every mention of it or of any term under it
+    ("effusion" for a pleural effusion too), with the mention's assertion (None: any): a query for the
+    broad term is one token, which the report index ranks by its postings (storage/reports/topk.py)."""
+    code = ASSERTION_CODES[assertion] if assertion is not None else ANY
+    return f"{kind[0]}8{code}{slug(term)}"

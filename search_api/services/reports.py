@@ -37,7 +37,9 @@ def plan_report_query(analyzer: ReportAnalyzer, text: str, assertions: tuple[str
     if assertions is not None and not any(c.kind == "finding" for c in query.concepts):
         raise FieldError(422, ("body", "filters", "assertion"), "the assertion filter applies to findings, and the "
                          "query names none of the report vocabulary's findings", "assertion_needs_finding")
-    match = ReportMatch(tuple(tuple(group) for group in analyzer.query_groups(query, assertions)), query.words)
+    match = ReportMatch(tuple(tuple(group) for group in analyzer.query_groups(query, assertions)), query.words,
+                        tuple(tuple(group) for group in analyzer.query_groups(query, assertions, folded=True)),
+                        analyzer.fingerprint)
     reason = None if not match.empty else ("the query has no word the report index can match (only stop words "
                                            "or symbols)")
     return ReportPlan(query, match, reason)
@@ -159,19 +161,19 @@ class ReportSearch:
         images = self.image_window(prepared, options, fusion.window)
         fused = fuse(reports.ids, images, fusion)
         scores = dict(zip(reports.ids, reports.scores, strict=True))
-        by_id = {f.image_id: f for f in fused}
+        in_windows = set(fused.ids.tolist())
         depth = fusion.window
         tail_rank: dict[int, int] = {}
 
         def order() -> Iterator[int]:
             nonlocal depth
-            yield from (f.image_id for f in fused)
+            yield from fused.image_ids()
             if len(images) < fusion.window:
                 return  # the image window held every candidate
             while True:  # beyond both windows: image similarity order
                 ids = self.image_window(prepared, options, depth * 2)
                 for rank, image_id in enumerate(ids[depth:], start=depth + 1):
-                    if image_id not in by_id:
+                    if image_id not in in_windows:
                         tail_rank[image_id] = rank
                         yield image_id
                 if len(ids) < depth * 2:
@@ -182,8 +184,9 @@ class ReportSearch:
         page = kept[options.offset:need]
         cosine = cosines(self.repository, prepared.vector, [image.id for image in page], self.dim)  # one way
         empty = Fused(0, 0.0, None, None)
+        ranked = {image.id: fused.get(image.id) or empty for image in page}
         return [Hit(rank=options.offset + i + 1, score=cosine.get(image.id), probability=None, image=image,
-                    match=MatchInfo(image_rank=by_id.get(image.id, empty).image_rank or tail_rank.get(image.id),
-                                    report_rank=by_id.get(image.id, empty).report_rank,
-                                    report_score=scores.get(image.id), fused_score=by_id.get(image.id, empty).score))
+                    match=MatchInfo(image_rank=ranked[image.id].image_rank or tail_rank.get(image.id),
+                                    report_rank=ranked[image.id].report_rank,
+                                    report_score=scores.get(image.id), fused_score=ranked[image.id].score))
                 for i, image in enumerate(page)]

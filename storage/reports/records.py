@@ -60,10 +60,14 @@ class StoredReport:
 @dataclass(frozen=True)
 class ReportMatch:
     """A query for the report index: every group must be matched by one of its concept tokens, every
-    word must occur (both as core.reports.text makes them: letters and digits only)."""
+    word must occur (both as core.reports.text makes them: letters and digits only). `folded`: the same
+    groups with a broad term's group token for the tokens of the terms under it, which documents made
+    by the analysis `folded_by` carry: the same matches, fewer tokens to rank."""
 
     groups: tuple[tuple[str, ...], ...] = ()
     words: tuple[str, ...] = ()
+    folded: tuple[tuple[str, ...], ...] | None = None
+    folded_by: str = ""
 
     @property
     def empty(self) -> bool:

@@ -224,7 +224,7 @@ class ReportDocumentRow(Base):
     concepts: Mapped[str] = mapped_column(Text)
     mentions: Mapped[list[list[Any]]] = mapped_column(JSON)
     has_report: Mapped[bool] = mapped_column(Boolean)
-    analyzer: Mapped[str] = mapped_column(String(64))
+    analyzer: Mapped[str] = mapped_column(String(64), index=True)  # migration 0007
 
 
 class ReportTermRow(Base):

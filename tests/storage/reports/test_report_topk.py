@@ -66,10 +66,13 @@ def single_group_queries() -> list[ReportMatch]:
             query = analyzer.parse_query(text_)
             if assertions is not None and not any(c.kind == "finding" for c in query.concepts):
                 continue
-            match = ReportMatch(tuple(tuple(g) for g in analyzer.query_groups(query, assertions)), query.words)
-            if len(match.groups) == 1 and not match.words:
-                found.append(match)
+            for folded in (False, True):
+                match = ReportMatch(tuple(tuple(g) for g in analyzer.query_groups(query, assertions, folded)),
+                                    query.words)
+                if len(match.groups) == 1 and not match.words:
+                    found.append(match)
     assert any(len(m.groups[0]) > 1 for m in found)  # broader terms: a group of several tokens
+    assert any(m.groups[0][0][1] == "8" for m in found)  # and their group tokens
     return found
 
 
@@ -132,3 +135,35 @@ def test_queries_the_postings_do_not_rank_go_to_the_engine(tmp_path: Path):
             assert topk_ranking(session, ReportMatch((("f9pnosuchfinding",),)), 10) == []
         ranked = repository.rank_reports(ReportMatch((("f9ppleuraleffusion",), ("a9zchest",))), 10)
         assert ranked.ids  # the engine ranks them
+
+
+def test_a_broad_term_is_one_group_token_ranked_from_the_postings_once_every_document_carries_it(tmp_path: Path):
+    """Narrower findings as common as the broad one ("pneumothorax": tension-, hydro-): the unfolded
+    group of three tokens is the engine's to rank; its group token is ranked from the postings, with the
+    same matches; a document of another analysis sends the query back to the unfolded group."""
+    analyzer = report_analyzer()
+    rng = random.Random(3)
+    texts = [" ".join(rng.choice(["There is a small {f}.", "No {f}.", "Large {f} on the right."]).format(
+        f=rng.choice(["pneumothorax", "tension pneumothorax", "hydropneumothorax", "pleural effusion"]))
+        for _ in range(rng.randint(1, 6))) for _ in range(400)]
+    query = analyzer.parse_query("pneumothorax")
+    unfolded = ReportMatch(tuple(tuple(g) for g in analyzer.query_groups(query)))
+    match = ReportMatch(unfolded.groups, (), tuple(tuple(g) for g in analyzer.query_groups(query, folded=True)),
+                        analyzer.fingerprint)
+    assert len(unfolded.groups[0]) == 3 and match.folded is not None and len(match.folded[0]) == 1
+    with open_index(tmp_path / "db", create=True, reports=analyzer) as (store, repository):
+        store.bind_model(fingerprint())
+        store.write(images(texts))
+        with repository._sessions() as session:
+            assert topk_ranking(session, unfolded, 10) is None  # not rare beside the broad term
+            assert topk_ranking(session, ReportMatch(match.folded), 10) == sqlite_ranking(
+                session, ReportMatch(match.folded), 10)
+        ranked = repository.rank_reports(match, 10)
+        assert ranked.ranked_by == "postings" and len(ranked.ids) == 10
+        assert repository.report_matches(match) == repository.report_matches(unfolded)
+        assert len(repository.report_matches(match)) > 200
+        with repository.engine.begin() as connection:
+            connection.execute(text("UPDATE report_documents SET analyzer = '1:old' WHERE image_id = "
+                                    "(SELECT max(image_id) FROM report_documents)"))
+        assert repository.rank_reports(match, 10).ranked_by == "engine"
+        assert repository.report_matches(match) == repository.report_matches(unfolded)
