@@ -260,8 +260,38 @@ def _pipeline(vocabulary: Vocabulary) -> Any:
                            "context_rules.json").read_text())
     dropped = set(vocabulary.drop_default)
     rules = [r for r in defaults["context_rules"] if r["literal"].lower() not in dropped] + list(vocabulary.rules)
+    tokens_of = nlp.make_doc
     try:
-        context.add([ConTextRule.from_dict(rule) for rule in rules])
+        context.add([ConTextRule.from_dict(one) for rule in rules for one in as_phrases(rule, tokens_of)])
     except (ValueError, KeyError, TypeError) as exc:
         raise VocabularyError(f"a ConText rule cannot be used: {exc}") from exc
     return nlp
+
+
+MAX_PHRASES = 256  # a token pattern with more spellings than this stays a pattern
+
+
+def as_phrases(rule: dict[str, Any], tokens_of: Any) -> list[dict[str, Any]]:
+    """A ConText rule whose token pattern only spells words (LOWER, one word or a list of words, each
+    optional or not) as the phrase rules it stands for, else the rule as it is. spaCy's token Matcher
+    evaluates every pattern's predicates on every token (two thirds of ConText's cost on reports);
+    its PhraseMatcher looks phrases up. The matches are the same: a spelling that is not one token to
+    the tokenizer (a word with a space, "can't") could not match the pattern either, and is left out."""
+    pattern = rule.get("pattern")
+    if not isinstance(pattern, list) or not pattern:
+        return [rule]
+    spellings: list[list[str]] = [[]]
+    for element in pattern:
+        if not isinstance(element, dict) or set(element) - {"LOWER", "OP"} or element.get("OP", "") not in ("", "?"):
+            return [rule]
+        lower = element.get("LOWER")
+        given = lower.get("IN") if isinstance(lower, dict) and set(lower) == {"IN"} else [lower]
+        if not isinstance(given, list) or not all(isinstance(w, str) and w for w in given):
+            return [rule]
+        words = [str(w) for w in given if len(tokens_of(w)) == 1 and w == w.lower()]
+        options: list[list[str]] = [[w] for w in words] + ([[]] if element.get("OP") == "?" else [])
+        spellings = [s + o for s in spellings for o in options]
+        if len(spellings) > MAX_PHRASES:
+            return [rule]
+    literals = sorted({" ".join(s) for s in spellings if s})
+    return [{**{k: v for k, v in rule.items() if k != "pattern"}, "literal": literal} for literal in literals]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.reports import ReportAnalyzer, VocabularyError, load_vocabulary, report_analyzer
-from core.reports.text import WORD, concept_token, normalise
+from core.reports.text import WORD, concept_token, group_token, normalise
 from tests.report_corpus import REPORTS
 
 # the issue's bar: at least 0.9 right per assertion for these (the others are measured and printed)
@@ -83,6 +83,49 @@ def test_a_broader_term_finds_the_narrower_ones(analyzer: ReportAnalyzer):
     groups = analyzer.query_groups(analyzer.parse_query("effusion"))
     assert concept_token("finding", "present", "pleural effusion") in groups[0]
     assert concept_token("finding", "present", "joint effusion") in groups[0]
+
+
+def test_a_narrower_mention_carries_the_group_token_of_each_broader_term(analyzer: ReportAnalyzer):
+    analysis = analyzer.analyze("Small left pleural effusion. No tension pneumothorax.")
+    assert analysis is not None
+    tokens = analysis.concepts.split()
+    assert group_token("finding", "present", "effusion") in tokens  # pleural effusion is an effusion
+    assert group_token("finding", "negated", "pneumothorax") in tokens
+    assert group_token("finding", None, "pneumothorax") in tokens
+    assert group_token("finding", "present", "pneumothorax") not in tokens
+    folded = analyzer.query_groups(analyzer.parse_query("no pneumothorax"), folded=True)
+    assert folded == [[group_token("finding", "negated", "pneumothorax")]]
+    assert analyzer.query_groups(analyzer.parse_query("cardiomegaly"), folded=True) == \
+        analyzer.query_groups(analyzer.parse_query("cardiomegaly"))  # no narrower terms: its own token
+
+
+def test_context_rules_spelled_as_phrases_match_as_their_token_patterns():
+    """Every spelling of every rule that core.reports.analyzer.as_phrases turns into phrases, before and
+    after a finding, analysed by ConText with the token patterns and with the phrases: the same."""
+    import core.reports.analyzer as module
+
+    vocabulary = load_vocabulary()
+    phrases = module.ReportAnalyzer(vocabulary, cache_size=0)
+    original = module.as_phrases
+    module.as_phrases = lambda rule, tokens_of: [rule]
+    try:
+        patterns = module.ReportAnalyzer(vocabulary, cache_size=0)
+    finally:
+        module.as_phrases = original
+    import json
+
+    import medspacy
+
+    defaults = json.loads((Path(medspacy.__file__).resolve().parents[1] / "resources" / "en" /
+                           "context_rules.json").read_text())["context_rules"]
+    spelled = [one["literal"] for rule in [*defaults, *vocabulary.rules] if rule.get("pattern")
+               for one in module.as_phrases(rule, phrases._nlp.make_doc) if "pattern" not in one]
+    assert len(spelled) > 50
+    for literal in spelled:
+        for text in (f"{literal.capitalize()} pleural effusion.", f"Pleural effusion {literal} pneumonia.",
+                     f"The {literal} small right pneumothorax is seen."):
+            a, b = patterns.analyze(text), phrases.analyze(text)
+            assert a is not None and b is not None and (a.concepts, a.mentions) == (b.concepts, b.mentions), text
 
 
 @pytest.mark.parametrize("query", ['"pleural effusion', 'pleural OR effusion NEAR(a b) body:* ^x', "a* AND -b",
