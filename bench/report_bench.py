@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument("--postgres-url", help="a PostgreSQL database to fill (default: a throwaway local server "
                         "where PostgreSQL is installed)")
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     args = parser.parse_args()
     analyzer, rng = report_analyzer(), random.Random(0)
     pool = sentences(analyzer, 4000, rng)
@@ -200,8 +201,9 @@ def main() -> None:
     print(f"assertion: {result['assertion']}", flush=True)
     vectors = image_index(args.reports, args.dim, 0)
     with TemporaryDirectory() as tmp:
-        result["sqlite"] = {"write_s": fill(None, Path(tmp) / "sqlite", analyzer, pool, args.reports, 1)}
-        result["sqlite"] |= search_figures(None, Path(tmp) / "sqlite", analyzer, vectors, args.dim, args.repeat)
+        if not args.no_sqlite:
+            result["sqlite"] = {"write_s": fill(None, Path(tmp) / "sqlite", analyzer, pool, args.reports, 1)}
+            result["sqlite"] |= search_figures(None, Path(tmp) / "sqlite", analyzer, vectors, args.dim, args.repeat)
         if not args.no_postgres:
             with postgres_server(args.postgres_url) as url:
                 if url is None:

