@@ -39,9 +39,6 @@ class FusedOrder:
     report_ranks: np.ndarray  # 0: outside the report window
     image_ranks: np.ndarray
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def image_ids(self) -> Iterator[int]:
         return iter(self.ids.tolist())
 

@@ -60,7 +60,7 @@ def _tokens(match: ReportMatch) -> Iterable[str]:
 def _answerable(session: Session, match: ReportMatch) -> ReportMatch:
     """`match` as the stored documents answer it: its folded form where every document was made by the
     analysis that folded it (two seeks of the analyzer's index, migration 0007), else as it is."""
-    if match.folded is None:
+    if match.folded is None or match.folded == match.groups:  # nothing folded: no question to ask
         return match
     other = or_(select(ReportDocumentRow.image_id).where(ReportDocumentRow.analyzer < match.folded_by).exists(),
                 select(ReportDocumentRow.image_id).where(ReportDocumentRow.analyzer > match.folded_by).exists())
@@ -68,8 +68,10 @@ def _answerable(session: Session, match: ReportMatch) -> ReportMatch:
 
 
 def _check(match: ReportMatch) -> None:
-    bad = [t for t in _tokens(match) if not TOKEN.match(t)]
-    if bad or any(not group for group in match.groups):
+    """Both forms of `match` (as given and folded) are tokens of letters and digits, no group empty."""
+    forms = [match] if match.folded is None else [match, ReportMatch(match.folded, match.words)]
+    bad = [t for form in forms for t in _tokens(form) if not TOKEN.match(t)]
+    if bad or any(not group for form in forms for group in form.groups):
         raise ValueError(f"report query tokens must be letters and digits (got {bad[:3]})")
 
 
@@ -195,7 +197,6 @@ class ReportsMixin:
             return ReportRanking((), (), True)
         with database_errors(self.engine), self._sessions() as session:
             match = _answerable(session, match)
-            _check(match)
             scored, by = topk_ranking(session, match, limit), "postings"
             if scored is None:  # several groups, words, or narrower terms as common as the broad one
                 scored, by = (sqlite_ranking if self.engine.dialect.name == "sqlite" else postgres_ranking)(
@@ -209,7 +210,6 @@ class ReportsMixin:
             return []
         with database_errors(self.engine), self._sessions() as session:
             match = _answerable(session, match)
-            _check(match)
             if self.engine.dialect.name == "sqlite":
                 rows = session.execute(text(f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :q"),
                                        {"q": fts5_query(match)}).scalars().all()
