@@ -13,13 +13,31 @@ rankings.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, wait
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from search_api.services.query import Fusion
+
+ReportWindow = TypeVar("ReportWindow")
+ImageWindow = TypeVar("ImageWindow")
+
+
+def both_windows(reports: Callable[[], ReportWindow], images: Callable[[], ImageWindow], pool: Executor
+                 ) -> tuple[ReportWindow, ImageWindow]:
+    """The two windows of a hybrid query at once: the image window on `pool` while this thread reads the
+    report window. FAISS and the database drivers let go of the GIL while they work, so a hybrid query
+    costs about the slower of the two instead of their sum (bench/report_bench.py measures both)."""
+    future = pool.submit(images)
+    try:
+        first = reports()
+    except BaseException:
+        wait([future])  # nothing of this query runs on after it has failed
+        raise
+    return first, future.result()
 
 
 class Fused(NamedTuple):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -57,7 +58,8 @@ class SearchService:
         self.store = store
         self.repository = repository
         self.reports = reports  # None: no report search (text queries compare with images only)
-        self.report_search = ReportSearch(store, repository, encoder.dim)
+        self.windows = ThreadPoolExecutor(2, thread_name_prefix="medsearch-image-window")  # hybrid queries'
+        self.report_search = ReportSearch(store, repository, encoder.dim, self.windows)
         self.probe_scores = ProbeScores(store, repository)  # kept up to date from the index's id journal
         self.files = files
         self.explanations = Explanations(encoder, files, request_timeout_s)
@@ -70,6 +72,7 @@ class SearchService:
         self.post_filter_min = POST_FILTER_MIN  # from this many vectors, broad filters are checked on the nearest
 
     def close(self) -> None:
+        self.windows.shutdown(wait=True)
         try:
             self.store.close()
         finally:
@@ -85,8 +88,7 @@ class SearchService:
         return self.text_cache.get(text, lambda: self.encoder.encode_texts([text])[0])
 
     def image_vector(self, image_id: int) -> np.ndarray:
-        stored = self.store.vector_of(image_id)
-        if stored is None:
+        if (stored := self.store.vector_of(image_id)) is None:
             raise UnknownImageError(image_id)
         return stored
 
@@ -107,9 +109,7 @@ class SearchService:
 
     def probability(self, cosine: float) -> float | None:
         scale, bias = getattr(self.encoder, "logit_scale", None), getattr(self.encoder, "logit_bias", None)
-        if scale is None or bias is None:
-            return None
-        return 1.0 / (1.0 + math.exp(-(scale * cosine + bias)))
+        return None if scale is None or bias is None else 1.0 / (1.0 + math.exp(-(scale * cosine + bias)))
 
     # -- search ---------------------------------------------------------------------------------------
     def probe(self, name: str, loc: tuple[str | int, ...] = ("body", "probe")) -> Probe:

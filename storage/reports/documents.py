@@ -201,7 +201,8 @@ class ReportsMixin:
             if scored is None:  # several groups, words, or narrower terms as common as the broad one
                 scored, by = (sqlite_ranking if self.engine.dialect.name == "sqlite" else postgres_ranking)(
                     session, match, limit), "engine"
-        return ReportRanking(tuple(i for i, _ in scored), tuple(s for _, s in scored), len(scored) < limit, by)
+        ids, scores = zip(*scored, strict=True) if scored else ((), ())
+        return ReportRanking(tuple(ids), tuple(scores), len(scored) < limit, by)
 
     def report_matches(self, match: ReportMatch) -> list[int]:
         """Every matching image id, ascending (for totals and facets: no ranking)."""

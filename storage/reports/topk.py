@@ -9,10 +9,12 @@ as no unread document can beat the `limit`-th score found:
 - BM25's share of one term in a document, idf * tf (k1 + 1) / (tf + k1 (1 - b + b dl / avgdl)), rises
   with tf and falls with dl, so a term's postings of one tf, read by dl ascending, come best first, and
   the runs of its tf values merged by that share give its documents best first;
-- the group's largest term is read so; its other terms (narrower findings, rare beside it) are read
-  whole first, so that a document not read yet can gain at most the largest term's next share; those
-  read that may also carry the largest term further down are checked in their documents before the
-  answer ("random access");
+- the group's largest term is read so: the first page of each run, then as a merge of the runs, the
+  best one up to the length where its share falls to the next run's (BM25 solved for dl), as many
+  postings as the first `limit` still lack, so that no page reads far past what the answer needs;
+- its other terms (narrower findings, rare beside it) are read whole first, so that a document not
+  read yet can gain at most the largest term's next share; those read that may also carry the largest
+  term further down are checked in their documents before the answer ("random access");
 - where another term is not rare (over 1/RARE of the largest's documents and twice the limit), or the
   query has several groups or words, a threshold summing several terms' next shares stays above the
   scores found until nearly every posting is read: the engine ranks those (`None`), its own
@@ -25,7 +27,9 @@ as no unread document can beat the `limit`-th score found:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 from sqlalchemy import select, text
@@ -38,10 +42,11 @@ from storage.sql.models import ReportTermRow
 
 MARGIN = 2e-9  # the limit-th score must beat the threshold by more than the rounding of the order
 RARE = 32  # a group's other terms are read whole where each has at most 1/RARE of its largest's documents
-LAST_PAGE = 8192  # postings read per query of one run at most (pages double as a run is read)
+LAST_PAGE = 8192  # postings read per query of one run at most
 
 RUN = ("SELECT dl, image_id FROM report_postings WHERE term_id = {m} AND tf = {m} AND (dl, image_id) > ({m}, {m}) "
-       "ORDER BY dl, image_id LIMIT {m}")  # the row value is a range on the primary key in both databases
+       "AND dl <= {m} ORDER BY dl, image_id LIMIT {m}")  # the row value is a range on the primary key in both
+NO_CUTOFF = 2**31 - 1  # a dl no document reaches
 TF_VALUES = ("WITH RECURSIVE below(tf) AS (SELECT max(tf) FROM report_postings WHERE term_id = {m} UNION ALL "
              "SELECT (SELECT max(tf) FROM report_postings WHERE term_id = {m} AND tf < below.tf) FROM below "
              "WHERE below.tf IS NOT NULL) SELECT tf FROM below WHERE tf IS NOT NULL ORDER BY tf DESC")  # a seek a value
@@ -59,9 +64,10 @@ class _Reader:
         self.cursor = connection.connection.cursor()
         self.run_sql, self.tf_sql = RUN.format(m=mark), TF_VALUES.format(m=mark)
 
-    def page(self, term: int, tf: int, after: tuple[int, int], n: int) -> np.ndarray:
-        self.cursor.execute(self.run_sql, (term, tf, after[0], after[1], n))
-        return np.asarray(self.cursor.fetchall(), dtype=np.int64).reshape(-1, 2)
+    def page(self, term: int, tf: int, after: tuple[int, int], upto: int, n: int) -> np.ndarray:
+        self.cursor.execute(self.run_sql, (term, tf, after[0], after[1], upto, n))
+        rows = self.cursor.fetchall()
+        return np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=2 * len(rows)).reshape(-1, 2)
 
     def tf_values(self, term: int) -> list[int]:
         """The tf values a term's postings have, highest first (one round trip: a loose index scan)."""
@@ -76,20 +82,23 @@ class _Run:
     token: str
     term: int
     tf: int
-    page: int
     after: tuple[int, int] = (-1, -1)
     done: bool = False
-    bound: float = float("inf")  # the share of the last posting read: no unread one has more
+    bound: float = float("inf")  # no unread posting has a larger share
 
-    def read(self, reader: _Reader, scorer: _Scorer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The next page: (image ids, lengths, shares)."""
-        rows = reader.page(self.term, self.tf, self.after, self.page)
-        self.done = len(rows) < self.page
-        self.page = min(self.page * 2, LAST_PAGE)
+    def read(self, reader: _Reader, scorer: _Scorer, n: int, upto: int = NO_CUTOFF
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The next `n` postings at most, of lengths up to `upto`: (image ids, lengths, shares)."""
+        rows = reader.page(self.term, self.tf, self.after, upto, n)
         if len(rows):
             self.after = (int(rows[-1, 0]), int(rows[-1, 1]))
         shares = scorer.shares(self.token, self.tf, rows[:, 0])
-        self.bound = float(shares[-1]) if len(shares) else 0.0
+        if len(rows) == n:
+            self.bound = float(shares[-1])
+        elif upto == NO_CUTOFF:
+            self.done, self.bound = True, 0.0
+        else:  # every posting left is longer than `upto`
+            self.bound = float(scorer.shares(self.token, self.tf, np.array([upto + 1]))[0])
         return rows[:, 1], rows[:, 0], shares
 
 
@@ -118,6 +127,24 @@ class _Scorer:
                 total = total + weight * ((f * (K1 + 1.0)) / (f + K1 * (1 - B + B * dl / self.avgdl)))
         return total
 
+    def cutoff(self, token: str, tf: int, floor: float) -> int:
+        """The largest dl whose share of `token`, `tf` times, is above `floor` (-1: none is)."""
+        if floor <= 0.0:
+            return NO_CUTOFF
+        weight = sum(w for phrase, w in zip(self.phrases, self.idf, strict=True) if phrase == token)
+        f = float(tf)
+        solved = ((weight * f * (K1 + 1.0) / floor - f) / K1 - 1.0 + B) * self.avgdl / B  # share(dl) = floor
+        dl = int(min(max(math.floor(solved), -1), NO_CUTOFF - 1))
+
+        def above(n: int) -> bool:  # decided by `shares`, as the documents' scores are
+            return bool(self.shares(token, tf, np.array([n]))[0] > floor)
+
+        while dl + 1 < NO_CUTOFF and above(dl + 1):  # the rounding of the solution: a step or two at most
+            dl += 1
+        while dl >= 0 and not above(dl):
+            dl -= 1
+        return dl
+
 
 def topk_ranking(session: Session, match: ReportMatch, limit: int) -> list[tuple[int, float]] | None:
     """The first `limit` matches by BM25 (best first, ties by image id); None for a query this does not
@@ -142,29 +169,40 @@ def topk_ranking(session: Session, match: ReportMatch, limit: int) -> list[tuple
     seen: dict[int, _Seen] = {}  # documents of the other terms, with their counts known so far
     for token in (t for t in present if t != driven):
         for tf in reader.tf_values(present[token][0]):
-            run = _Run(token, present[token][0], tf, LAST_PAGE)
+            run = _Run(token, present[token][0], tf)
             while not run.done:
-                ids, lengths, _ = run.read(reader, scorer)
+                ids, lengths, _ = run.read(reader, scorer, LAST_PAGE)
                 for image_id, dl in zip(ids.tolist(), lengths.tolist(), strict=True):
                     seen.setdefault(image_id, _Seen(dl)).tf[token] = tf
-    runs = [_Run(driven, present[driven][0], tf, max(32, limit // 4)) for tf in reader.tf_values(present[driven][0])]
+    runs = [_Run(driven, present[driven][0], tf) for tf in reader.tf_values(present[driven][0])]
     read_ids: list[np.ndarray] = []
     read_shares: list[np.ndarray] = []
+
+    def read(run: _Run, n: int, upto: int = NO_CUTOFF) -> None:
+        ids, _, shares = run.read(reader, scorer, n, upto)
+        read_ids.append(ids)
+        read_shares.append(shares)
+        for image_id in ids[np.isin(ids, list(seen))].tolist() if seen else ():
+            seen[image_id].tf[driven] = run.tf
+
+    for run in runs:
+        read(run, max(32, limit // 4))
     kth = -float("inf")
     while True:
-        for run in runs:
-            if not run.done and run.bound > kth - MARGIN:
-                ids, _, shares = run.read(reader, scorer)
-                read_ids.append(ids)
-                read_shares.append(shares)
-                for image_id in ids[np.isin(ids, list(seen))].tolist() if seen else ():
-                    seen[image_id].tf[driven] = run.tf
         ids, scores = _candidates(scorer, seen, read_ids, read_shares)
         if len(scores) >= limit:
             kth = float(np.partition(scores, len(scores) - limit)[len(scores) - limit])
         unread = max((run.bound for run in runs if not run.done), default=0.0)  # the most a document can gain
         if unread == 0.0 or (len(scores) >= limit and kth - unread > MARGIN):
             break
+        # a merge of the runs: the best run, while it stays the best and beats the limit-th score, as many
+        # postings as the first `limit` still lack (those found above every unread posting are certain).
+        # Each read lowers that run's bound, so the loop ends.
+        ahead = sorted((run for run in runs if not run.done), key=lambda r: -r.bound)
+        floor = max(ahead[1].bound if len(ahead) > 1 else 0.0, kth - 2 * MARGIN)
+        lacking = limit - int(np.count_nonzero(scores > ahead[0].bound))
+        read(ahead[0], min(max(32, lacking), LAST_PAGE),
+             scorer.cutoff(driven, ahead[0].tf, floor) if floor < ahead[0].bound else NO_CUTOFF)
     # a narrower term's document may also carry the driven term further down its postings: its count
     # is read from the document where that could carry it into the first `limit`
     open_ = [i for i, d in seen.items() if driven not in d.tf and unread > 0.0 and
@@ -174,8 +212,9 @@ def topk_ranking(session: Session, match: ReportMatch, limit: int) -> list[tuple
         ids, scores = _candidates(scorer, seen, read_ids, read_shares)
     near = scores >= (np.partition(scores, len(scores) - limit)[len(scores) - limit] if len(scores) > limit
                       else -np.inf) - 1e-6  # the exact order among the best, decided as the engines do
-    return sorted(zip(ids[near].tolist(), scores[near].tolist(), strict=True),
-                  key=lambda pair: (-round(pair[1], DIGITS), pair[0]))[:limit]
+    ids, scores = ids[near], scores[near]
+    order = np.lexsort((ids, -np.round(scores, DIGITS)))[:limit]
+    return list(zip(ids[order].tolist(), scores[order].tolist(), strict=True))
 
 
 @dataclass

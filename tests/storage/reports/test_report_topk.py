@@ -7,7 +7,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from core.reports import report_analyzer
@@ -15,7 +18,7 @@ from storage.opening import open_index
 from storage.records import ImageRecord, Metadata, NewImage, Selection, SourceRecord
 from storage.reports.rank import postgres_ranking, sqlite_ranking
 from storage.reports.records import ReportMatch
-from storage.reports.topk import topk_ranking
+from storage.reports.topk import _Scorer, topk_ranking
 from tests.postgres import needs_postgres
 from tests.storage.test_store import fingerprint, unit_vectors
 
@@ -167,3 +170,16 @@ def test_a_broad_term_is_one_group_token_ranked_from_the_postings_once_every_doc
                                     "(SELECT max(image_id) FROM report_documents)"))
         assert repository.rank_reports(match, 10).ranked_by == "engine"
         assert repository.report_matches(match) == repository.report_matches(unfolded)
+
+
+@given(st.integers(1, 9), st.floats(0.001, 6.0), st.integers(2, 400), st.integers(1, 10**6))
+def test_a_run_is_read_up_to_the_longest_document_whose_share_beats_the_floor(tf: int, floor: float, avgdl: int,
+                                                                            hits: int):
+    scorer = _Scorer(["f9ppleuraleffusion", "a9pchest"], 10**6, 10**6 * avgdl, {"f9ppleuraleffusion": hits})
+    lengths = np.arange(0, 20 * avgdl + 2)
+    above = lengths[scorer.shares("f9ppleuraleffusion", tf, lengths) > floor]
+    longest = int(above[-1]) if len(above) else -1
+    if longest == lengths[-1]:  # beyond the lengths tried: only the cutoff's own side is known
+        assert scorer.cutoff("f9ppleuraleffusion", tf, floor) >= longest
+    else:
+        assert scorer.cutoff("f9ppleuraleffusion", tf, floor) == longest
