@@ -5,9 +5,9 @@ fusion.fuse). Prints and writes bench/results/reports_N.json:
 
 - report search p50/p99 (top 10, and the hybrid window of 1,000) per database;
 - image-only search p50 in the same run (FAISS IVF-Flat over N vectors of --dim dimensions, nprobe 32,
-  top 10) and hybrid = the report window and the image window read at once, as the search API reads
-  them (fusion.both_windows: the image window on a worker thread), then fused, so the two can be
-  compared; and `hybrid_serial_p50_ms`, the two windows one after the other;
+  top 10) and hybrid = the report window and the image window read as the search API reads them
+  (fusion.Windows: at once, the image window on a worker thread, where image windows take over 1 ms),
+  then fused, so the two can be compared; and `hybrid_serial_p50_ms`, one after the other;
 - the index-time cost of assertion per report: cold (every sentence new to the analyzer) and with its
   sentence cache (reports made of the same sentences, as formulaic reports are).
 
@@ -37,7 +37,7 @@ from sqlalchemy import insert, text
 from bench.common import write_result
 from bench.pg_server import postgres_server
 from core.reports import ReportAnalyzer, report_analyzer
-from search_api.services.fusion import both_windows, fuse
+from search_api.services.fusion import Windows, fuse
 from search_api.services.query import Fusion
 from search_api.services.reports import plan_report_query
 from storage.opening import open_index
@@ -163,6 +163,7 @@ def search_figures(url: str | None, folder: Path, analyzer: ReportAnalyzer, vect
     out: dict[str, Any] = {"queries": {}}
     with open_index(folder, read_only=True, database_url=url, reports=analyzer) as (_, repository), \
             ThreadPoolExecutor(2) as pool:
+        windows = Windows(pool)
         for q, query in enumerate(QUERIES):
             match = plan_report_query(analyzer, query, None).match
             top10 = timed(lambda m=match: repository.rank_reports(m, 10), repeat)
@@ -170,8 +171,8 @@ def search_figures(url: str | None, folder: Path, analyzer: ReportAnalyzer, vect
             image = timed(lambda v=queries[q:q + 1]: vectors.search(v, 10), repeat)
 
             def hybrid(m=match, v=queries[q:q + 1]) -> list:
-                reports, images = both_windows(lambda: repository.rank_reports(m, 1000).ids,
-                                               lambda: vectors.search(v, 1000)[1][0].tolist(), pool)
+                reports, images = windows.read(lambda: repository.rank_reports(m, 1000).ids,
+                                               lambda: vectors.search(v, 1000)[1][0].tolist())
                 return fuse(reports, images, Fusion()).first(10)
 
             def serial(m=match, v=queries[q:q + 1]) -> list:

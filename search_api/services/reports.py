@@ -10,14 +10,13 @@ ranking before it is paged or fused, so that ranks are ranks among what may be s
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 
 from core.reports import ReportAnalyzer
 from search_api.errors import FieldError
-from search_api.services.fusion import Fused, both_windows, fuse
+from search_api.services.fusion import Fused, Windows, fuse
 from search_api.services.query import Hit, MatchInfo, Prepared, ReportPlan, SearchOptions, new_group
 from storage.records import StoredImage
 from storage.reports.records import ReportMatch
@@ -123,11 +122,11 @@ def cosines(repository: Repository, vector: np.ndarray | None, ids: list[int], d
 
 
 class ReportSearch:
-    """Report-only and hybrid pages over one store and repository (built by SearchService; `pool` runs a
-    hybrid query's image window beside its report window)."""
+    """Report-only and hybrid pages over one store and repository (built by SearchService; `windows`
+    reads a hybrid query's report and image windows)."""
 
-    def __init__(self, store: Store, repository: Repository, dim: int, pool: Executor) -> None:
-        self.store, self.repository, self.dim, self.pool = store, repository, dim, pool
+    def __init__(self, store: Store, repository: Repository, dim: int, windows: Windows) -> None:
+        self.store, self.repository, self.dim, self.windows = store, repository, dim, windows
 
     def report_page(self, prepared: Prepared, options: SearchOptions) -> list[Hit]:
         need = options.offset + options.k
@@ -159,9 +158,9 @@ class ReportSearch:
     def hybrid_page(self, prepared: Prepared, options: SearchOptions) -> list[Hit]:
         fusion = options.fusion
         need = options.offset + options.k
-        reports, images = both_windows(
+        reports, images = self.windows.read(
             lambda: report_ranking(self.repository, prepared, options.exclude, fusion.window),
-            lambda: self.image_window(prepared, options, fusion.window), self.pool)
+            lambda: self.image_window(prepared, options, fusion.window))
         fused = fuse(reports.ids, images, fusion)
         scores = dict(zip(reports.ids, reports.scores, strict=True))
         in_windows = set(fused.ids.tolist())

@@ -18,6 +18,7 @@ from core.reports import ReportAnalyzer
 from search_api.errors import UnknownImageError
 from search_api.services.cutoff import scoring
 from search_api.services.explaining import Explanations
+from search_api.services.fusion import Windows
 from search_api.services.images import ImageFiles
 from search_api.services.listing import ordered_page
 from search_api.services.lru import LRUCache
@@ -59,7 +60,7 @@ class SearchService:
         self.repository = repository
         self.reports = reports  # None: no report search (text queries compare with images only)
         self.windows = ThreadPoolExecutor(2, thread_name_prefix="medsearch-image-window")  # hybrid queries'
-        self.report_search = ReportSearch(store, repository, encoder.dim, self.windows)
+        self.report_search = ReportSearch(store, repository, encoder.dim, Windows(self.windows))
         self.probe_scores = ProbeScores(store, repository)  # kept up to date from the index's id journal
         self.files = files
         self.explanations = Explanations(encoder, files, request_timeout_s)
