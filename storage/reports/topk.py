@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 
 import numpy as np
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from storage.reports.postings import SENTINEL
@@ -60,14 +60,21 @@ class _Reader:
 
     def __init__(self, session: Session) -> None:
         connection = session.connection()
-        mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        self.mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
         self.cursor = connection.connection.cursor()
-        self.run_sql, self.tf_sql = RUN.format(m=mark), TF_VALUES.format(m=mark)
+        self.run_sql, self.tf_sql = RUN.format(m=self.mark), TF_VALUES.format(m=self.mark)
 
     def page(self, term: int, tf: int, after: tuple[int, int], upto: int, n: int) -> np.ndarray:
         self.cursor.execute(self.run_sql, (term, tf, after[0], after[1], upto, n))
         rows = self.cursor.fetchall()
         return np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=2 * len(rows)).reshape(-1, 2)
+
+    def terms(self, tokens: set[str]) -> dict[str, tuple[int, int, int]]:
+        """token -> (its id, documents, tokens) in report_terms, for those of `tokens` it has."""
+        marks = ", ".join([self.mark] * len(tokens))
+        self.cursor.execute(f"SELECT id, token, documents, tokens FROM {ReportTermRow.__tablename__} "
+                            f"WHERE token IN ({marks})", tuple(tokens))
+        return {str(token): (int(i), int(n), int(t)) for i, token, n, t in self.cursor.fetchall()}
 
     def tf_values(self, term: int) -> list[int]:
         """The tf values a term's postings have, highest first (one round trip: a loose index scan)."""
@@ -152,9 +159,8 @@ def topk_ranking(session: Session, match: ReportMatch, limit: int) -> list[tuple
     if match.words or len(match.groups) != 1:  # words, or several groups: the engine's
         return None
     phrases = list(match.groups[0])
-    counts = {token: (int(i), int(n), int(t)) for i, token, n, t in session.execute(select(
-        ReportTermRow.id, ReportTermRow.token, ReportTermRow.documents, ReportTermRow.tokens).where(
-        ReportTermRow.token.in_(set(phrases) | {SENTINEL})))}
+    reader = _Reader(session)
+    counts = reader.terms(set(phrases) | {SENTINEL})
     documents, tokens = counts.get(SENTINEL, (0, 0, 0))[1:]
     present = {token: c for token, c in counts.items() if token != SENTINEL and c[1] > 0}
     if not documents or not present:
@@ -165,7 +171,6 @@ def topk_ranking(session: Session, match: ReportMatch, limit: int) -> list[tuple
     driven = max(present, key=lambda t: (present[t][1], t))
     if any(present[t][1] > max(2 * limit, present[driven][1] // RARE) for t in present if t != driven):
         return None
-    reader = _Reader(session)
     seen: dict[int, _Seen] = {}  # documents of the other terms, with their counts known so far
     for token in (t for t in present if t != driven):
         for tf in reader.tf_values(present[token][0]):
