@@ -44,8 +44,11 @@ MARGIN = 2e-9  # the limit-th score must beat the threshold by more than the rou
 RARE = 32  # a group's other terms are read whole where each has at most 1/RARE of its largest's documents
 LAST_PAGE = 8192  # postings read per query of one run at most
 
-RUN = ("SELECT dl, image_id FROM report_postings WHERE term_id = {m} AND tf = {m} AND (dl, image_id) > ({m}, {m}) "
-       "AND dl <= {m} ORDER BY dl, image_id LIMIT {m}")  # the row value is a range on the primary key in both
+RUN = ("SELECT 0, dl, image_id FROM (SELECT dl, image_id FROM report_postings WHERE term_id = {m} AND tf = {m} "
+       "AND (dl, image_id) > ({m}, {m}) AND dl <= {m} ORDER BY dl, image_id LIMIT {m}) page")  # the row value is a
+# range on the primary key in both databases; up to a cutoff, the next posting past it comes too (its bound)
+PAST = (" UNION ALL SELECT 1, dl, image_id FROM (SELECT dl, image_id FROM report_postings WHERE term_id = {m} "
+        "AND tf = {m} AND dl > {m} ORDER BY dl, image_id LIMIT 1) past")
 NO_CUTOFF = 2**31 - 1  # a dl no document reaches
 TF_VALUES = ("WITH RECURSIVE below(tf) AS (SELECT max(tf) FROM report_postings WHERE term_id = {m} UNION ALL "
              "SELECT (SELECT max(tf) FROM report_postings WHERE term_id = {m} AND tf < below.tf) FROM below "
@@ -63,11 +66,18 @@ class _Reader:
         self.mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
         self.cursor = connection.connection.cursor()
         self.run_sql, self.tf_sql = RUN.format(m=self.mark), TF_VALUES.format(m=self.mark)
+        self.cutoff_sql = self.run_sql + PAST.format(m=self.mark)
 
-    def page(self, term: int, tf: int, after: tuple[int, int], upto: int, n: int) -> np.ndarray:
-        self.cursor.execute(self.run_sql, (term, tf, after[0], after[1], upto, n))
-        rows = self.cursor.fetchall()
-        return np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=2 * len(rows)).reshape(-1, 2)
+    def page(self, term: int, tf: int, after: tuple[int, int], upto: int, n: int) -> tuple[np.ndarray, int | None]:
+        """Up to `n` postings after `after` of lengths up to `upto` (rows of dl, image id), and the length
+        of the first posting past `upto` (None: there is none, or no cutoff)."""
+        if upto == NO_CUTOFF:
+            self.cursor.execute(self.run_sql, (term, tf, after[0], after[1], upto, n))
+        else:
+            self.cursor.execute(self.cutoff_sql, (term, tf, after[0], after[1], upto, n, term, tf, upto))
+        rows = np.fromiter(chain.from_iterable(self.cursor.fetchall()), dtype=np.int64).reshape(-1, 3)
+        past = rows[rows[:, 0] == 1]
+        return rows[rows[:, 0] == 0, 1:], int(past[0, 1]) if len(past) else None
 
     def terms(self, tokens: set[str]) -> dict[str, tuple[int, int, int]]:
         """token -> (its id, documents, tokens) in report_terms, for those of `tokens` it has."""
@@ -96,16 +106,16 @@ class _Run:
     def read(self, reader: _Reader, scorer: _Scorer, n: int, upto: int = NO_CUTOFF
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The next `n` postings at most, of lengths up to `upto`: (image ids, lengths, shares)."""
-        rows = reader.page(self.term, self.tf, self.after, upto, n)
+        rows, past = reader.page(self.term, self.tf, self.after, upto, n)
         if len(rows):
             self.after = (int(rows[-1, 0]), int(rows[-1, 1]))
         shares = scorer.shares(self.token, self.tf, rows[:, 0])
         if len(rows) == n:
             self.bound = float(shares[-1])
-        elif upto == NO_CUTOFF:
+        elif past is None:
             self.done, self.bound = True, 0.0
-        else:  # every posting left is longer than `upto`
-            self.bound = float(scorer.shares(self.token, self.tf, np.array([upto + 1]))[0])
+        else:  # every posting left is past `upto`, the first of them this long
+            self.bound = float(scorer.shares(self.token, self.tf, np.array([past]))[0])
         return rows[:, 1], rows[:, 0], shares
 
 
