@@ -48,7 +48,7 @@ RUN = ("SELECT 0, dl, image_id FROM (SELECT dl, image_id FROM report_postings WH
        "AND (dl, image_id) > ({m}, {m}) AND dl <= {m} ORDER BY dl, image_id LIMIT {m}) page")  # the row value is a
 # range on the primary key in both databases; up to a cutoff, the next posting past it comes too (its bound)
 PAST = (" UNION ALL SELECT 1, dl, image_id FROM (SELECT dl, image_id FROM report_postings WHERE term_id = {m} "
-        "AND tf = {m} AND dl > {m} ORDER BY dl, image_id LIMIT 1) past")
+        "AND tf = {m} AND (dl, image_id) > ({m}, {m}) AND dl > {m} ORDER BY dl, image_id LIMIT 1) past")
 NO_CUTOFF = 2**31 - 1  # a dl no document reaches
 TF_VALUES = ("WITH RECURSIVE below(tf) AS (SELECT max(tf) FROM report_postings WHERE term_id = {m} UNION ALL "
              "SELECT (SELECT max(tf) FROM report_postings WHERE term_id = {m} AND tf < below.tf) FROM below "
@@ -74,7 +74,8 @@ class _Reader:
         if upto == NO_CUTOFF:
             self.cursor.execute(self.run_sql, (term, tf, after[0], after[1], upto, n))
         else:
-            self.cursor.execute(self.cutoff_sql, (term, tf, after[0], after[1], upto, n, term, tf, upto))
+            self.cursor.execute(self.cutoff_sql, (term, tf, after[0], after[1], upto, n, term, tf, after[0], after[1],
+                                                  upto))
         rows = np.fromiter(chain.from_iterable(self.cursor.fetchall()), dtype=np.int64).reshape(-1, 3)
         past = rows[rows[:, 0] == 1]
         return rows[rows[:, 0] == 0, 1:], int(past[0, 1]) if len(past) else None
