@@ -76,6 +76,9 @@ def report_ranking(repository: Repository, prepared: Prepared, exclude: Sequence
     limit = max(depth, 16)
     while True:
         ranking = repository.rank_reports(prepared.report.match, limit)
+        if candidates is None and not len(excluded):  # every match may be shown
+            return ReportList(list(ranking.ids[:depth]), list(ranking.scores[:depth]),
+                              ranking.complete and len(ranking.ids) <= depth)
         ids = np.asarray(ranking.ids, dtype=np.int64)
         keep = np.ones(len(ids), dtype=bool)
         if candidates is not None:
