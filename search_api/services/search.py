@@ -59,8 +59,8 @@ class SearchService:
         self.store = store
         self.repository = repository
         self.reports = reports  # None: no report search (text queries compare with images only)
-        self.windows = ThreadPoolExecutor(2, thread_name_prefix="medsearch-image-window")  # hybrid queries'
-        self.report_search = ReportSearch(store, repository, encoder.dim, Windows(self.windows))
+        self.window_pool = ThreadPoolExecutor(2, thread_name_prefix="medsearch-image-window")  # hybrid queries'
+        self.report_search = ReportSearch(store, repository, encoder.dim, Windows(self.window_pool))
         self.probe_scores = ProbeScores(store, repository)  # kept up to date from the index's id journal
         self.files = files
         self.explanations = Explanations(encoder, files, request_timeout_s)
@@ -73,7 +73,7 @@ class SearchService:
         self.post_filter_min = POST_FILTER_MIN  # from this many vectors, broad filters are checked on the nearest
 
     def close(self) -> None:
-        self.windows.shutdown(wait=True)
+        self.window_pool.shutdown(wait=True)
         try:
             self.store.close()
         finally:
