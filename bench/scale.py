@@ -6,8 +6,9 @@ at each N:
 - an unchanged-archive rerun's listing (indexer.pipeline.scan.list_source over the archive's real files) in files/s;
 - a real `medsearch-api serve`: start-up time (until /health answers), RSS after the queries, the
   index's own bytes; text search p50/p99 over loopback HTTP: image mode plain, with filters (modality +
-  date range + a label), with group_by=study, with facets (totals are in every answer), hybrid (reports
-  fused), report mode, and a probe filter (a stored linear probe over every image);
+  date range + a label: a broad one of ~1.4% and a selective one of ~0.04%), with group_by=study, with
+  facets (totals are in every answer), hybrid (reports fused), report mode, and a probe filter (a stored
+  linear probe over every image);
 - removal of one patient (Store.remove, as `medsearch-index remove` runs it): until readers leave it out
   (its tombstones logged), and the compaction after it that rewrites the files.
 
@@ -50,11 +51,14 @@ BIN = Path(sys.executable).parent
 QUERIES = ["pleural effusion", "right lower lobe pneumonia", "no pneumothorax", "cardiomegaly", "fracture",
            "lung nodule", "consolidation left", "normal chest", "possible effusion", "knee fracture"]
 FILTERS = {"modality": ["CR", "DX"], "study_date_from": "2010-01-01", "study_date_to": "2020-12-31",
-           "labels": ["effusion"]}
+           "labels": ["effusion"]}  # ~1.4% of the images: a broad filter, checked on the nearest images
+SELECTIVE = {"modality": ["MR"], "study_date_from": "2019-01-01", "study_date_to": "2019-12-31",
+             "labels": ["fracture"]}  # ~0.04%: listed from the filter indexes (migration 0008)
 PROBE = "scale-probe"
 PATHS: dict[str, tuple[str, dict[str, Any]]] = {
     "text": ("/search/text", {"mode": "image"}),
     "filtered": ("/search/text", {"mode": "image", "filters": FILTERS}),
+    "selective": ("/search/text", {"mode": "image", "filters": SELECTIVE}),
     "grouped": ("/search/text", {"mode": "image", "group_by": "study"}),
     "facets": ("/search/text", {"mode": "image", "facets": True}),
     "hybrid": ("/search/text", {"mode": "hybrid"}),

@@ -253,17 +253,22 @@ class Store:
         with self._lock:
             problems = find_problems(self._repository, self._index, manifest.dim)
         found = problems.describe()
+        labels = self._repository.label_problems()
         reports = self._repository.report_problems()
         if repair and found:
             broken = sorted(set(problems.no_vector) | set(problems.orphans))
             if broken:
                 self._repository.delete_images(broken)
             self.build_index(self._index.kind)
+        if repair and labels:
+            self._repository.repair_labels(labels)
         if repair and reports:
             self._repository.rebuild_report_index()
             if self._repository.reports is not None:
                 self._repository.backfill_reports(stale=True)
-        return found + reports
+        wrong_labels = [f"{len(labels)} images whose label index (image_labels) differs from their labels, e.g. "
+                        f"id {labels[0]}"] if labels else []
+        return found + wrong_labels + reports
 
     def build_index(self, kind: str = "auto", memory_budget: int = 8 * 1024**3, seed: int = 0,
                     text_queries: np.ndarray | None = None) -> BuildReport:

@@ -189,7 +189,7 @@ FACET_COLUMNS: dict[str, Any] = {"modality": ImageRow.modality, "body_part": Ima
 
 
 def _direct(where: ImageFilter, exclude: Sequence[int]) -> ColumnElement[bool]:
-    """The conditions on the row itself (no subquery: a scan can stop at a limit)."""
+    """The conditions on the row itself (a label's ids are read once, uncorrelated: a scan can stop at a limit)."""
     condition = filter_condition(where)
     return condition & ImageRow.id.not_in([int(i) for i in exclude]) if exclude else condition
 

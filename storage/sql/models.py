@@ -22,6 +22,8 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -50,6 +52,10 @@ class ImageRow(Base):
         Index("ix_images_patient", "patient_id"),
         Index("ix_images_study", "study_uid"),
         Index("ix_images_modality", "modality"),
+        # what filters compare (storage/sql/filters.py): a selective filter reads its matches, not the table
+        Index("ix_images_modality_upper", func.upper(text("modality"))),  # migration 0008
+        Index("ix_images_body_part_upper", func.upper(text("body_part"))),
+        Index("ix_images_study_date", "study_date"),
         {"sqlite_autoincrement": True},  # ids are never reused: they are FAISS ids
     )
 
@@ -82,6 +88,22 @@ class ImageRow(Base):
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
     indexed_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ImageLabelRow(Base):
+    """One of an image's labels as filters compare it (`label_key`), beside `images.labels` (the labels as
+    given), written in the same transactions (migration 0008), so that a label filter reads the images
+    carrying it instead of every row's list. Leaves with its image."""
+
+    __tablename__ = "image_labels"
+    __table_args__ = (Index("ix_image_labels_label", "label", "image_id"), {"sqlite_with_rowid": False})
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    label: Mapped[str] = mapped_column(String(255), primary_key=True)
+
+
+def label_key(label: str) -> str:
+    """A label as filters compare it: case does not count."""
+    return label.lower()
 
 
 class SourceRow(Base):

@@ -36,8 +36,15 @@ from storage.reports.records import ReportAnalyzer, ReportFields
 from storage.sql.browse import BrowseMixin
 from storage.sql.db import database_errors, make_engine, session_factory
 from storage.sql.filters import filter_query
+from storage.sql.labels import LabelsMixin, write_labels
 from storage.sql.meta import MetaMixin, utcnow
-from storage.sql.models import CommittedUnitRow, EmbeddingRow, ImageRow, RunErrorRow, SourceRow
+from storage.sql.models import (
+    CommittedUnitRow,
+    EmbeddingRow,
+    ImageRow,
+    RunErrorRow,
+    SourceRow,
+)
 from storage.sql.probes import ProbesMixin
 from storage.sql.removal import RemovalMixin
 from storage.sql.runs import RunsMixin
@@ -53,7 +60,7 @@ def stored_image(row: ImageRow, sources: Sequence[SourceRow]) -> StoredImage:
         for s in sorted(sources, key=lambda s: s.id)))
 
 
-class Repository(MetaMixin, RunsMixin, RemovalMixin, BrowseMixin, ProbesMixin, ReportsMixin):
+class Repository(MetaMixin, RunsMixin, RemovalMixin, BrowseMixin, ProbesMixin, ReportsMixin, LabelsMixin):
     """The index database. Build it at the entry point (`Repository.open`) and pass it in. `reports`
     analyses the report text of images written without their document (None: they stay pending)."""
 
@@ -127,6 +134,8 @@ class Repository(MetaMixin, RunsMixin, RemovalMixin, BrowseMixin, ProbesMixin, R
                                     run_id, now) for n in new_images]
             session.add_all(rows)
             session.flush()
+            write_labels(session, [(row.id, new.record.metadata.labels) for row, new in zip(rows, new_images,
+                                                                                           strict=True)])
             self.write_documents(session, [(row, new.record.report) for row, new in zip(rows, new_images, strict=True)])
             for row, new in zip(rows, new_images, strict=True):
                 vector = np.ascontiguousarray(new.vector, dtype=np.float32)
@@ -159,6 +168,7 @@ class Repository(MetaMixin, RunsMixin, RemovalMixin, BrowseMixin, ProbesMixin, R
                           report: ReportFields | None) -> None:
         session.execute(update(ImageRow).where(ImageRow.id == image_id)
                         .values(kind=kind, **{name: getattr(metadata, name) for name in METADATA_FIELDS}))
+        write_labels(session, [(image_id, metadata.labels)], replace=True)
         row = session.get(ImageRow, image_id, populate_existing=True)
         if row is not None:
             self.write_documents(session, [(row, report)], replace=True)
@@ -241,8 +251,7 @@ class Repository(MetaMixin, RunsMixin, RemovalMixin, BrowseMixin, ProbesMixin, R
             return int(session.scalar(select(func.count()).select_from(SourceRow)) or 0)
 
     def image_ids(self) -> np.ndarray:
-        with database_errors(self.engine), self._sessions() as session:
-            return np.asarray(session.scalars(select(ImageRow.id).order_by(ImageRow.id)).all(), dtype=np.int64)
+        return self._ids("SELECT id FROM images ORDER BY id")
 
     def images_without_sources(self) -> list[int]:
         with database_errors(self.engine), self._sessions() as session:
@@ -250,9 +259,19 @@ class Repository(MetaMixin, RunsMixin, RemovalMixin, BrowseMixin, ProbesMixin, R
             return list(session.scalars(select(ImageRow.id).where(ImageRow.id.not_in(used))))
 
     def embedding_ids(self) -> np.ndarray:
-        with database_errors(self.engine), self._sessions() as session:
-            ids = session.scalars(select(EmbeddingRow.image_id).order_by(EmbeddingRow.image_id)).all()
-        return np.asarray(ids, dtype=np.int64)
+        return self._ids("SELECT image_id FROM embeddings ORDER BY image_id")
+
+    def _ids(self, query: str) -> np.ndarray:
+        """One column of ids through the driver's cursor: 3-4x faster than rows through the ORM, which
+        counts where every id is read (the API's start-up reconciles the index with the embeddings)."""
+        with database_errors(self.engine), self.engine.connect() as connection:
+            cursor = connection.connection.cursor()
+            try:
+                cursor.execute(query)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        return np.asarray(rows, dtype=np.int64).reshape(-1)
 
     def get_embeddings(self, ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids found, vectors) for `ids`, in ascending id order."""
