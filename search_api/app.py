@@ -37,6 +37,7 @@ from storage.access import AccessStore
 from storage.errors import StorageError
 from storage.layout import current_generation
 from storage.opening import OpenIndex, open_index
+from storage.sql.repository import Repository
 
 logger = logging.getLogger(__name__)
 
@@ -96,16 +97,25 @@ def build_service(settings: Settings, encoder: Encoder | None = None, index: Ope
     files = ImageFiles(render, dicomweb=settings.dicomweb_config(),
                        max_upload_pixels=settings.max_upload_pixels, decode_slots=settings.decode_slots,
                        preview_cache_size=settings.preview_cache_size, max_file_bytes=settings.max_file_bytes)
-    pending = repository.reports_pending()
-    if pending:
-        logger.warning("%d images' reports are not yet in the report index (a run or `medsearch-index verify "
-                       "--repair` adds them): report search does not find them", pending)
+    # counting them reads every image: not on the start-up's path, which then grows with the archive
+    threading.Thread(target=warn_pending_reports, args=(repository,), name="pending-reports", daemon=True).start()
     return SearchService(encoder, store, repository, files, reports=reports, device=device,
                          text_cache_size=settings.text_cache_size,
                          review_min_probability=settings.review_min_probability,
                          review_max_entropy=settings.review_max_entropy,
                          viewer_url_template=settings.viewer_url_template,
                          request_timeout_s=settings.request_timeout_s, count_limit=settings.count_limit)
+
+
+def warn_pending_reports(repository: Repository) -> None:
+    """Log how many images' reports the report index lacks (written without an analyzer), if any."""
+    try:
+        pending = repository.reports_pending()
+    except StorageError:  # the service closed before the count was done
+        return
+    if pending:
+        logger.warning("%d images' reports are not yet in the report index (a run or `medsearch-index verify "
+                       "--repair` adds them): report search does not find them", pending)
 
 
 class ServiceHolder:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from core.model.random_model import build_random_siglip
 from core.settings import Settings
 from search_api.app import StartupError, build_service
 from storage.opening import open_index
+from storage.records import ImageRecord, Metadata, NewImage, SourceRecord
 from tests.conftest import dicom_file
 
 
@@ -136,3 +139,22 @@ def test_startup_refuses_an_index_built_with_another_model(api_settings: Setting
         build_service(settings)
     with pytest.raises(StartupError, match="no medsearch database"):
         build_service(api_settings.model_copy(update={"db_dir": tmp_path / "missing"}))
+
+
+def test_startup_warns_of_reports_missing_from_the_report_index(
+        api_settings: Settings, encoder: HFEncoder, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    with open_index(tmp_path / "db", create=True) as (store, _):  # no analyzer: the reports stay pending
+        store.bind_model(encoder.fingerprint.to_dict())
+        metadata, vector = Metadata(patient_id="P1", report_text="No effusion."), np.full(encoder.fingerprint.dim, 0.1)
+        store.write([NewImage(ImageRecord(f"{i:064x}", "dicom", metadata), vector.astype(np.float32),
+                              [SourceRecord("/a", f"{i}.dcm", 0, f"f{i}", 1, 1.0)]) for i in range(3)])
+    with caplog.at_level(logging.WARNING, logger="search_api.app"):
+        service = build_service(api_settings.model_copy(update={"db_dir": tmp_path / "db"}), encoder=encoder)
+        try:
+            counter = next(t for t in threading.enumerate() if t.name == "pending-reports")
+            counter.join(timeout=30)
+        except StopIteration:  # done already
+            pass
+        finally:
+            service.close()
+    assert "3 images' reports are not yet in the report index" in caplog.text
