@@ -22,7 +22,7 @@ from typing import IO, Any
 import numpy as np
 
 from storage.errors import DimensionMismatchError, StorageError
-from storage.exact_scan import exact_scores, ids_at_least, rerank, top_k
+from storage.exact_scan import direct_search, exact_scores, ids_at_least, rerank, top_k
 from storage.layout import remove_stale_temp_files
 from storage.records import FileIssue, Link, Manifest, NewImage, RemovalPreview, Selection, UnitRecord
 from storage.sql.repository import Repository
@@ -341,9 +341,10 @@ class Store:
                ) -> list[list[tuple[int, float]]]:
         """For each query row, up to k (image id, cosine) pairs, best first, among `allowed` ids when
         given, at the effort tuned for the queries' `kind` (storage/vectors/effort.py). Filtered search is
-        exact: an ID selector on the exact index, every inverted list of an IVF-Flat index probed with
-        one (its lists hold the vectors), or an exact scan of the allowed vectors read from the database
-        for the other approximate kinds (up to EXACT_FILTER_LIMIT of them)."""
+        exact: the allowed vectors reconstructed from the index by id where it holds them and they are few
+        (storage/exact_scan.py `direct_search`), else an ID selector on the exact index, every inverted list
+        of an IVF-Flat index probed with one (its lists hold the vectors), or an exact scan of the allowed
+        vectors read from the database for the other approximate kinds (up to EXACT_FILTER_LIMIT of them)."""
         if self._index is None or (allowed is not None and len(allowed) == 0):
             return [[] for _ in range(len(queries))]
         with self._lock:
@@ -352,6 +353,8 @@ class Store:
             dim = self._index.dim
             if allowed is None:
                 scores, ids = self._index.search(queries, fetch, kind=kind)
+            elif (direct := direct_search(self._index, queries, fetch, allowed)) is not None:
+                scores, ids = direct
             elif self._index.exact or len(allowed) > EXACT_FILTER_LIMIT:
                 scores, ids = self._index.search(queries, fetch, allowed, kind=kind)
             elif (every := self._index.every_list()) is not None:

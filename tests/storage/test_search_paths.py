@@ -1,7 +1,8 @@
 """The search paths behind the figures of bench/search_bench.py, checked without timing: the exact BLAS
 path returns what FAISS's own exact search returns; the tuner picks the smallest search effort that
 meets the target (the answer found by trying every effort); a compressed index's candidates come back
-in exactly their exact-cosine order; filtered top-k equals brute force for every index kind."""
+in exactly their exact-cosine order; filtered top-k equals brute force for every index kind, and a few
+allowed vectors scored from the index equal FAISS's filtered search."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from storage.exact_scan import direct_search
 from storage.opening import open_index
 from storage.vectors.build import efforts_up_to, recall_per_query, tune
 from storage.vectors.effort import Effort
@@ -124,3 +126,28 @@ def test_filtered_top_k_equals_brute_force_for_every_kind(stored, kind: str):
         for query, hits in zip(queries, store.search(queries, 10, allowed), strict=True):
             brute = sorted(allowed.tolist(), key=lambda i: -float(vectors[rows[i]] @ query))[:10]
             assert [i for i, _ in hits] == brute, kind
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_a_few_allowed_vectors_scored_from_the_index_equal_faiss_filtered_search(kind: str):
+    """direct_search (allowed vectors reconstructed by id) gives what FAISS's ID-selector search over every
+    vector gives (without its padding); it declines an id the index lacks, and the kinds whose vectors are
+    compressed."""
+    vectors = clustered(4000, 5)
+    ids = np.arange(4000, dtype=np.int64) * 3 + 1
+    index = VectorIndex.create(DIM) if kind == "flat" else VectorIndex.build(IndexPlan("ivf", 32), DIM, vectors)
+    index.add(ids, vectors)
+    every = index.every_list()
+    queries = clustered(4, 41)
+    for allowed in (ids[::9], ids[5:12], ids[::2][:300]):
+        direct = direct_search(index, queries, 10, allowed)
+        assert direct is not None
+        want_scores, want_ids = index.search(queries, 10, allowed, effort=every)
+        width = min(10, len(allowed))  # FAISS pads the rest with id -1
+        assert direct[1].shape == (4, width) and (want_ids[:, width:] == -1).all()
+        np.testing.assert_allclose(direct[0], want_scores[:, :width], atol=1e-5)
+        assert direct[1].tolist() == want_ids[:, :width].tolist()
+    assert direct_search(index, queries, 10, np.array([ids[0], 2], dtype=np.int64)) is None  # 2 is no id
+    lossy = VectorIndex.build(IndexPlan("ivfpq", 16, pq_m=4), DIM, vectors)
+    lossy.add(ids, vectors)
+    assert direct_search(lossy, queries, 10, ids[::9]) is None
