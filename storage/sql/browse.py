@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, Engine, case, extract, func, select
+from sqlalchemy import ColumnElement, Engine, Select, case, extract, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.records import ImageFilter
@@ -100,7 +100,7 @@ class BrowseMixin:
         """(how many of the first `rows` images by id match `where`, whether those were all the images): a
         count that costs `rows` however rare the matches are, a lower bound of the total when not all."""
         with database_errors(self.engine), self._sessions() as session:
-            low, high = session.execute(select(func.min(ImageRow.id), func.max(ImageRow.id))).one()
+            low, high = session.execute(_id_range()).one()
             if low is None:
                 return 0, True
             bound = int(low) + rows - 1
@@ -111,7 +111,7 @@ class BrowseMixin:
         """The share of the images that match `where`, estimated on `sample` ids drawn between the smallest
         and the largest id (a cost of `sample` rows); None when there are no images to draw."""
         with database_errors(self.engine), self._sessions() as session:
-            low, high = session.execute(select(func.min(ImageRow.id), func.max(ImageRow.id))).one()
+            low, high = session.execute(_id_range()).one()
             if low is None:
                 return None
             drawn = np.unique(np.random.default_rng(seed).integers(int(low), int(high) + 1, size=sample))
@@ -192,6 +192,12 @@ def _direct(where: ImageFilter, exclude: Sequence[int]) -> ColumnElement[bool]:
     """The conditions on the row itself (a label's ids are read once, uncorrelated: a scan can stop at a limit)."""
     condition = filter_condition(where)
     return condition & ImageRow.id.not_in([int(i) for i in exclude]) if exclude else condition
+
+
+def _id_range() -> Select[Any]:
+    """(smallest, largest) image id as two seeks: SQLite answers min() and max() in one select by
+    scanning every row (its min/max shortcut takes one aggregate alone)."""
+    return select(select(func.min(ImageRow.id)).scalar_subquery(), select(func.max(ImageRow.id)).scalar_subquery())
 
 
 def _chunks(ids: np.ndarray, size: int = 10_000) -> Iterator[list[int]]:
