@@ -104,7 +104,8 @@ class BrowseMixin:
             if low is None:
                 return 0, True
             bound = int(low) + rows - 1
-            counted = select(func.count()).select_from(ImageRow).where(_direct(where, exclude), ImageRow.id <= bound)
+            counted = select(func.count()).select_from(ImageRow).where(_direct(where, exclude, per_row=True),
+                                                                       ImageRow.id <= bound)
             return int(session.scalar(counted) or 0), bound >= int(high)
 
     def filter_share(self, where: ImageFilter, sample: int = 1000, seed: int = 0) -> float | None:
@@ -115,9 +116,9 @@ class BrowseMixin:
             if low is None:
                 return None
             drawn = np.unique(np.random.default_rng(seed).integers(int(low), int(high) + 1, size=sample))
-            present, matching = session.execute(select(func.count(), func.sum(case((filter_condition(where), 1),
-                                                                                  else_=0)))
-                                                 .where(self._id_in(drawn.tolist()))).one()
+            matches = case((filter_condition(where, per_row=True), 1), else_=0)
+            present, matching = session.execute(select(func.count(), func.sum(matches))
+                                                .where(self._id_in(drawn.tolist()))).one()
         return int(matching or 0) / int(present) if present else None
 
     def matching_among(self, where: ImageFilter, ids: Sequence[int]) -> set[int]:
@@ -125,7 +126,8 @@ class BrowseMixin:
         found: set[int] = set()
         with database_errors(self.engine), self._sessions() as session:
             for chunk in _chunks(np.asarray(ids, dtype=np.int64)):
-                found.update(session.scalars(select(ImageRow.id).where(self._id_in(chunk), filter_condition(where))))
+                found.update(session.scalars(select(ImageRow.id).where(self._id_in(chunk),
+                                                                      filter_condition(where, per_row=True))))
         return found
 
     def count_groups(self, where: ImageFilter, group_by: str, exclude: Sequence[int] = (),
@@ -188,9 +190,10 @@ FACET_COLUMNS: dict[str, Any] = {"modality": ImageRow.modality, "body_part": Ima
                                  "patient_sex": ImageRow.patient_sex, "year": extract("year", ImageRow.study_date)}
 
 
-def _direct(where: ImageFilter, exclude: Sequence[int]) -> ColumnElement[bool]:
-    """The conditions on the row itself (a label's ids are read once, uncorrelated: a scan can stop at a limit)."""
-    condition = filter_condition(where)
+def _direct(where: ImageFilter, exclude: Sequence[int], per_row: bool = False) -> ColumnElement[bool]:
+    """The conditions on the row itself (a label's ids are read once, uncorrelated, or with `per_row` a
+    seek of each row's label: a scan can stop at a limit)."""
+    condition = filter_condition(where, per_row)
     return condition & ImageRow.id.not_in([int(i) for i in exclude]) if exclude else condition
 
 
