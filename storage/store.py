@@ -29,6 +29,7 @@ from storage.sql.repository import Repository
 from storage.vectors import delta
 from storage.vectors.build import BuildReport, build_index
 from storage.vectors.effort import QueryKind
+from storage.vectors.filtered import nearest_allowed
 from storage.vectors.id_journal import Change, Mark
 from storage.vectors.index import VectorIndex
 from storage.vectors.plan import plan_index
@@ -342,7 +343,9 @@ class Store:
         """For each query row, up to k (image id, cosine) pairs, best first, among `allowed` ids when
         given, at the effort tuned for the queries' `kind` (storage/vectors/effort.py). Filtered search is
         exact: the allowed vectors reconstructed from the index by id where it holds them and they are few
-        (storage/exact_scan.py `direct_search`), else an ID selector on the exact index, every inverted list
+        (storage/exact_scan.py `direct_search`), the nearest vectors checked against them where they are a
+        large share (storage/vectors/filtered.py; at the tuned effort past EXACT_FILTER_LIMIT on IVF-Flat,
+        as the selector would be), else an ID selector on the exact index, every inverted list
         of an IVF-Flat index probed with one (its lists hold the vectors), or an exact scan of the allowed
         vectors read from the database for the other approximate kinds (up to EXACT_FILTER_LIMIT of them)."""
         if self._index is None or (allowed is not None and len(allowed) == 0):
@@ -355,6 +358,9 @@ class Store:
                 scores, ids = self._index.search(queries, fetch, kind=kind)
             elif (direct := direct_search(self._index, queries, fetch, allowed)) is not None:
                 scores, ids = direct
+            elif (nearest := nearest_allowed(self._index, queries, fetch, allowed, kind, EXACT_FILTER_LIMIT)
+                  ) is not None:
+                scores, ids = nearest
             elif self._index.exact or len(allowed) > EXACT_FILTER_LIMIT:
                 scores, ids = self._index.search(queries, fetch, allowed, kind=kind)
             elif (every := self._index.every_list()) is not None:

@@ -15,6 +15,7 @@ from storage.exact_scan import direct_search
 from storage.opening import open_index
 from storage.vectors.build import efforts_up_to, recall_per_query, tune
 from storage.vectors.effort import Effort
+from storage.vectors.filtered import nearest_allowed
 from storage.vectors.index import VectorIndex, faiss
 from storage.vectors.plan import KINDS, LOSSY_KINDS, IndexPlan
 from tests.storage.test_store import fingerprint, records
@@ -151,3 +152,28 @@ def test_a_few_allowed_vectors_scored_from_the_index_equal_faiss_filtered_search
     lossy = VectorIndex.build(IndexPlan("ivfpq", 16, pq_m=4), DIM, vectors)
     lossy.add(ids, vectors)
     assert direct_search(lossy, queries, 10, ids[::9]) is None
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_a_large_allowed_share_found_among_the_nearest_equals_the_selector_search(kind: str):
+    """nearest_allowed (the nearest vectors checked against the allowed ids, in doubling rounds) gives
+    what FAISS's search with an ID selector gives at the same effort; it declines a small share, an
+    IVF-Flat filter small enough to search exactly, and compressed kinds."""
+    vectors = clustered(5000, 6)
+    ids = np.arange(5000, dtype=np.int64) * 2 + 5
+    index = VectorIndex.create(DIM) if kind == "flat" else VectorIndex.build(IndexPlan("ivf", 32), DIM, vectors)
+    index.add(ids, vectors)
+    queries = clustered(6, 42)
+    far = ids[np.argsort(vectors @ queries[0])[:1300]]  # the farthest from the first query: several rounds
+    for allowed in (ids[::3], ids[:4000], ids[::2], far):
+        found = nearest_allowed(index, queries, 10, allowed, "image", exact_limit=0)
+        assert found is not None
+        want_scores, want_ids = index.search(queries, 10, allowed)
+        assert found[1].tolist() == want_ids.tolist()
+        np.testing.assert_allclose(found[0][found[1] >= 0], want_scores[want_ids >= 0], atol=1e-5)
+    assert nearest_allowed(index, queries, 10, ids[::20], "image", exact_limit=0) is None  # 5%: scored instead
+    if kind == "ivf":
+        assert nearest_allowed(index, queries, 10, ids[::3], "image", exact_limit=10_000) is None
+    lossy = VectorIndex.build(IndexPlan("ivfpq", 16, pq_m=4), DIM, vectors)
+    lossy.add(ids, vectors)
+    assert nearest_allowed(lossy, queries, 10, ids[::3], "image", exact_limit=0) is None
