@@ -38,6 +38,7 @@ class ProbeScores:
     def __init__(self, store: Any, repository: Any, probes: int = 8) -> None:
         self._store, self._repository = store, repository  # storage.store.Store, storage.sql.repository.Repository
         self._entries: OrderedDict[tuple[Any, ...], _Scores] = OrderedDict()
+        self._positives: OrderedDict[tuple[Any, ...], tuple[_Scores, np.ndarray, np.ndarray]] = OrderedDict()
         self._probes = probes  # probes kept at most (each: ids + a float per label per image)
         self._lock = threading.Lock()
         self.full_scores = 0  # how many times every stored vector was scored (once per probe and index)
@@ -53,6 +54,28 @@ class ProbeScores:
         where = np.minimum(np.searchsorted(entry.ids, allowed), max(len(entry.ids) - 1, 0))
         found = entry.ids[where] == allowed if len(entry.ids) else np.zeros(len(allowed), dtype=bool)
         return allowed[found], entry.probabilities[where[found], j]
+
+    def positives(self, probe: Probe, label: str, min_probability: float) -> tuple[np.ndarray, np.ndarray]:
+        """(ids ascending, probability) of the indexed images whose probability of `label` is at least
+        `min_probability`: what a probe filter allows, kept per (probe, label, threshold) while the scores
+        stay the same, so that a repeated filter does not mask every image's score again (~11 ms at 1M)."""
+        entry = self._current(probe)
+        key = (probe.name, probe.fingerprint_key, probe.training_fingerprint, probe.created_at, label,
+               float(min_probability))
+        with self._lock:
+            held = self._positives.get(key)
+            if held is not None and held[0] is entry:
+                self._positives.move_to_end(key)
+                return held[1], held[2]
+        column = entry.probabilities[:, probe.label_index(label)]
+        keep = column >= min_probability
+        ids, probabilities = entry.ids[keep], column[keep]
+        with self._lock:
+            self._positives[key] = (entry, ids, probabilities)
+            self._positives.move_to_end(key)
+            while len(self._positives) > 2 * self._probes:
+                self._positives.popitem(last=False)
+        return ids, probabilities
 
     def _current(self, probe: Probe) -> _Scores:
         key = (probe.name, probe.fingerprint_key, probe.training_fingerprint, probe.created_at)

@@ -41,6 +41,8 @@ def check_label(probe: Probe, label: str, loc: tuple[str | int, ...]) -> None:
 
 def probe_candidates(scores_of: ProbeScores, probe: Probe, condition: ProbeCondition, allowed: np.ndarray | None
                      ) -> Candidates:
+    if allowed is None:  # every image the probe calls positive: kept while the scores stay the same
+        return Candidates(*scores_of.positives(probe, condition.label, condition.min_probability))
     ids, scores = scores_of.scores(probe, condition.label, allowed)
     keep = scores >= condition.min_probability
     return Candidates(ids[keep], scores[keep])

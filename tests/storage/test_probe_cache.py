@@ -40,6 +40,10 @@ def assert_equal(scores: ProbeScores, repository, probe: Probe) -> None:
         some_ids, some = scores.scores(probe, label, np.concatenate([allowed, [10**9]]))  # an id not indexed
         assert some_ids.tolist() == allowed.tolist()
         np.testing.assert_allclose(some, want[::3], rtol=1e-6, atol=1e-7)
+        for threshold in (0.2, 0.5):  # what a probe filter allows, kept until the scores change
+            positive_ids, positive = scores.positives(probe, label, threshold)
+            assert positive_ids.tolist() == want_ids[want >= threshold].tolist()
+            np.testing.assert_allclose(positive, want[want >= threshold], rtol=1e-6, atol=1e-7)
 
 
 def test_incremental_probe_scores_equal_a_full_rescore_after_runs_and_removals(tmp_path: Path):
