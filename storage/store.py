@@ -22,14 +22,14 @@ from typing import IO, Any
 import numpy as np
 
 from storage.errors import DimensionMismatchError, StorageError
-from storage.exact_scan import direct_search, exact_scores, ids_at_least, rerank, top_k
+from storage.exact_scan import exact_scores, ids_at_least, rerank, top_k
 from storage.layout import remove_stale_temp_files
 from storage.records import FileIssue, Link, Manifest, NewImage, RemovalPreview, Selection, UnitRecord
 from storage.sql.repository import Repository
 from storage.vectors import delta
 from storage.vectors.build import BuildReport, build_index
 from storage.vectors.effort import QueryKind
-from storage.vectors.filtered import nearest_allowed
+from storage.vectors.filtered import direct_search, nearest_allowed
 from storage.vectors.id_journal import Change, Mark
 from storage.vectors.index import VectorIndex
 from storage.vectors.plan import plan_index
@@ -342,12 +342,12 @@ class Store:
                ) -> list[list[tuple[int, float]]]:
         """For each query row, up to k (image id, cosine) pairs, best first, among `allowed` ids when
         given, at the effort tuned for the queries' `kind` (storage/vectors/effort.py). Filtered search is
-        exact: the allowed vectors reconstructed from the index by id where it holds them and they are few
-        (storage/exact_scan.py `direct_search`), the nearest vectors checked against them where they are a
-        large share (storage/vectors/filtered.py; at the tuned effort past EXACT_FILTER_LIMIT on IVF-Flat,
-        as the selector would be), else an ID selector on the exact index, every inverted list
-        of an IVF-Flat index probed with one (its lists hold the vectors), or an exact scan of the allowed
-        vectors read from the database for the other approximate kinds (up to EXACT_FILTER_LIMIT of them)."""
+        exact: where the index holds the vectors (storage/vectors/filtered.py), the allowed ones scored by id
+        where they are few, the nearest vectors checked against them where they are a large share (at the
+        tuned effort past EXACT_FILTER_LIMIT on IVF-Flat, as the selector would be); else an ID selector on
+        the exact index, every inverted list of an IVF-Flat index probed with one (its lists hold the
+        vectors), or an exact scan of the allowed vectors read from the database for the other approximate
+        kinds (up to EXACT_FILTER_LIMIT of them)."""
         if self._index is None or (allowed is not None and len(allowed) == 0):
             return [[] for _ in range(len(queries))]
         with self._lock:

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage.exact_scan import direct_search
 from storage.opening import open_index
 from storage.vectors.build import efforts_up_to, recall_per_query, tune
 from storage.vectors.effort import Effort
-from storage.vectors.filtered import nearest_allowed
+from storage.vectors.filtered import direct_search, nearest_allowed
 from storage.vectors.index import VectorIndex, faiss
 from storage.vectors.plan import KINDS, LOSSY_KINDS, IndexPlan
 from tests.storage.test_store import fingerprint, records
