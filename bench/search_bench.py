@@ -34,7 +34,14 @@ from bench.common import write_result
 from bench.search_data import Mixture, describe, gaussian
 from storage.exact_scan import rerank
 from storage.sql.repository import Repository
-from storage.vectors.build import RECALL_TARGET, bootstrap_interval, efforts_up_to, recall_per_query, tune
+from storage.vectors.build import (
+    RECALL_TARGET,
+    bootstrap_interval,
+    efforts_up_to,
+    recall_per_query,
+    tune,
+    vouched_recall,
+)
 from storage.vectors.effort import Efforts, QueryKind
 from storage.vectors.index import VectorIndex, faiss
 from storage.vectors.plan import IVF_KINDS, IndexPlan, bytes_per_vector, plan_index
@@ -128,7 +135,7 @@ def tune_shifted(index: VectorIndex, sets: dict[str, tuple[np.ndarray, np.ndarra
     chosen = limit
     for probes in efforts_up_to(max(1, limit)):
         found = shifted_search(index, sets["text_tuning"][0], fetch, probes, gap)
-        if recall_per_query(found, sets["text_tuning"][1]).mean() >= RECALL_TARGET:
+        if vouched_recall(recall_per_query(found, sets["text_tuning"][1])) >= RECALL_TARGET:
             chosen = probes
             break
     held = recall_per_query(shifted_search(index, sets["text"][0], fetch, chosen, gap), sets["text"][1])

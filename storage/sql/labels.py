@@ -53,8 +53,8 @@ class LabelsMixin:
                 # rows of no image: left by a delete without foreign keys
                 wrong.extend(image_id for image_id in held if image_id not in ids)
                 last = high
-            wrong.extend(int(i) for i in session.scalars(select(ImageLabelRow.image_id.distinct()).where(
-                ImageLabelRow.image_id > last)))  # past the last image
+            wrong.extend(int(i) for i in session.scalars(select(ImageLabelRow.image_id).where(
+                ImageLabelRow.image_id > last).distinct()))  # past the last image
         return sorted(wrong)
 
     def repair_labels(self, image_ids: Sequence[int]) -> None:
