@@ -225,7 +225,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="200000,1000000")
     parser.add_argument("--dim", type=int, default=1152)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--kinds", default="flat,ivf,ivfrabitq,ivfpq,hnsw",
+    parser.add_argument("--kinds", default="flat,ivf,ivfsq8,ivfrabitq,ivfpq,hnsw",
                         help="flat also times FAISS's own scan; hnsw (slow to build) and ivfpq (its 100 candidates "
                         "hold too few of the top 10: the tuner climbs to every list) are skipped above 300k vectors")
     parser.add_argument("--no-gaussian", action="store_true", help="skip the isotropic worst case")

@@ -232,7 +232,8 @@ def runs(db_dir: Path | None, run_id: int | None) -> None:
 @click.option("--db", "db_dir", type=click.Path(path_type=Path), help="Database folder.")
 @click.option("--index", "kind", type=click.Choice(["auto", *KINDS]), default="auto",
               show_default=True, help="auto: exact Flat up to 200k vectors, then IVF-Flat if it fits the memory "
-              "budget, else IVF-RaBitQ (1 bit a dimension, ~190 bytes a vector, re-ranked from the stored vectors); "
+              "budget, else IVF-SQ8 (a byte a dimension) if it fits, else IVF-RaBitQ (1 bit a dimension, ~190 "
+              "bytes a vector); both re-ranked from the stored vectors; "
               "IVF-PQ and HNSW on request.")
 @click.option("--memory-budget-gb", type=click.FloatRange(0.001), default=8.0, show_default=True,
               help="Memory the index may use.")

@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 RECALL_TARGET = 0.95
 RERANK_OPTIONS = (100, 200, 400, 800, 1600)  # a compressed index's candidates re-ranked exactly
+SQ8_RERANK_OPTIONS = (40, 100)  # a byte a dimension ranks near exactly: a few candidates beyond the k
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ def tune(index: VectorIndex, tuning: tuple[np.ndarray, np.ndarray], held_out: tu
         return recall, seconds
 
     ceiling = max(1, limit)
-    for rerank in RERANK_OPTIONS if index.lossy else (0,):
+    options = (SQ8_RERANK_OPTIONS if index.kind == "ivfsq8" else RERANK_OPTIONS) if index.lossy else (0,)
+    for rerank in options:
         below, high, seconds = 0, 0, 0.0
         for probes in efforts_up_to(ceiling):
             recall, seconds = measure(Effort(probes, rerank))
@@ -129,8 +131,7 @@ def tune(index: VectorIndex, tuning: tuple[np.ndarray, np.ndarray], held_out: tu
         fetch = max(rerank, 4 * k) if index.lossy else k
         reached.append((seconds + rerank_cost * fetch, Effort(high, rerank)))
         ceiling = high  # a deeper re-rank needs no more probes than this
-    chosen = min(reached, key=lambda pair: pair[0])[1] if reached else Effort(max(1, limit), RERANK_OPTIONS[-1]
-                                                                              if index.lossy else 0)
+    chosen = min(reached, key=lambda pair: pair[0])[1] if reached else Effort(max(1, limit), options[-1])
     fetch = max(chosen.rerank, 4 * k) if index.lossy else k
     held = recall_per_query(index.search(held_out[0], fetch, effort=chosen)[1], held_out[1])
     return Tuning(chosen, float(held.mean()), bootstrap_interval(held), tuple(tried))

@@ -7,10 +7,11 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-IndexKind = Literal["flat", "ivf", "ivfrabitq", "ivfpq", "hnsw"]
-KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "ivfrabitq", "ivfpq", "hnsw")
-IVF_KINDS: tuple[IndexKind, ...] = ("ivf", "ivfrabitq", "ivfpq")  # nprobe, inverted lists, on disk
-LOSSY_KINDS: tuple[IndexKind, ...] = ("ivfrabitq", "ivfpq")  # compressed codes, re-ranked from full vectors
+IndexKind = Literal["flat", "ivf", "ivfsq8", "ivfrabitq", "ivfpq", "hnsw"]
+KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "ivfsq8", "ivfrabitq", "ivfpq", "hnsw")
+IVF_KINDS: tuple[IndexKind, ...] = ("ivf", "ivfsq8", "ivfrabitq", "ivfpq")  # nprobe, inverted lists, on disk
+# compressed codes, their candidates re-ranked from the full vectors
+LOSSY_KINDS: tuple[IndexKind, ...] = ("ivfsq8", "ivfrabitq", "ivfpq")
 FLAT_UP_TO = 200_000  # below this an exact scan answers in milliseconds
 HNSW_M = 32
 RABITQ_FACTORS = 12  # bytes of per-vector factors beside a RaBitQ code of one bit a dimension
@@ -27,7 +28,8 @@ class IndexPlan:
 
 def bytes_per_vector(kind: IndexKind, dim: int, pq_m: int = 0) -> float:
     """Approximate memory of one vector in each kind of index (ids included)."""
-    return {"flat": dim * 4 + 8, "ivf": dim * 4 + 8 + DIRECT_MAP, "hnsw": dim * 4 + HNSW_M * 2 * 4 + 8,
+    return {"flat": dim * 4 + 8, "ivf": dim * 4 + 8 + DIRECT_MAP,
+            "ivfsq8": dim + 8 + DIRECT_MAP, "hnsw": dim * 4 + HNSW_M * 2 * 4 + 8,
             "ivfrabitq": math.ceil(dim / 8) + RABITQ_FACTORS + 8 + DIRECT_MAP, "ivfpq": pq_m + 8 + DIRECT_MAP}[kind]
 
 
@@ -41,13 +43,18 @@ def plan_index(n: int, dim: int, kind: str = "auto", memory_budget: int = 8 * 10
         if kind not in KINDS:
             raise ValueError(f"index kind {kind!r}: expected auto, {', '.join(KINDS)}")
         return IndexPlan(kind, nlist, pq_m, why="asked for")
-    # Measured by bench/search_bench.py on 1M clustered 1152-d vectors (2 CPU cores): IVF-Flat meets
-    # recall@10 0.95 within 5 ms; IVF-RaBitQ (one bit a dimension, ~190 bytes a vector) re-ranked from
-    # the stored vectors meets it too where IVF-Flat does not fit; IVF-PQ re-ranked needs far more
-    # probes for the same recall; HNSW builds many times slower. So: exact, IVF-Flat, then IVF-RaBitQ.
+    # Measured by bench/search_bench.py on 1M clustered 1152-d vectors (2 CPU cores, docs/performance.md):
+    # IVF-Flat meets recall@10 0.95 for image and text queries within 5 ms; IVF-SQ8 (a quarter of its
+    # memory) the same recall, its candidates re-ranked from the stored vectors (text 6.5 ms); IVF-RaBitQ
+    # (one bit a dimension, ~190 bytes a vector) too, but text queries need 1,600 candidates re-ranked
+    # (17 ms); IVF-PQ re-ranked needs far more probes for the same recall; HNSW builds many times slower.
+    # So: exact, IVF-Flat, IVF-SQ8, then IVF-RaBitQ, the first that fits the memory budget.
     if n <= FLAT_UP_TO and n * bytes_per_vector("flat", dim) <= memory_budget:
         return IndexPlan("flat", why=f"{n} vectors: an exact scan is fast enough")
     if n * bytes_per_vector("ivf", dim) <= memory_budget:
         return IndexPlan("ivf", nlist, why=f"{n} vectors: IVF-Flat, recall tuned with nprobe")
+    if n * bytes_per_vector("ivfsq8", dim) <= memory_budget:
+        return IndexPlan("ivfsq8", nlist, why=f"{n} vectors: IVF-SQ8 (a byte a dimension) fits the memory budget "
+                         "where IVF-Flat does not; its candidates are re-ranked from the stored vectors")
     return IndexPlan("ivfrabitq", nlist, why=f"{n} vectors: only IVF-RaBitQ (1 bit a dimension) fits the memory "
                      "budget; its candidates are re-ranked from the stored vectors (see the recall it reports)")

@@ -64,12 +64,13 @@ def test_auto_plan_by_size_and_memory():
     assert plan_index(10_000, 1152).kind == "flat"
     assert plan_index(1_000_000, 1152).kind == "ivf"
     assert plan_index(10_000_000, 1152, memory_budget=48 * 1024**3).kind == "ivf"  # 46.2 GB
+    assert plan_index(20_000_000, 1152, memory_budget=48 * 1024**3).kind == "ivfsq8"  # 92 GB as IVF-Flat, 24 as SQ8
     compressed = plan_index(100_000_000, 1152, memory_budget=48 * 1024**3)
     assert compressed.kind == "ivfrabitq" and bytes_per_vector(compressed.kind, 1152) <= 300
     assert plan_index(1_000_000, 1152, kind="hnsw").kind == "hnsw"  # on request
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_filtered_top_k_equals_brute_force_filtered_top_k(kind: str, tmp_path: Path):
     db, vectors, ids = fill(tmp_path / "db")
     query = unit_vectors(3, seed=21)

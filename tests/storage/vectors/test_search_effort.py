@@ -46,7 +46,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, 
     return db, vectors, texts, ids
 
 
-@pytest.mark.parametrize("kind", ["ivf", "ivfrabitq", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "ivfsq8", "ivfrabitq", "hnsw"])
 def test_text_queries_get_their_own_effort_and_reach_the_recall(stored, kind: str):
     db, vectors, texts, ids = stored
     id_of = np.asarray(ids)
