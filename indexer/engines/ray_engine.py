@@ -320,6 +320,10 @@ class RayEngine:
         context = ray.data.DataContext.get_current()
         context.execution_no_progress_timeout_s = self.options.stall_timeout_s
         context.enable_progress_bars = False
+        # an encoder actor that Ray destroys before it is created (seen under load on a local cluster: "Failed
+        # to create actor ... may be already destroyed") otherwise fails the whole run at once (Ray's default
+        # is no init death at all); one replacement, so that a model that cannot load still fails fast
+        context.max_consecutive_actor_init_deaths = 1
         gpus = ray.cluster_resources().get("GPU", 0) if model.device != "cpu" else 0
         encoders = self.options.encoders or max(1, int(gpus))
         decode = DecodeContext(self.load.max_file_bytes, replace(self.load, deid_secret=None), self._deid_check(),
