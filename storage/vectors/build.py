@@ -13,13 +13,11 @@ from storage.errors import StorageError
 from storage.sql.repository import Repository
 from storage.vectors.effort import Effort, Efforts
 from storage.vectors.index import VectorIndex, faiss
-from storage.vectors.plan import IVF_KINDS, KINDS, IndexPlan, bytes_per_vector, plan_index
+from storage.vectors.plan import IVF_KINDS, KINDS, RERANK_OPTIONS, IndexPlan, bytes_per_vector, plan_index
 
 logger = logging.getLogger(__name__)
 
 RECALL_TARGET = 0.95
-RERANK_OPTIONS = (100, 200, 400, 800, 1600)  # a compressed index's candidates re-ranked exactly
-SQ8_RERANK_OPTIONS = (40, 100)  # a byte a dimension ranks near exactly: a few candidates beyond the k
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,7 @@ def tune(index: VectorIndex, tuning: tuple[np.ndarray, np.ndarray], held_out: tu
     interval. Each pair is (queries, their exact top-k ids). The probes (nprobe / efSearch): up
     `efforts_up_to(limit)` to the first that reaches the target (else `limit`), then halving the gap
     below it to one probe (recall rises with probes). For a compressed index, so for each re-rank depth
-    of RERANK_OPTIONS, and of those the one whose measured search time plus `rerank_cost` (seconds per
+    of its kind's RERANK_OPTIONS, and of those the one whose measured search time plus `rerank_cost` (seconds per
     candidate re-ranked from the stored vectors) is least. A compressed index is measured as it is
     searched: an exact top-k id counts as found when it is among the candidates that are re-ranked."""
     tried: list[tuple[int, int, float]] = []
@@ -110,7 +108,7 @@ def tune(index: VectorIndex, tuning: tuple[np.ndarray, np.ndarray], held_out: tu
         return recall, seconds
 
     ceiling = max(1, limit)
-    options = (SQ8_RERANK_OPTIONS if index.kind == "ivfsq8" else RERANK_OPTIONS) if index.lossy else (0,)
+    options = RERANK_OPTIONS.get(index.kind, (0,))  # (0,): an index of full vectors re-ranks nothing
     for rerank in options:
         below, high, seconds = 0, 0, 0.0
         for probes in efforts_up_to(ceiling):

@@ -10,8 +10,11 @@ from typing import Literal
 IndexKind = Literal["flat", "ivf", "ivfsq8", "ivfrabitq", "ivfpq", "hnsw"]
 KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "ivfsq8", "ivfrabitq", "ivfpq", "hnsw")
 IVF_KINDS: tuple[IndexKind, ...] = ("ivf", "ivfsq8", "ivfrabitq", "ivfpq")  # nprobe, inverted lists, on disk
-# compressed codes, their candidates re-ranked from the full vectors
-LOSSY_KINDS: tuple[IndexKind, ...] = ("ivfsq8", "ivfrabitq", "ivfpq")
+# how many candidates of each compressed kind may be re-ranked exactly (the tuner picks by measured cost):
+# a byte a dimension ranks near exactly, one bit or a PQ code needs many more beyond the k
+RERANK_OPTIONS: dict[IndexKind, tuple[int, ...]] = {"ivfsq8": (40, 100), "ivfrabitq": (100, 200, 400, 800, 1600),
+                                                    "ivfpq": (100, 200, 400, 800, 1600)}
+LOSSY_KINDS: tuple[IndexKind, ...] = tuple(RERANK_OPTIONS)  # compressed codes, re-ranked from the full vectors
 FLAT_UP_TO = 200_000  # below this an exact scan answers in milliseconds
 HNSW_M = 32
 RABITQ_FACTORS = 12  # bytes of per-vector factors beside a RaBitQ code of one bit a dimension
