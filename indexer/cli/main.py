@@ -251,7 +251,8 @@ def build_index(db_dir: Path | None, kind: str, memory_budget_gb: float, engine:
     indexes, tunes nprobe/efSearch (and a compressed index's re-ranked candidates) separately for image
     queries (stored vectors it was not trained on) and text queries (radiology phrases encoded by the
     index's model), each the cheapest whose recall@10 against exact search reaches 0.95 on half its
-    queries, and prints the recall each reaches on the other half. The API picks the new index up
+    queries with confidence (the lower end of its 95% interval), and prints the recall each reaches on
+    the other half. The API picks the new index up
     without a restart."""
     configure_logging("WARNING")
     budget = int(memory_budget_gb * 1024**3)
